@@ -1,0 +1,3 @@
+"""picolm-server: an OpenAI-compatible HTTP API for local LLM inference."""
+
+__version__ = "0.1.0"

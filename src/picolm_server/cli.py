@@ -1,0 +1,114 @@
+"""The ``picolm-server`` command: flags, configuration loading and starting uvicorn.
+
+Flags take one dash or two (``-config`` as the original Go server took it, or
+``--config``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from . import __version__
+from .app import create_app
+from .bootstrap import build_service
+from .config import ConfigError, Settings, load_settings
+from .logging_setup import configure_logging
+
+logger = logging.getLogger("picolm_server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="picolm-server",
+        description="OpenAI-compatible HTTP API for local LLM inference (PicoLM or llama.cpp).",
+    )
+
+    def flag(name: str, **kwargs: Any) -> None:
+        parser.add_argument(f"-{name}", f"--{name}", **kwargs)
+
+    flag("config", metavar="FILE", help="YAML configuration file (env: PICOLM_CONFIG)")
+    flag("host", help="address to listen on (server.host)")
+    flag("port", type=int, help="port to listen on (server.port)")
+    flag("api-key", dest="api_key", help="require this Bearer key (server.api_key)")
+    flag("engine", choices=["auto", "picolm", "llama_cpp"], help="engine to use (engine)")
+    flag("binary", help="PicoLM executable (picolm.binary)")
+    flag(
+        "model-path",
+        dest="model_path",
+        help="GGUF model for the engine in use (picolm.model_path or llama_cpp.model_path)",
+    )
+    flag("log-level", dest="log_level", help="debug, info, warning or error (logging.level)")
+    flag("version", action="version", version=f"picolm-server {__version__}")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+
+    put("server", "host", args.host)
+    put("server", "port", args.port)
+    put("server", "api_key", args.api_key)
+    put("picolm", "binary", args.binary)
+    put("logging", "level", args.log_level)
+    if args.engine is not None:
+        overrides["engine"] = args.engine
+    if args.model_path is not None:
+        # The model flag is for the engine that will run: PicoLM when its binary is
+        # known, otherwise llama.cpp.
+        uses_picolm = (
+            args.engine == "picolm"
+            or (args.engine in (None, "auto") and (args.binary or settings.picolm.binary))
+            or (args.engine is None and settings.engine == "picolm")
+        )
+        put("picolm" if uses_picolm else "llama_cpp", "model_path", args.model_path)
+    return overrides
+
+
+def load_from_args(argv: list[str] | None = None) -> Settings:
+    args = _parser().parse_args(argv)
+    config = args.config or os.environ.get("PICOLM_CONFIG")
+    path = Path(config) if config else None
+    # Two passes: which section --model-path belongs to depends on the rest.
+    first = load_settings(path, _overrides(args, Settings.model_construct()))
+    return load_settings(path, _overrides(args, first))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_from_args(argv)
+        configure_logging(settings.logging)
+        service = build_service(settings)
+    except ConfigError as exc:
+        print(f"picolm-server: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(
+        service,
+        api_key=settings.server.api_key,
+        max_body=settings.server.max_body,
+        log_requests=settings.logging.log_requests,
+    )
+    logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Server configuration: the YAML file layout, environment variables and their precedence.
+
+The file keeps the layout of the original Go server (``server:``, ``picolm:``,
+``logging:``) so its configuration files load unchanged; ``engine:`` and ``llama_cpp:``
+are additions with defaults. Sources, highest first: command-line flags, environment
+variables (``PICOLM_<SECTION>__<KEY>``, e.g. ``PICOLM_SERVER__PORT``), the YAML file,
+defaults. Any problem is raised as :class:`ConfigError` with a one-line message that
+names the key or path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "PICOLM_"
+ENV_NESTED_DELIMITER = "__"
+MIB = 1024 * 1024
+
+_SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MIB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+def parse_size(value: object) -> int:
+    """Accept a byte count as an integer or a string such as ``"4MiB"`` or ``"512k"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size in bytes")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE_PATTERN.match(value)
+        if match:
+            number, unit = match.groups()
+            return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+    raise ValueError('expected a size in bytes, such as 4194304 or "4MiB"')
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_key: str = ""
+    max_concurrent: int = Field(default=1, ge=1)
+    max_queue: int = Field(default=16, ge=0)
+    max_body: int = Field(default=4 * MIB, ge=1024)
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value)
+
+
+class GenerationDefaults(_Section):
+    """Settings every engine has: what a request gets when it does not say."""
+
+    model_path: str = ""
+    model_id: str = ""
+    max_tokens: int = Field(default=256, ge=1)
+    threads: int = Field(default=4, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    context_length: int = Field(default=2048, ge=16)
+    timeout_seconds: float = Field(default=300.0, gt=0.0)
+    chat_template: str = "auto"
+
+
+class PicoLMSection(GenerationDefaults):
+    binary: str = ""
+    model_id: str = "picolm-local"
+    prompt_cache: bool = True
+    cache_dir: str = ""
+    cache_max_bytes: int = Field(default=1024 * MIB, ge=0)
+
+    @field_validator("cache_max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> int:
+        return parse_size(value)
+
+
+class LlamaCppSection(GenerationDefaults):
+    """The in-process llama.cpp engine; an empty ``model_path`` means the embedded model."""
+
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+    output: str = "stdout"
+    log_requests: bool = True
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+EngineChoice = Literal["auto", "picolm", "llama_cpp"]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    engine: EngineChoice = "auto"
+    server: ServerSection = Field(default_factory=ServerSection)
+    picolm: PicoLMSection = Field(default_factory=PicoLMSection)
+    llama_cpp: LlamaCppSection = Field(default_factory=LlamaCppSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    def resolved_engine(self) -> Literal["picolm", "llama_cpp"]:
+        """``auto`` means PicoLM when its binary and model are configured, else llama.cpp."""
+        if self.engine != "auto":
+            return self.engine
+        if self.picolm.binary and self.picolm.model_path:
+            return "picolm"
+        return "llama_cpp"
+
+
+def _settings_with_file(file_values: dict[str, Any]) -> type[Settings]:
+    """A Settings class whose sources rank the file's values below the environment.
+
+    pydantic-settings builds its sources from the class, so the file read at run time
+    enters through a subclass made for it rather than through shared state.
+    """
+
+    class SettingsFromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                env_settings,
+                InitSettingsSource(settings_cls, init_kwargs=file_values),
+            )
+
+    return SettingsFromFile
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the YAML file; an empty file is an empty configuration."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = error["msg"]
+    if error["type"] not in ("missing",) and "input" in error:
+        shown = error["input"]
+        if isinstance(shown, (str, int, float, bool)) or shown is None:
+            message += f" (got {shown!r})"
+    return f"{key}: {message}"
+
+
+def load_settings(
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings: ``overrides`` (flags) > environment > the file > defaults."""
+    file_values = read_config_file(config_path) if config_path else {}
+    source = f"config file {config_path}" if config_path else "configuration"
+    try:
+        return _settings_with_file(file_values)(**(overrides or {}))
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(error)) for error in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None

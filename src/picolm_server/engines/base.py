@@ -1,0 +1,106 @@
+"""The engine interface: what the server asks of an inference backend, and what it gets back.
+
+An engine turns one rendered prompt into a stream of events. It knows nothing of HTTP,
+OpenAI's types, stop strings or time limits: the serving layer applies those to the
+events and closes the stream (``aclose()``) when it is done with it, at which point the
+engine must stop generating and release what it holds (a subprocess, a model lock)
+before ``aclose()`` returns.
+
+Event order: exactly one :class:`PromptAccepted`, then any number of :class:`TextDelta`,
+then one :class:`Finished`. An engine raises :class:`~picolm_server.errors.APIError`
+subclasses for failures: ``ContextLengthExceededError`` before ``PromptAccepted``,
+``EngineError`` for a crash at any point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """Restrict the output to JSON.
+
+    ``json_schema`` None means any JSON object. ``gbnf`` is an optional ready-made
+    grammar for engines that take one (llama.cpp); engines that cannot enforce a schema
+    (PicoLM's ``--json``) only keep the output well formed, and the server validates.
+    """
+
+    json_schema: dict[str, Any] | None = None
+    gbnf: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None = None
+    constraint: OutputConstraint | None = None
+    # Engines that can reuse computed prompt state may use this key to keep apart
+    # conversations; it never changes what is generated.
+    cache_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptAccepted:
+    """The prompt fits and generation is starting."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New reply text; ``completion_tokens`` is the running count of generated tokens."""
+
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    completion_tokens: int
+
+
+GenerationEvent = PromptAccepted | TextDelta | Finished
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server says about the model it serves."""
+
+    id: str
+    path: Path
+    context_length: int
+    created: int
+    owned_by: str = "picolm-server"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    ok: bool
+    detail: str
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference backend. ``generate`` is the whole of the work."""
+
+    model: ModelInfo
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Run one generation; closing the iterator early must stop it."""
+        ...
+
+    def health(self) -> EngineHealth:
+        """Whether a generation could start now (cheap: no generation is run)."""
+        ...

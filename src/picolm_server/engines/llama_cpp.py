@@ -1,0 +1,190 @@
+"""The llama.cpp engine: a GGUF model loaded in-process through ``llama-cpp-python``.
+
+Generation runs on one worker thread per loaded model (llama.cpp contexts are not
+thread-safe, and one generation already uses every core), handing each token to the
+event loop as it is sampled. Closing the generation sets a flag the worker checks
+between tokens, and waits for the worker to stop before the model is free again.
+llama.cpp keeps the previous prompt's state, so a conversation that grows by one turn
+only computes the new tokens; that reuse is reported as ``cached_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import concurrent.futures
+import json
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import EngineError
+from .base import (
+    EngineHealth,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    PromptAccepted,
+    TextDelta,
+)
+from .picolm import context_exceeded
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    model_path: Path
+    model_id: str
+    context_length: int
+    threads: int
+
+
+_END = object()
+
+
+class LlamaCppEngine:
+    def __init__(self, options: LlamaCppOptions) -> None:
+        import llama_cpp  # the optional extra; the factory checks it is installed
+
+        self._llama_cpp = llama_cpp
+        self.options = options
+        self.llama = llama_cpp.Llama(
+            model_path=str(options.model_path),
+            n_ctx=options.context_length,
+            n_threads=options.threads,
+            n_threads_batch=options.threads,
+            n_batch=512,
+            verbose=False,
+        )
+        # n_ctx 0 means "the model's own"; report what was actually allocated.
+        self.context_length = int(self.llama.n_ctx())
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
+        self._lock = asyncio.Lock()
+        self.model = ModelInfo(
+            id=options.model_id,
+            path=options.model_path,
+            context_length=self.context_length,
+            created=int(options.model_path.stat().st_mtime),
+            owned_by="llama.cpp",
+        )
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(True, f"llama.cpp in-process ({self.options.model_path.name})")
+
+    def tokenize(self, text: str) -> list[int]:
+        tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return tokens
+
+    def _reusable_prefix(self, tokens: Sequence[int]) -> int:
+        """How many prompt tokens llama.cpp still holds from the previous generation."""
+        held = list(self.llama._input_ids[: self.llama.n_tokens])
+        common = 0
+        for held_token, token in zip(held, tokens, strict=False):
+            if held_token != token:
+                break
+            common += 1
+        # llama-cpp-python recomputes the last prompt token to get fresh logits.
+        return min(common, len(tokens) - 1)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(self._worker, self.tokenize, request.prompt)
+            if len(tokens) >= self.context_length:
+                raise context_exceeded(len(tokens), self.context_length)
+            cached = await loop.run_in_executor(self._worker, self._reusable_prefix, tokens)
+            yield PromptAccepted(len(tokens), max(cached, 0))
+
+            # Room left in the context bounds the reply as well as max_tokens does.
+            budget = min(request.max_tokens, self.context_length - len(tokens))
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            stop = threading.Event()
+            work = loop.run_in_executor(
+                self._worker, self._run, tokens, request, budget, queue, stop, loop
+            )
+            try:
+                count = 0
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise EngineError(f"llama.cpp failed: {item}") from item
+                    text, count = item
+                    yield TextDelta(text, count)
+                reason, count = await work
+                yield Finished(reason, count)
+            finally:
+                stop.set()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(work, return_exceptions=True)
+
+    def _run(
+        self,
+        tokens: list[int],
+        request: GenerationRequest,
+        budget: int,
+        queue: asyncio.Queue[Any],
+        stop: threading.Event,
+        loop: asyncio.AbstractEventLoop,
+    ) -> tuple[FinishReason, int]:
+        """The worker thread: sample tokens until EOS, the budget, or ``stop``."""
+        put = queue.put_nowait
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = self.llama._model.vocab
+        is_end_of_generation = self._llama_cpp.llama_vocab_is_eog
+        count = 0
+        reason: FinishReason = "length"
+        try:
+            if request.seed is not None:
+                self.llama.set_seed(request.seed)
+            grammar = self._grammar(request)
+            for token in self.llama.generate(
+                tokens,
+                top_k=0,
+                top_p=request.top_p,
+                min_p=0.0,
+                temp=request.temperature,
+                repeat_penalty=1.0,
+                grammar=grammar,
+            ):
+                if stop.is_set():
+                    break
+                if is_end_of_generation(vocab, token):
+                    reason = "stop"
+                    break
+                count += 1
+                text = decoder.decode(self.llama.detokenize([token]))
+                if text:
+                    loop.call_soon_threadsafe(put, (text, count))
+                if count >= budget:
+                    break
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                loop.call_soon_threadsafe(put, (tail, count))
+        except Exception as exc:  # reported to the request, never to the server
+            loop.call_soon_threadsafe(put, exc)
+        finally:
+            loop.call_soon_threadsafe(put, _END)
+        return reason, count
+
+    def _grammar(self, request: GenerationRequest) -> Any:
+        constraint = request.constraint
+        if constraint is None:
+            return None
+        grammar_class: Any = self._llama_cpp.LlamaGrammar  # type: ignore[attr-defined]
+        if constraint.gbnf is not None:
+            return grammar_class.from_string(constraint.gbnf, verbose=False)
+        schema = constraint.json_schema
+        if schema is None:
+            schema = {"type": "object"}
+        return grammar_class.from_json_schema(json.dumps(schema), verbose=False)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        self.llama.close()

@@ -1,0 +1,506 @@
+"""Exact Python reproduction of PicoLM's prompt tokenizer.
+
+This module owns the answer to "which tokens will PicoLM feed its model for this
+prompt?".  The server needs it to count prompt tokens before starting a process
+(context checks, ``usage``) and to decide whether a saved ``--cache`` file holds a
+token-prefix of a new prompt.  It reproduces ``tokenizer_encode`` in PicoLM's
+``tokenizer.c`` (commit cf3f2df) and the parts of ``model.c``/``picolm.c`` that
+shape its input, quirks included:
+
+1. The prompt is a C string: its UTF-8 bytes up to the first NUL byte.  Nothing is
+   validated or normalised except ``' '`` (0x20 only; not tabs or newlines) which
+   becomes ``▁`` (U+2581); one ``▁`` is always prepended, even before a leading
+   space (``" hi"`` starts with ``▁▁``).
+2. The normalised bytes are cut into "characters" by looking only at each lead byte
+   (>= 0xF0: 4 bytes, >= 0xE0: 3, >= 0xC0: 2, else 1; clipped at the end), without
+   checking continuation bytes.  A character that is a vocabulary entry becomes that
+   token; otherwise only its *first byte* becomes a ``<0xHH>`` token and the scan
+   resumes at the next byte (so the remaining bytes of an unknown 3-byte character
+   are looked up one by one).  A byte whose ``<0xHH>`` token is missing is dropped.
+3. Merging: repeatedly, over all adjacent pairs, concatenate the two tokens'
+   vocabulary *strings* (not the text they came from: a byte token's string is
+   ``"<0x0A>"``), look the result up, and apply the pair whose result has the
+   highest score; ties go to the leftmost pair; a score must be > -1e30f; pairs
+   whose concatenation is 256 bytes or more are skipped.  Any vocabulary entry can
+   be produced, special ones included: with LLaMA-style scores (0.0 for
+   ``<s>``/``</s>``, negative for ordinary pieces) prompt text ``</s>`` becomes the
+   EOS id as soon as pieces such as ``</`` and ``s>`` exist.
+4. Lookups are a binary search over the vocabulary sorted with ``strcmp`` that has a
+   signed-``char`` bug: when the probed entry extends the query and its next byte is
+   >= 0x80, the search goes the wrong way *where ``char`` is signed* (x86, macOS,
+   Windows), so some entries are never found there (they then fall back to bytes or
+   are not merged), while the same binary built where ``char`` is unsigned (Linux on
+   ARM, e.g. a Raspberry Pi) finds them.  We simulate the search for exactly the
+   entries that can be affected (see ``_findable_ids``); everything else is a dict
+   lookup.  Duplicate vocabulary strings resolve the way that search does after
+   glibc's (stable, merge-sort) ``qsort``.
+5. The vocabulary is ``llama.vocab_size`` entries (or the ``token_embd.weight``
+   dimension, or the token count), entries cut at their first NUL byte, missing ones
+   empty; missing scores are 0.0.  BOS/EOS default to 1/2.
+6. ``picolm.c`` gives the encoder room for ``strlen(prompt) + 3`` tokens, BOS
+   included, and drops anything beyond (only reachable when spaces or characters
+   fall back to several byte tokens, e.g. a vocabulary without ``▁``).
+
+Speed: the C merge loop is quadratic in the prompt; this one is a heap with lazy
+invalidation that applies the same merges in the same order (the best pair is the
+highest score, then the lowest position; a merged symbol keeps its left position,
+so positions order pairs exactly as PicoLM's array indices do), O(n log n).
+
+The vocabulary is read by a small GGUF reader (``_read_gguf_vocab``) that walks the
+metadata the way PicoLM's parser does and touches no tensor data; it is used
+instead of ``gguf.GGUFReader``, which takes about a second on a 32,000-entry
+vocabulary because it builds an object per array element.
+"""
+
+from __future__ import annotations
+
+import heapq
+import mmap
+import platform
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PicoLMTokenizer", "default_signed_char", "prompt_bytes"]
+
+# UTF-8 of U+2581, SentencePiece's space marker.
+_SPACE_MARKER = b"\xe2\x96\x81"
+
+# PicoLM's initial best score: `float best_score = -1e30f;` and a merge needs `>`.
+_SCORE_FLOOR = struct.unpack("<f", struct.pack("<f", -1e30))[0]
+
+# `char merged[256]; if (l1 + l2 >= (int)sizeof(merged)) continue;`
+_MERGE_BUF = 256
+
+_GGUF_MAGIC = 0x46554747
+
+# GGUF metadata value types, as in PicoLM's model.c (and the GGUF spec).
+_T_UINT8, _T_INT8, _T_UINT16, _T_INT16, _T_UINT32, _T_INT32 = 0, 1, 2, 3, 4, 5
+_T_FLOAT32, _T_BOOL, _T_STRING, _T_ARRAY, _T_UINT64, _T_INT64, _T_FLOAT64 = (
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+)
+# Fixed-size scalar types: struct format and whether PicoLM treats it as a number.
+_SCALARS: dict[int, tuple[str, bool]] = {
+    _T_UINT8: ("<B", True),
+    _T_INT8: ("<b", True),
+    _T_UINT16: ("<H", True),
+    _T_INT16: ("<h", True),
+    _T_UINT32: ("<I", True),
+    _T_INT32: ("<i", True),
+    _T_FLOAT32: ("<f", False),
+    _T_BOOL: ("<B", True),
+    _T_UINT64: ("<Q", True),
+    _T_INT64: ("<q", True),
+    _T_FLOAT64: ("<d", False),
+}
+
+
+def default_signed_char() -> bool:
+    """Whether plain ``char`` is signed for a native C build on this machine.
+
+    That decides which vocabulary entries PicoLM's lookup can find (module doc, 4).
+    Signed on x86 everywhere and on every macOS and Windows target; unsigned on
+    Linux for ARM, AArch64, RISC-V, PowerPC and s390.
+    """
+    if sys.platform == "darwin" or sys.platform.startswith("win"):
+        return True
+    machine = platform.machine().lower()
+    return machine in {"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"}
+
+
+def prompt_bytes(text: str | bytes) -> bytes:
+    """The bytes PicoLM tokenizes for ``text``: UTF-8, cut at the first NUL byte.
+
+    A ``str`` is encoded strictly (a lone surrogate raises ``UnicodeEncodeError``,
+    as the server's own encoding of the prompt for stdin would); pass ``bytes`` to
+    tokenize exactly the bytes that are sent.  PicoLM reads stdin to EOF but then
+    treats the buffer as a C string, so a NUL ends the prompt.
+    """
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    nul = data.find(b"\0")
+    return data if nul < 0 else data[:nul]
+
+
+def _c_int(value: int) -> int:
+    """C's `(int)` of a 64-bit value (two's-complement wrap to 32 bits)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+@dataclass(frozen=True)
+class _GGUFVocab:
+    """What PicoLM's parse_gguf keeps for its tokenizer."""
+
+    tokens: list[bytes]
+    scores: list[float]
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    tokenizer_model: str | None
+
+
+class _Reader:
+    """Little-endian cursor over the mapped file, bounds-checked."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def unpack(self, fmt: str) -> tuple[int | float, ...]:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise ValueError("truncated GGUF file")
+        values = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return values
+
+    def u32(self) -> int:
+        return int(self.unpack("<I")[0])
+
+    def u64(self) -> int:
+        return int(self.unpack("<Q")[0])
+
+    def string(self) -> bytes:
+        n = self.u64()
+        if self.pos + n > len(self.buf):
+            raise ValueError("truncated GGUF file")
+        s = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return s
+
+    def skip_string(self) -> None:
+        n = self.u64()
+        self.pos += n
+        if self.pos > len(self.buf):
+            raise ValueError("truncated GGUF file")
+
+    def value(self, vtype: int) -> int:
+        """PicoLM's skip_meta_value: consume a value, return it if numeric else 0."""
+        if vtype in _SCALARS:
+            fmt, numeric = _SCALARS[vtype]
+            v = self.unpack(fmt)[0]
+            # C: (uint64_t)(int64_t) of signed types, floats return 0.
+            return int(v) & 0xFFFFFFFFFFFFFFFF if numeric else 0
+        if vtype == _T_STRING:
+            self.skip_string()
+            return 0
+        if vtype == _T_ARRAY:
+            arr_type = self.u32()
+            n = self.u64()
+            if arr_type in _SCALARS:
+                self.pos += n * struct.calcsize(_SCALARS[arr_type][0])
+                if self.pos > len(self.buf):
+                    raise ValueError("truncated GGUF file")
+            else:
+                for _ in range(n):
+                    self.value(arr_type)
+            return 0
+        # PicoLM prints "Unknown GGUF metadata type" and exits.
+        raise ValueError(f"unknown GGUF metadata type {vtype}")
+
+
+def _read_gguf_vocab(path: Path) -> _GGUFVocab:
+    """Read the tokenizer data of a GGUF file the way PicoLM's parse_gguf does."""
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        r = _Reader(buf)
+        if r.u32() != _GGUF_MAGIC:
+            raise ValueError(f"{path}: not a GGUF file")
+        version = r.u32()
+        if version not in (2, 3):
+            raise ValueError(f"{path}: unsupported GGUF version {version}")
+        n_tensors = r.u64()
+        n_kv = r.u64()
+
+        # PicoLM's defaults; later duplicates of a key overwrite earlier ones, as in C.
+        n_embd = 0
+        vocab_size = 0
+        bos_id, eos_id = 1, 2
+        tokens: list[bytes] = []
+        scores: list[float] = []
+        tokenizer_model: str | None = None
+        for _ in range(n_kv):
+            key = r.string()
+            vtype = r.u32()
+            if key in (b"llama.embedding_length", b"general.embedding_length"):
+                n_embd = _c_int(r.value(vtype))
+            elif key == b"llama.vocab_size":
+                vocab_size = _c_int(r.value(vtype))
+            elif key == b"tokenizer.ggml.bos_token_id":
+                bos_id = r.value(vtype) & 0xFFFFFFFF
+            elif key == b"tokenizer.ggml.eos_token_id":
+                eos_id = r.value(vtype) & 0xFFFFFFFF
+            elif key == b"tokenizer.ggml.model" and vtype == _T_STRING:
+                tokenizer_model = r.string().decode("utf-8", "replace")
+            elif key == b"tokenizer.ggml.tokens" and vtype == _T_ARRAY:
+                arr_type = r.u32()
+                n = r.u64()
+                # tokenizer_load reads every element as a string, whatever arr_type.
+                if arr_type != _T_STRING:
+                    raise ValueError(f"{path}: tokenizer.ggml.tokens is not a string array")
+                tokens = [r.string() for _ in range(n)]
+            elif key == b"tokenizer.ggml.scores" and vtype == _T_ARRAY:
+                arr_type = r.u32()
+                n = r.u64()
+                # PicoLM copies n raw float32 values whatever arr_type says.
+                if arr_type != _T_FLOAT32:
+                    raise ValueError(f"{path}: tokenizer.ggml.scores is not a float32 array")
+                scores = [float(x) for x in r.unpack(f"<{n}f")]
+            else:
+                r.value(vtype)
+
+        if vocab_size == 0:
+            # PicoLM takes the first token_embd.weight's dims: the one that is not n_embd.
+            for _ in range(n_tensors):
+                name = r.string()
+                n_dims = r.u32()
+                dims = [r.u64() for _ in range(n_dims)]
+                r.u32()  # type
+                r.u64()  # offset
+                if name == b"token_embd.weight":
+                    if n_dims >= 2:
+                        d0, d1 = _c_int(dims[0]), _c_int(dims[1])
+                        vocab_size = d1 if d0 == n_embd else d0
+                    break
+        if vocab_size == 0 and tokens:
+            vocab_size = _c_int(len(tokens))
+    if vocab_size <= 0:
+        raise ValueError(f"{path}: no vocabulary size")
+    return _GGUFVocab(tokens, scores, vocab_size, bos_id, eos_id, tokenizer_model)
+
+
+class PicoLMTokenizer:
+    """PicoLM's tokenizer for one vocabulary: ``encode`` gives the ids it feeds its model."""
+
+    bos_id: int
+    eos_id: int
+
+    def __init__(
+        self,
+        tokens: list[bytes],
+        scores: list[float],
+        *,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        vocab_size: int | None = None,
+        signed_char: bool | None = None,
+        tokenizer_model: str | None = None,
+    ) -> None:
+        """Build from raw vocabulary strings and float32 scores (as in the GGUF).
+
+        ``signed_char`` is the C ``char`` signedness of the PicoLM build to mimic
+        (``None``: this machine's, see ``default_signed_char``).
+        """
+        vs = len(tokens) if vocab_size is None else vocab_size
+        # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
+        # missing ones empty; missing scores 0.0.
+        strs = [t.split(b"\0", 1)[0] for t in tokens[:vs]]
+        strs += [b""] * (vs - len(strs))
+        sc = [float(s) for s in scores[:vs]]
+        sc += [0.0] * (vs - len(sc))
+        self._strs = strs
+        self._scores = sc
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.vocab_size = vs
+        self.tokenizer_model = tokenizer_model
+        self.signed_char = default_signed_char() if signed_char is None else signed_char
+        self._lookup = _findable_ids(strs, signed_char=self.signed_char)
+        # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
+        self._byte_ids = [self._lookup.get(b"<0x%02X>" % b, -1) for b in range(256)]
+
+    @classmethod
+    def from_gguf(cls, path: Path, *, signed_char: bool | None = None) -> PicoLMTokenizer:
+        """Load the vocabulary of a GGUF file as PicoLM does (no tensor data is read)."""
+        v = _read_gguf_vocab(Path(path))
+        return cls(
+            v.tokens,
+            v.scores,
+            bos_id=v.bos_id,
+            eos_id=v.eos_id,
+            vocab_size=v.vocab_size,
+            signed_char=signed_char,
+            tokenizer_model=v.tokenizer_model,
+        )
+
+    # ---- vocabulary ----
+
+    def piece(self, token_id: int) -> str:
+        """Vocabulary text of a token as PicoLM holds it (e.g. ``"</s>"``, ``"▁the"``)."""
+        return self._strs[token_id].decode("utf-8", "replace")
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """Vocabulary string of a token, raw (cut at its first NUL, like PicoLM)."""
+        return self._strs[token_id]
+
+    def lookup(self, piece: str | bytes) -> int:
+        """The id PicoLM's vocab_lookup returns for ``piece``, or -1 (not findable)."""
+        key = piece.encode("utf-8") if isinstance(piece, str) else piece
+        return self._lookup.get(key, -1)
+
+    # ---- encoding ----
+
+    def encode(self, text: str | bytes, *, bos: bool = True) -> list[int]:
+        """Token ids PicoLM feeds its model for the prompt ``text``.
+
+        With ``bos=True`` (what PicoLM does), ``len()`` equals its "Prompt: N tokens".
+        ``bos=False`` returns the same sequence without its leading BOS.  An empty
+        prompt gives ``[bos_id]`` (PicoLM itself refuses an empty prompt).
+        """
+        data = prompt_bytes(text)
+        ids = [self.bos_id]
+        if data:
+            ids += self._merge(self._initial_tokens(data))
+        # picolm.c: max_prompt_tokens = strlen(prompt) + 3, BOS included.
+        del ids[len(data) + 3 :]
+        return ids if bos else ids[1:]
+
+    def count(self, text: str | bytes, *, bos: bool = True) -> int:
+        """``len(self.encode(text, bos=bos))``."""
+        return len(self.encode(text, bos=bos))
+
+    def _initial_tokens(self, data: bytes) -> list[int]:
+        """Step 1 of tokenizer_encode: normalise, then one token per character/byte."""
+        norm = _SPACE_MARKER + data.replace(b" ", _SPACE_MARKER)
+        lookup = self._lookup
+        byte_ids = self._byte_ids
+        out: list[int] = []
+        i, n = 0, len(norm)
+        while i < n:
+            c = norm[i]
+            clen = 4 if c >= 0xF0 else 3 if c >= 0xE0 else 2 if c >= 0xC0 else 1
+            tok = lookup.get(norm[i : i + clen], -1)  # slicing clips at the end, as C does
+            if tok >= 0:
+                out.append(tok)
+                i += clen
+            else:
+                if byte_ids[c] >= 0:
+                    out.append(byte_ids[c])
+                i += 1
+        return out
+
+    def _merge(self, toks: list[int]) -> list[int]:
+        """Step 2 of tokenizer_encode (greedy best-score merges), with a heap."""
+        n = len(toks)
+        if n < 2:
+            return toks
+        strs = self._strs
+        scores = self._scores
+        lookup = self._lookup
+        tok = list(toks)  # tok[i] == -1: symbol i was merged into its left neighbour
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        # Heap entries: (-score, left position, left token, right position, right
+        # token); the smallest is PicoLM's choice: best score, then leftmost.
+
+        def pair(i: int, j: int) -> tuple[float, int, int, int, int] | None:
+            a, b = tok[i], tok[j]
+            sa, sb = strs[a], strs[b]
+            if len(sa) + len(sb) >= _MERGE_BUF:
+                return None
+            m = lookup.get(sa + sb, -1)
+            # `scores[tok] > best_score` with best_score starting at -1e30f: a score
+            # at or below that, or NaN, never merges.
+            if m >= 0 and scores[m] > _SCORE_FLOOR:
+                return (-scores[m], i, a, j, b)
+            return None
+
+        heap = [e for e in (pair(i, i + 1) for i in range(n - 1)) if e is not None]
+        heapq.heapify(heap)
+        while heap:
+            _neg, i, a, j, b = heapq.heappop(heap)
+            # Stale if either symbol changed since the pair was scored.
+            if tok[i] != a or nxt[i] != j or tok[j] != b:
+                continue
+            tok[i] = lookup[strs[a] + strs[b]]
+            tok[j] = -1
+            k = nxt[j]
+            nxt[i] = k
+            if k >= 0:
+                prv[k] = i
+            for left, right in ((prv[i], i), (i, k)):
+                if left >= 0 and right >= 0:
+                    e = pair(left, right)
+                    if e is not None:
+                        heapq.heappush(heap, e)
+
+        out: list[int] = []
+        i = 0
+        while i >= 0:
+            out.append(tok[i])
+            i = nxt[i]
+        return out
+
+
+def _c_lookup(strs: list[bytes], order: list[int], query: bytes, *, signed_char: bool) -> int:
+    """PicoLM's vocab_lookup, step by step (binary search with its char quirk)."""
+    n = len(query)
+    lo, hi = 0, len(order) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        idx = order[mid]
+        entry = strs[idx]
+        head = entry[:n]
+        # strncmp(entry, query, n): an entry shorter than n compares as smaller
+        # (its NUL meets a non-NUL byte), which bytes ordering also gives.
+        if head == query:
+            if len(entry) == n:
+                return idx
+            # `if (vocab[idx][len] > '\0') hi = mid - 1; else lo = mid + 1;`
+            # With signed char a byte >= 0x80 is negative: the search goes right.
+            if signed_char and entry[n] >= 0x80:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        elif head < query:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return -1
+
+
+def _findable_ids(strs: list[bytes], *, signed_char: bool) -> dict[bytes, int]:
+    """Map each non-empty string to the id PicoLM's lookup returns for it.
+
+    A string absent from the map is one the lookup cannot find.  Only two kinds of
+    string need the search simulated: duplicates (which copy is hit depends on the
+    path) and, with signed char, strings that are a proper prefix of some entry
+    whose next byte is >= 0x80 (the only case where the quirk changes the path).
+    For every other string the search is a correct binary search over a sorted
+    array, so it finds the string's single id.
+    """
+    # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
+    # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
+    order = sorted(range(len(strs)), key=strs.__getitem__)
+    first: dict[bytes, int] = {}
+    dups: set[bytes] = set()
+    for i, s in enumerate(strs):
+        if not s:
+            continue  # a query is never empty
+        if s in first:
+            dups.add(s)
+        else:
+            first[s] = i
+    suspects: set[bytes] = set(dups)
+    if signed_char:
+        for s in first:
+            for k in range(1, len(s)):
+                if s[k] >= 0x80:
+                    prefix = s[:k]
+                    if prefix in first:
+                        suspects.add(prefix)
+    result = dict(first)
+    for s in suspects:
+        found = _c_lookup(strs, order, s, signed_char=signed_char)
+        if found < 0:
+            del result[s]
+        else:
+            result[s] = found
+    return result

@@ -1,0 +1,126 @@
+"""OpenAI-style API errors: one exception type per failure, each knowing its HTTP status.
+
+Every error the server returns is the OpenAI envelope
+``{"error": {"message", "type", "param", "code"}}``; the exception classes here carry
+exactly those four fields plus the status, so routes and middleware never build error
+bodies by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    """An error that is reported to the client in OpenAI's error envelope."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(APIError):
+    """400: malformed JSON or an invalid parameter (``param`` names the field)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """400: the prompt (plus what must be generated) does not fit the context."""
+
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationError(APIError):
+    """401: a missing or wrong API key."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class NotFoundError(APIError):
+    """404: an unknown route or model."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(NotFoundError):
+    default_code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+
+class MethodNotAllowedError(APIError):
+    status_code = 405
+    error_type = "invalid_request_error"
+
+
+class RequestTooLargeError(APIError):
+    """413: the request body is over ``server.max_body``."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class QueueFullError(APIError):
+    """429: every generation slot is busy and the wait queue is full."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class EngineError(APIError):
+    """500: the engine failed (crashed, exited non-zero, produced nothing usable)."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+class EngineUnavailableError(APIError):
+    """503: the engine cannot serve at all (binary missing, model not loaded)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "engine_unavailable"
+
+
+class EngineTimeoutError(APIError):
+    """504: the generation ran past its time limit."""
+
+    status_code = 504
+    error_type = "timeout_error"
+    default_code = "timeout"

@@ -1,0 +1,144 @@
+"""HTTP routes: thin handlers that parse, authorise and hand over to the serving layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from .errors import InvalidRequestError, ModelNotFoundError
+from .protocol import ChatCompletionRequest, Model, ModelList
+from .serving import ChatService
+
+T = TypeVar("T")
+
+router = APIRouter()
+
+
+def _service(request: Request) -> ChatService:
+    service: ChatService = request.app.state.chat_service
+    return service
+
+
+def _param_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith(("function-after", "union", "literal", "str", "list")) and (
+            "[" not in part
+        ):
+            path += f".{part}" if path else part
+    return path
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequestError:
+    error = exc.errors()[0]
+    param = _param_path(tuple(error["loc"]))
+    message = error["msg"]
+    if error["type"] == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif param:
+        message = f"Invalid value for '{param}': {message}."
+    return InvalidRequestError(message, param=param or None, code="invalid_value")
+
+
+async def parse_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON "
+            "(Content-Type: application/json).",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready; there is nobody to answer."""
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``, cancelling it if the client goes away first.
+
+    The body has been read, so the next ASGI message can only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        raise ClientDisconnected
+    return task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    body = await parse_body(request)
+    try:
+        parsed = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    service = _service(request)
+    if parsed.stream:
+        events = await until_disconnected(request, service.open_stream(parsed))
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    completion = await until_disconnected(request, service.complete(parsed))
+    return Response(completion.model_dump_json(), media_type="application/json")
+
+
+def _model(service: ChatService) -> Model:
+    info = service.engine.model
+    return Model(id=info.id, created=info.created, owned_by=info.owned_by)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    models = ModelList(data=[_model(_service(request))])
+    return Response(models.model_dump_json(), media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    service = _service(request)
+    if model_id != service.model_id:
+        raise ModelNotFoundError(model_id)
+    return Response(_model(service).model_dump_json(), media_type="application/json")
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    service = _service(request)
+    state = service.engine.health()
+    body = {
+        "status": "ok" if state.ok else "unavailable",
+        "engine": state.detail,
+        "model": service.model_id,
+        "running": service.scheduler.running,
+        "queued": service.scheduler.queued,
+    }
+    return JSONResponse(body, status_code=200 if state.ok else 503)

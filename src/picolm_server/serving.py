@@ -1,0 +1,387 @@
+"""Chat-completion serving: OpenAI request in, engine generation, OpenAI response out.
+
+The conversions (messages to template input, request to engine parameters, events to
+response objects) are pure functions, tested without HTTP. :class:`ChatService` puts
+them together with the scheduler, stop strings and the time limit; the routes only hand
+it parsed requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .chat_template import ChatTemplate
+from .config import GenerationDefaults
+from .engines.base import (
+    Engine,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    PromptAccepted,
+    TextDelta,
+)
+from .errors import (
+    APIError,
+    EngineError,
+    EngineTimeoutError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    Delta,
+    FinishReasonName,
+    ResponseMessage,
+    Usage,
+)
+from .scheduler import Scheduler
+from .streaming import DONE_EVENT, StopScanner, sse_event
+
+SYSTEM_FINGERPRINT = "fp_picolm_server"
+
+
+# ---- pure conversions ----------------------------------------------------------------
+
+
+def refuse_unsupported(request: ChatCompletionRequest) -> None:
+    """Refuse parameters whose silent omission would mislead the client.
+
+    Parameters with no effect on a local model (``user``, ``store``, ``metadata``,
+    ``service_tier``, penalties, ...) are accepted and ignored.
+    """
+    if request.n is not None and request.n > 1:
+        raise InvalidRequestError(
+            "n > 1 is not supported: this server generates one choice per request.", param="n"
+        )
+    if request.logprobs:
+        raise InvalidRequestError("logprobs are not supported by this server.", param="logprobs")
+    if request.top_logprobs:
+        raise InvalidRequestError(
+            "top_logprobs is not supported by this server.", param="top_logprobs"
+        )
+    extra = request.model_extra or {}
+    modalities = extra.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise InvalidRequestError("Only the text modality is supported.", param="modalities")
+    if extra.get("audio") is not None:
+        raise InvalidRequestError("Audio output is not supported.", param="audio")
+    if extra.get("functions") or extra.get("function_call"):
+        raise InvalidRequestError(
+            "The deprecated functions/function_call parameters are not supported; use tools.",
+            param="functions",
+        )
+    if extra.get("web_search_options") is not None:
+        raise InvalidRequestError("Web search is not supported.", param="web_search_options")
+
+
+def message_text(message: ChatMessage, index: int) -> str:
+    """The text of a message; an array of text parts is joined with newlines."""
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for part_index, part in enumerate(content):
+        if part.type == "text" and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "refusal" and message.role == "assistant":
+            texts.append(str((part.model_extra or {}).get("refusal", "")))
+        else:
+            raise InvalidRequestError(
+                f"Content of type {part.type!r} is not supported; only text is.",
+                param=f"messages[{index}].content[{part_index}].type",
+            )
+    return "\n".join(texts)
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them (Hugging Face's conventions).
+
+    ``developer`` is OpenAI's new name for ``system``; tool-call arguments are handed to
+    the template as objects, which is what templates that render them are written for.
+    """
+    converted: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        role = "system" if message.role == "developer" else message.role
+        if role == "function":
+            role = "tool"
+        if role in ("system", "user") and message.content is None:
+            raise InvalidRequestError(
+                f"messages[{index}].content is required for role {message.role!r}.",
+                param=f"messages[{index}].content",
+            )
+        if role == "tool" and message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequestError(
+                f"messages[{index}].tool_call_id is required for role 'tool'.",
+                param=f"messages[{index}].tool_call_id",
+            )
+        entry: dict[str, Any] = {"role": role, "content": message_text(message, index)}
+        if message.name:
+            entry["name"] = message.name
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": _arguments_object(call.function.arguments),
+                    },
+                }
+                for call in message.tool_calls
+            ]
+        converted.append(entry)
+    return converted
+
+
+def _arguments_object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+def stop_strings(request: ChatCompletionRequest, template: ChatTemplate) -> list[str]:
+    requested = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    return [*requested, *template.stop_strings]
+
+
+def generation_request(
+    request: ChatCompletionRequest, prompt: str, defaults: GenerationDefaults
+) -> GenerationRequest:
+    max_tokens = request.max_completion_tokens or request.max_tokens or defaults.max_tokens
+    temperature = defaults.temperature if request.temperature is None else request.temperature
+    top_p = defaults.top_p if request.top_p is None else request.top_p
+    seed = request.seed if request.seed is not None else random.randrange(2**31)
+    return GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=max(top_p, 1e-6),
+        seed=seed,
+    )
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+# ---- one generation with the server's rules applied --------------------------------------
+
+
+@dataclass
+class GenerationOutcome:
+    """What a finished generation reports after its text."""
+
+    finish_reason: FinishReasonName = "stop"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    def usage(self) -> Usage:
+        return Usage.of(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+@dataclass
+class Generation:
+    """An engine generation with stop strings, the leading-space rule and a time limit.
+
+    Call :meth:`start` first (it raises before any text, e.g. for a prompt that does not
+    fit), then iterate :meth:`text` and read :attr:`outcome`; always :meth:`close`.
+    """
+
+    engine: Engine
+    request: GenerationRequest
+    stops: list[str]
+    timeout_seconds: float
+    outcome: GenerationOutcome = field(default_factory=GenerationOutcome)
+
+    def __post_init__(self) -> None:
+        self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
+        self._deadline = time.monotonic() + self.timeout_seconds
+        self._scanner = StopScanner(self.stops)
+        self._at_start = True
+
+    async def _next_event(self) -> GenerationEvent:
+        remaining = self._deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(self._events.__anext__(), max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            raise EngineTimeoutError(
+                f"The generation did not finish within {self.timeout_seconds:g} seconds."
+            ) from None
+        except StopAsyncIteration:
+            raise EngineError("The engine ended without finishing the generation.") from None
+
+    async def start(self) -> None:
+        event = await self._next_event()
+        if not isinstance(event, PromptAccepted):
+            raise EngineError("The engine did not report the prompt.")
+        self.outcome.prompt_tokens = event.prompt_tokens
+        self.outcome.cached_tokens = event.cached_tokens
+
+    async def text(self) -> AsyncIterator[str]:
+        """Reply text as it can be sent: the stop string and anything after it never are."""
+        while True:
+            event = await self._next_event()
+            if isinstance(event, TextDelta):
+                self.outcome.completion_tokens = event.completion_tokens
+                piece = event.text
+                if self._at_start and piece:
+                    # Templates end with "...assistant\n" and SentencePiece models start
+                    # the reply with a word-initial space: one leading space is not text.
+                    piece = piece[1:] if piece.startswith(" ") else piece
+                    self._at_start = False
+                released = self._scanner.feed(piece)
+                if released:
+                    yield released
+                if self._scanner.stopped:
+                    self.outcome.finish_reason = "stop"
+                    return
+            elif isinstance(event, Finished):
+                self.outcome.completion_tokens = event.completion_tokens
+                self.outcome.finish_reason = event.reason
+                rest = self._scanner.flush()
+                if rest:
+                    yield rest
+                return
+
+    async def close(self) -> None:
+        # Shielded: the engine must get to stop its process even when this request's
+        # task is being cancelled (client gone, server shutting down).
+        with anyio.CancelScope(shield=True):
+            await self._events.aclose()
+
+
+# ---- the service ------------------------------------------------------------------------
+
+DisconnectWatcher = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+@dataclass
+class ChatService:
+    engine: Engine
+    template: ChatTemplate
+    defaults: GenerationDefaults
+    scheduler: Scheduler
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.id
+
+    def prepare(self, request: ChatCompletionRequest) -> Generation:
+        """Validate and convert; raises 4xx errors before any engine work."""
+        if request.model != self.model_id:
+            raise ModelNotFoundError(request.model)
+        refuse_unsupported(request)
+        if request.tools or (request.response_format and request.response_format.type != "text"):
+            raise InvalidRequestError(
+                "tools and response_format are not supported yet.", param="tools"
+            )
+        prompt = self.template.render(template_messages(request.messages))
+        return Generation(
+            engine=self.engine,
+            request=generation_request(request, prompt, self.defaults),
+            stops=stop_strings(request, self.template),
+            timeout_seconds=self.defaults.timeout_seconds,
+        )
+
+    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+        generation = self.prepare(request)
+        async with self.scheduler.slot():
+            try:
+                await generation.start()
+                text = "".join([piece async for piece in generation.text()])
+            finally:
+                await generation.close()
+        outcome = generation.outcome
+        return ChatCompletion(
+            id=completion_id(),
+            created=int(time.time()),
+            model=self.model_id,
+            choices=[
+                Choice(
+                    message=ResponseMessage(content=text),
+                    finish_reason=outcome.finish_reason,
+                )
+            ],
+            usage=outcome.usage(),
+            system_fingerprint=SYSTEM_FINGERPRINT,
+        )
+
+    async def open_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """Start a streamed completion: errors before the first token raise here, so the
+        route can still answer with a proper status; the returned iterator yields SSE
+        events and owns the scheduler slot and the engine until it is closed."""
+        generation = self.prepare(request)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        slot = self.scheduler.slot()
+        await slot.__aenter__()
+        try:
+            await generation.start()
+        except BaseException:
+            await generation.close()
+            await slot.__aexit__(None, None, None)
+            raise
+        return self._stream_events(generation, slot, include_usage)
+
+    async def _stream_events(
+        self, generation: Generation, slot: Any, include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        chunk_id = completion_id()
+        created = int(time.time())
+
+        def chunk(delta: Delta, finish: FinishReasonName | None = None) -> bytes:
+            payload = ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=self.model_id,
+                choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                system_fingerprint=SYSTEM_FINGERPRINT,
+            )
+            exclude = None if include_usage else {"usage"}
+            return sse_event(payload.model_dump_json(exclude=exclude))
+
+        try:
+            yield chunk(Delta(role="assistant", content=""))
+            try:
+                async for piece in generation.text():
+                    yield chunk(Delta(content=piece))
+            except APIError as exc:
+                # The 200 and earlier chunks are already sent: report in-band, then end.
+                yield sse_event(json.dumps(exc.to_dict()))
+                return
+            outcome = generation.outcome
+            yield chunk(Delta(), outcome.finish_reason)
+            if include_usage:
+                usage_chunk = ChatCompletionChunk(
+                    id=chunk_id,
+                    created=created,
+                    model=self.model_id,
+                    choices=[],
+                    system_fingerprint=SYSTEM_FINGERPRINT,
+                    usage=outcome.usage(),
+                )
+                yield sse_event(usage_chunk.model_dump_json())
+            yield DONE_EVENT
+        finally:
+            await generation.close()
+            with anyio.CancelScope(shield=True):
+                await slot.__aexit__(None, None, None)
