@@ -121,7 +121,7 @@ def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDe
                 model_path=model_path,
                 model_id=model_id,
                 context_length=llama_section.context_length,
-                threads=llama_section.threads,
+                threads=llama_section.threads or os.cpu_count() or 1,
             )
         )
     except (ValueError, RuntimeError) as exc:

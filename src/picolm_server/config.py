@@ -10,7 +10,6 @@ names the key or path.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +109,7 @@ class PicoLMSection(GenerationDefaults):
 class LlamaCppSection(GenerationDefaults):
     """The in-process llama.cpp engine; an empty ``model_path`` means the embedded model."""
 
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    threads: int = Field(default=0, ge=0)  # 0: every core
 
 
 class LoggingSection(_Section):

@@ -212,12 +212,25 @@ class ChunkFunctionCall(_Response):
     name: str | None = None
     arguments: str | None = None
 
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
 
 class ChunkToolCall(_Response):
+    """One call's part of a delta: the first carries index, id, type and name (and
+    ``arguments: ""``), later ones only the index and an arguments fragment."""
+
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
     function: ChunkFunctionCall
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
 
 
 class Delta(_Response):

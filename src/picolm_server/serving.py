@@ -8,8 +8,8 @@ it parsed requests.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import random
 import secrets
 import time
@@ -26,6 +26,7 @@ from .engines.base import (
     Finished,
     GenerationEvent,
     GenerationRequest,
+    OutputConstraint,
     PromptAccepted,
     TextDelta,
 )
@@ -43,15 +44,34 @@ from .protocol import (
     ChatMessage,
     Choice,
     ChunkChoice,
+    ChunkFunctionCall,
+    ChunkToolCall,
     Delta,
     FinishReasonName,
+    ResponseFunctionCall,
     ResponseMessage,
+    ResponseToolCall,
     Usage,
 )
 from .scheduler import Scheduler
 from .streaming import DONE_EVENT, StopScanner, sse_event
+from .tool_calls import (
+    ContentPiece,
+    InvalidModelOutputError,
+    OutputPlan,
+    ParsedCall,
+    ReplyDecoder,
+    ReplyEvent,
+    argument_fragments,
+    build_grammar,
+    is_hermes_template,
+    make_plan,
+    prompt_messages,
+)
 
 SYSTEM_FINGERPRINT = "fp_picolm_server"
+
+logger = logging.getLogger("picolm_server")
 
 
 # ---- pure conversions ----------------------------------------------------------------
@@ -164,7 +184,10 @@ def stop_strings(request: ChatCompletionRequest, template: ChatTemplate) -> list
 
 
 def generation_request(
-    request: ChatCompletionRequest, prompt: str, defaults: GenerationDefaults
+    request: ChatCompletionRequest,
+    prompt: str,
+    defaults: GenerationDefaults,
+    constraint: OutputConstraint | None = None,
 ) -> GenerationRequest:
     max_tokens = request.max_completion_tokens or request.max_tokens or defaults.max_tokens
     temperature = defaults.temperature if request.temperature is None else request.temperature
@@ -176,7 +199,55 @@ def generation_request(
         temperature=temperature,
         top_p=max(top_p, 1e-6),
         seed=seed,
+        constraint=constraint,
     )
+
+
+def engine_accepts_grammar(engine: Engine) -> bool:
+    """Whether the engine enforces a GBNF grammar (llama.cpp) or only balanced JSON."""
+    return bool(getattr(engine, "accepts_grammar", False))
+
+
+def output_constraint(plan: OutputPlan | None, engine: Engine) -> OutputConstraint | None:
+    """The engine constraint for a plan: a grammar for grammar engines; for the others
+    JSON mode whenever the reply must be JSON (not for ``auto``, where it may be text)."""
+    if plan is None:
+        return None
+    if plan.grammar_engine:
+        grammar = build_grammar(plan)
+        check: Callable[[str], str | None] | None = getattr(engine, "grammar_error", None)
+        if check is not None and check(grammar.gbnf) is not None:
+            # A schema the converter got wrong: keep the call's shape, validate the rest.
+            logger.warning("falling back to a JSON-object grammar: %s", check(grammar.gbnf))
+            grammar = build_grammar(plan, exact_schemas=False)
+        return OutputConstraint(json_schema=plan.response_schema, gbnf=grammar.gbnf)
+    if plan.uses_json_mode:
+        return OutputConstraint(json_schema=plan.response_schema)
+    return None
+
+
+def response_tool_calls(calls: list[ParsedCall]) -> list[ResponseToolCall]:
+    return [
+        ResponseToolCall(
+            id=call.id, function=ResponseFunctionCall(name=call.name, arguments=call.arguments)
+        )
+        for call in calls
+    ]
+
+
+def call_deltas(call: ParsedCall, index: int) -> list[Delta]:
+    """A call as stream deltas: index, id, type and name first, then argument fragments."""
+    first = ChunkToolCall(
+        index=index,
+        id=call.id,
+        type="function",
+        function=ChunkFunctionCall(name=call.name, arguments=""),
+    )
+    deltas = [Delta(tool_calls=[first])]
+    for fragment in argument_fragments(call.arguments):
+        piece = ChunkToolCall(index=index, function=ChunkFunctionCall(arguments=fragment))
+        deltas.append(Delta(tool_calls=[piece]))
+    return deltas
 
 
 def completion_id() -> str:
@@ -212,9 +283,12 @@ class Generation:
     stops: list[str]
     timeout_seconds: float
     outcome: GenerationOutcome = field(default_factory=GenerationOutcome)
+    # Tools or a JSON response format: the reply text is read by a ReplyDecoder.
+    plan: OutputPlan | None = None
 
     def __post_init__(self) -> None:
         self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
+        # Set again by start(): time spent waiting in the queue is not generation time.
         self._deadline = time.monotonic() + self.timeout_seconds
         self._scanner = StopScanner(self.stops)
         self._at_start = True
@@ -222,8 +296,12 @@ class Generation:
     async def _next_event(self) -> GenerationEvent:
         remaining = self._deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(self._events.__anext__(), max(remaining, 0.001))
-        except asyncio.TimeoutError:
+            # In this task, not in one of its own as asyncio.wait_for would run it: a
+            # cancellation (client gone) then reaches the engine's generator directly, and
+            # close() never finds the generator still running in an orphaned task.
+            with anyio.fail_after(max(remaining, 0.001)):
+                return await self._events.__anext__()
+        except TimeoutError:
             raise EngineTimeoutError(
                 f"The generation did not finish within {self.timeout_seconds:g} seconds."
             ) from None
@@ -231,6 +309,7 @@ class Generation:
             raise EngineError("The engine ended without finishing the generation.") from None
 
     async def start(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
         event = await self._next_event()
         if not isinstance(event, PromptAccepted):
             raise EngineError("The engine did not report the prompt.")
@@ -263,6 +342,30 @@ class Generation:
                     yield rest
                 return
 
+    async def replies(self) -> AsyncIterator[ReplyEvent]:
+        """Content and tool calls (only with a plan), each call parsed and validated.
+
+        Ends early, with finish_reason ``tool_calls``, when the model starts repeating a
+        call; a reply that cannot be what the request demands raises
+        :class:`InvalidModelOutputError` (with ``x-should-retry: false`` when sampling is
+        greedy or max_tokens cut the reply, where a retry gives the same result)."""
+        assert self.plan is not None
+        decoder = ReplyDecoder(self.plan)
+        try:
+            async for piece in self.text():
+                for event in decoder.feed(piece):
+                    yield event
+                if decoder.done:
+                    break
+            for event in decoder.finish(self.outcome.finish_reason if not decoder.done else "stop"):
+                yield event
+        except InvalidModelOutputError as exc:
+            if self.request.temperature == 0 or not exc.retryable:
+                exc.headers = {**exc.headers, "x-should-retry": "false"}
+            raise
+        if decoder.calls and (decoder.done or self.outcome.finish_reason != "length"):
+            self.outcome.finish_reason = "tool_calls"
+
     async def close(self) -> None:
         # Shielded: the engine must get to stop its process even when this request's
         # task is being cancelled (client gone, server shutting down).
@@ -291,37 +394,55 @@ class ChatService:
         if request.model != self.model_id:
             raise ModelNotFoundError(request.model)
         refuse_unsupported(request)
-        if request.tools or (request.response_format and request.response_format.type != "text"):
-            raise InvalidRequestError(
-                "tools and response_format are not supported yet.", param="tools"
-            )
-        prompt = self.template.render(template_messages(request.messages))
+        grammar_engine = engine_accepts_grammar(self.engine)
+        hermes = is_hermes_template(self.template.source)
+        plan = make_plan(request, hermes_template=hermes, grammar_engine=grammar_engine)
+        messages, tools = prompt_messages(
+            template_messages(request.messages),
+            plan,
+            template_renders_tools=self.template.renders_tools,
+            call_format="hermes" if hermes and grammar_engine else "json",
+        )
+        prompt = self.template.render(messages, tools=tools)
         return Generation(
             engine=self.engine,
-            request=generation_request(request, prompt, self.defaults),
+            request=generation_request(
+                request, prompt, self.defaults, constraint=output_constraint(plan, self.engine)
+            ),
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
+            plan=plan,
         )
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         generation = self.prepare(request)
+        calls: list[ParsedCall] = []
         async with self.scheduler.slot():
             try:
                 await generation.start()
-                text = "".join([piece async for piece in generation.text()])
+                if generation.plan is None:
+                    text = "".join([piece async for piece in generation.text()])
+                else:
+                    pieces: list[str] = []
+                    async for event in generation.replies():
+                        if isinstance(event, ContentPiece):
+                            pieces.append(event.text)
+                        else:
+                            calls.append(event)
+                    text = "".join(pieces)
             finally:
                 await generation.close()
         outcome = generation.outcome
+        message = (
+            ResponseMessage(content=text or None, tool_calls=response_tool_calls(calls))
+            if calls
+            else ResponseMessage(content=text)
+        )
         return ChatCompletion(
             id=completion_id(),
             created=int(time.time()),
             model=self.model_id,
-            choices=[
-                Choice(
-                    message=ResponseMessage(content=text),
-                    finish_reason=outcome.finish_reason,
-                )
-            ],
+            choices=[Choice(message=message, finish_reason=outcome.finish_reason)],
             usage=outcome.usage(),
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
@@ -360,10 +481,24 @@ class ChatService:
             return sse_event(payload.model_dump_json(exclude=exclude))
 
         try:
-            yield chunk(Delta(role="assistant", content=""))
+            if generation.plan is None:
+                yield chunk(Delta(role="assistant", content=""))
+            else:
+                # No content yet: a reply of tool calls only has content null.
+                yield chunk(Delta(role="assistant"))
             try:
-                async for piece in generation.text():
-                    yield chunk(Delta(content=piece))
+                if generation.plan is None:
+                    async for piece in generation.text():
+                        yield chunk(Delta(content=piece))
+                else:
+                    index = 0
+                    async for event in generation.replies():
+                        if isinstance(event, ContentPiece):
+                            yield chunk(Delta(content=event.text))
+                            continue
+                        for delta in call_deltas(event, index):
+                            yield chunk(delta)
+                        index += 1
             except APIError as exc:
                 # The 200 and earlier chunks are already sent: report in-band, then end.
                 yield sse_event(json.dumps(exc.to_dict()))
@@ -382,6 +517,8 @@ class ChatService:
                 yield sse_event(usage_chunk.model_dump_json())
             yield DONE_EVENT
         finally:
-            await generation.close()
-            with anyio.CancelScope(shield=True):
-                await slot.__aexit__(None, None, None)
+            try:
+                await generation.close()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await slot.__aexit__(None, None, None)

@@ -1,6 +1,6 @@
 """Builder of tiny LLaMA-architecture GGUF files with random weights, for tests.
 
-This module owns the synthetic test model: a few hundred kilobytes of GGUF that
+This module owns the synthetic test model: about 0.8 MB of GGUF that
 the real PicoLM binary (and llama.cpp) load and run in milliseconds, so tests can
 drive the whole path (process, tokenizer, stdout/stderr contract, KV cache) without
 downloading a real model.  Its output is gibberish by design.
@@ -11,21 +11,33 @@ What the file contains (see ``build_tiny_llama_gguf``):
   F32 weights (the simplest type both engines read), context ``context_length``.
 * A SentencePiece-style vocabulary with scores (``tokenizer.ggml.model = llama``),
   laid out like the LLaMA-2 one: ``<unk>``=0, ``<s>``=1 (BOS), ``</s>``=2 (EOS), the
-  256 byte-fallback tokens ``<0x00>``..``<0xFF>`` (ids 3..258, type BYTE), then pieces
-  learned by a small deterministic BPE training over the embedded text below (highest
-  score first), then single characters (printable ASCII, the ``▁`` space marker and a
-  few non-ASCII characters) with the lowest scores.  Newline and tab are not pieces:
-  like LLaMA they go through byte fallback.
+  256 byte-fallback tokens ``<0x00>``..``<0xFF>`` (ids 3..258, type BYTE, score 0.0),
+  then ~600 pieces learned by a small deterministic BPE training over the embedded
+  text below (``▁the``, ``ing``, ``▁hello``, ``<|``, ``|>``, ``im``, ``start``...,
+  best first), then single characters (printable ASCII, ``▁`` and a few non-ASCII
+  characters such as é, ü, 中) with the lowest scores, then ``</s`` and ``<s``.
+  977 entries for "default" (729 "no_space_marker", 997 "quirks").  Newline and
+  tab are not pieces: like LLaMA they go through byte fallback, and so do emoji.
 * Merge scores are ``-(rank // 2)``: two consecutive merges share a score on
   purpose, so the tokenizer's tie-breaking (leftmost pair wins) is exercised.
+* ``</s`` and ``<s`` make the prompt *text* ``</s>``/``<s>`` merge into the EOS/BOS
+  ids under PicoLM's tokenizer (llama.cpp only does that with special parsing on).
 * The default model never emits EOS (its EOS logit is pushed far below the others),
-  so generation always runs to the token budget; ``stop_at_once=True`` makes a
-  model whose only non-zero output row is EOS, so it emits EOS first, every time.
+  so generation always runs to the token budget (``-n N``: N+1 tokens); its output
+  is random pieces, byte tokens included (so invalid UTF-8 bytes do occur).
+  ``stop_at_once=True`` makes a model whose only non-zero output row is EOS, so it
+  emits EOS first, every time, at any temperature.
+* ``vocab="no_space_marker"`` and ``vocab="quirks"`` are variants for tokenizer
+  tests (see VOCABS); llama.cpp aborts on "quirks" (it has duplicate strings).
+
+PicoLM runs one of these in a few milliseconds (process start included) for short
+prompts; llama.cpp loads "default" and "no_space_marker" too.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections import Counter
 from pathlib import Path
@@ -67,7 +79,46 @@ N_MERGES = 600
 # "no_space_marker": the same without "▁" and any piece containing it, which makes
 # every space fall back to three byte tokens; it exercises PicoLM's prompt buffer
 # limit (strlen(prompt) + 3 tokens), which silently truncates such prompts.
-VOCABS = ("default", "no_space_marker")
+# "quirks": the default one plus pieces that hit the odd corners of PicoLM's
+# tokenizer (see _QUIRK_PIECES); meant for tokenizer tests, not for llama.cpp.
+VOCABS = ("default", "no_space_marker", "quirks")
+
+# Appended to every vocabulary: with them the *text* "</s>" and "<s>" merges into
+# the EOS/BOS ids (their score, 0.0, beats every piece), as PicoLM does whenever a
+# vocabulary has such intermediate pieces.  Score -40.0 ties with two merges.
+_SPECIAL_PREFIX_PIECES = (("</s", -40.0), ("<s", -40.0))
+
+_F32_MINUS_1E30 = float(np.float32(-1e30))
+
+# Appended to the "quirks" vocabulary, in this order (ids follow the characters).
+_QUIRK_PIECES: tuple[tuple[str, float], ...] = (
+    # Same text as an existing piece: which id a lookup returns depends on the path
+    # of PicoLM's binary search over the (stably) sorted strings.
+    (SPACE_MARKER + "the", 5.0),
+    (SPACE_MARKER + "a", -3.5),
+    # Scores that never win: NaN, exactly -1e30f (PicoLM needs score > -1e30f), -inf.
+    ("zz", float("nan")),
+    ("qq", _F32_MINUS_1E30),
+    ("jj", float("-inf")),
+    # Just above the floor: merges, but only when nothing else can.
+    ("vv", -9.0e29),
+    # C strings end at NUL: PicoLM sees this entry as "ok".
+    ("ok\x00junk", -7.0),
+    # An empty entry: never found (a lookup is never for "").
+    ("", 0.0),
+    # "x" * 2**k for k = 1..8, equal scores: a run of x's doubles up to 128, but
+    # 128 + 128 is never merged because PicoLM skips concatenations >= 256 bytes.
+    *(("x" * (2**k), -2.0) for k in range(1, 9)),
+    # A chain that spells the byte token "<0x41>": the text "<0x41>" becomes the
+    # byte token for "A" (score 0.0).
+    ("<0", -60.0),
+    ("<0x", -60.0),
+    ("<0x4", -60.0),
+    ("<0x41", -60.0),
+)
+# In "quirks", the tab byte token is renamed: a tab then has neither a piece nor a
+# byte token, and PicoLM silently drops it.
+_QUIRK_RENAMED = {3 + 0x09: "<tab-byte-removed>"}
 
 # Non-ASCII single-character pieces.  Characters outside this list (and every
 # emoji) reach the model through byte fallback.
@@ -140,8 +191,8 @@ def _train_merges(corpus: str, n_merges: int) -> list[tuple[str, str]]:
     for _ in range(n_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for syms, count in seqs:
-            for a, b in zip(syms, syms[1:]):
-                pairs[(a, b)] += count
+            for pair in itertools.pairwise(syms):
+                pairs[pair] += count
         if not pairs:
             break
         best = min(pairs.items(), key=lambda kv: (-kv[1], kv[0][0] + kv[0][1], kv[0]))[0]
@@ -157,8 +208,10 @@ def _train_merges(corpus: str, n_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_vocab(vocab: str = "default") -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
+@functools.cache
+def tiny_vocab(
+    vocab: str = "default",
+) -> tuple[tuple[str, ...], tuple[float, ...], tuple[int, ...]]:
     """Return ``(tokens, scores, token_types)`` of the named synthetic vocabulary.
 
     Cached: the BPE training takes a fraction of a second and tests build many files.
@@ -172,10 +225,10 @@ def tiny_vocab(vocab: str = "default") -> tuple[tuple[str, ...], tuple[float, ..
         int(gguf.TokenType.CONTROL),
         int(gguf.TokenType.CONTROL),
     ]
-    # Byte tokens score 0.0 like LLaMA-2's; they are never the product of a merge
-    # here because no pair of pieces spells "<0xHH>".
-    for b in range(N_BYTE_TOKENS):
-        tokens.append(f"<0x{b:02X}>")
+    # Byte tokens score 0.0 like LLaMA-2's.  No two pieces of "default" spell
+    # "<0xHH>", so there they are never the product of a merge ("quirks" has one).
+    for byte in range(N_BYTE_TOKENS):
+        tokens.append(f"<0x{byte:02X}>")
         scores.append(0.0)
         types.append(int(gguf.TokenType.BYTE))
 
@@ -184,8 +237,8 @@ def tiny_vocab(vocab: str = "default") -> tuple[tuple[str, ...], tuple[float, ..
     def keep(piece: str) -> bool:
         return not (vocab == "no_space_marker" and SPACE_MARKER in piece)
 
-    for rank, (a, b) in enumerate(_train_merges(_CORPUS, N_MERGES)):
-        piece = a + b
+    for rank, (left, right) in enumerate(_train_merges(_CORPUS, N_MERGES)):
+        piece = left + right
         # A merge can spell an existing token ("</s" + ">" is EOS): the vocabulary
         # cannot hold the same text twice, and the existing token (with its higher
         # score) is what the merge then produces.
@@ -204,6 +257,15 @@ def tiny_vocab(vocab: str = "default") -> tuple[tuple[str, ...], tuple[float, ..
         tokens.append(ch)
         scores.append(-1000.0 - i)
         types.append(int(gguf.TokenType.NORMAL))
+
+    extras = _SPECIAL_PREFIX_PIECES + (_QUIRK_PIECES if vocab == "quirks" else ())
+    for piece, score in extras:
+        tokens.append(piece)
+        scores.append(score)
+        types.append(int(gguf.TokenType.NORMAL))
+    if vocab == "quirks":
+        for token_id, piece in _QUIRK_RENAMED.items():
+            tokens[token_id] = piece
     return tuple(tokens), tuple(scores), tuple(types)
 
 
@@ -249,13 +311,15 @@ def _random_weights(
         tensors[p + "ffn_down.weight"] = mat(N_EMBD, N_FF, 0.02)
 
     eos_row = np.zeros(N_EMBD, dtype=np.float32)
+    output: np.ndarray[tuple[int, ...], np.dtype[np.float32]]
     if stop_at_once:
         # All logits are exactly 0 except EOS's, which is positive (see above).
         output = np.zeros((n_vocab, N_EMBD), dtype=np.float32)
         eos_row[0] = 1.0
     else:
-        # Random head; EOS's logit is about -80 while the others are within a few
-        # units of 0, so EOS is never picked, greedy or sampled.
+        # Random head: the final hidden state has norm 8 with dimension 0 near 5.7,
+        # so EOS's logit is near -57 while the others have a std of about 2.4: EOS
+        # is never picked, greedy or sampled.
         output = mat(n_vocab, N_EMBD, 0.3)
         eos_row[0] = -10.0
     output[EOS_ID] = eos_row

@@ -14,7 +14,9 @@ import asyncio
 import codecs
 import concurrent.futures
 import json
+import logging
 import threading
+import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from .base import (
 )
 from .picolm import context_exceeded
 
+logger = logging.getLogger("picolm_server.engine.llama_cpp")
+
 
 @dataclass(frozen=True)
 class LlamaCppOptions:
@@ -48,6 +52,9 @@ _END = object()
 
 
 class LlamaCppEngine:
+    # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf).
+    accepts_grammar = True
+
     def __init__(self, options: LlamaCppOptions) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed
 
@@ -140,6 +147,8 @@ class LlamaCppEngine:
         is_end_of_generation = self._llama_cpp.llama_vocab_is_eog
         count = 0
         reason: FinishReason = "length"
+        started = time.monotonic()
+        stopped = False
         try:
             if request.seed is not None:
                 self.llama.set_seed(request.seed)
@@ -154,6 +163,7 @@ class LlamaCppEngine:
                 grammar=grammar,
             ):
                 if stop.is_set():
+                    stopped = True
                     break
                 if is_end_of_generation(vocab, token):
                     reason = "stop"
@@ -171,7 +181,28 @@ class LlamaCppEngine:
             loop.call_soon_threadsafe(put, exc)
         finally:
             loop.call_soon_threadsafe(put, _END)
+        logger.debug(
+            "llama.cpp %s in %.2fs: %d prompt, %d completion tokens (budget %d)",
+            "stopped by the server" if stopped else f"finished ({reason})",
+            time.monotonic() - started,
+            len(tokens),
+            count,
+            budget,
+        )
         return reason, count
+
+    def grammar_error(self, gbnf: str) -> str | None:
+        """Why llama.cpp would refuse this grammar, or None if it parses.
+
+        llama-cpp-python hands a grammar that does not parse to the sampler chain as a
+        null sampler, which crashes the process: grammars are checked before use."""
+        sampler = self._llama_cpp.llama_sampler_init_grammar(
+            self.llama._model.vocab, gbnf.encode("utf-8"), b"root"
+        )
+        if not sampler:
+            return "llama.cpp could not parse the grammar"
+        self._llama_cpp.llama_sampler_free(sampler)
+        return None
 
     def _grammar(self, request: GenerationRequest) -> Any:
         constraint = request.constraint
@@ -179,6 +210,9 @@ class LlamaCppEngine:
             return None
         grammar_class: Any = self._llama_cpp.LlamaGrammar  # type: ignore[attr-defined]
         if constraint.gbnf is not None:
+            problem = self.grammar_error(constraint.gbnf)
+            if problem is not None:
+                raise ValueError(problem)
             return grammar_class.from_string(constraint.gbnf, verbose=False)
         schema = constraint.json_schema
         if schema is None:

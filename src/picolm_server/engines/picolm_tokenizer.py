@@ -24,7 +24,8 @@ shape its input, quirks included:
    whose concatenation is 256 bytes or more are skipped.  Any vocabulary entry can
    be produced, special ones included: with LLaMA-style scores (0.0 for
    ``<s>``/``</s>``, negative for ordinary pieces) prompt text ``</s>`` becomes the
-   EOS id as soon as pieces such as ``</`` and ``s>`` exist.
+   EOS id as soon as it splits into two reachable pieces (``</s`` + ``>``, ...),
+   and text ``<0x41>`` the byte token for "A" if ``<0x41`` is reachable.
 4. Lookups are a binary search over the vocabulary sorted with ``strcmp`` that has a
    signed-``char`` bug: when the probed entry extends the query and its next byte is
    >= 0x80, the search goes the wrong way *where ``char`` is signed* (x86, macOS,
@@ -33,13 +34,19 @@ shape its input, quirks included:
    ARM, e.g. a Raspberry Pi) finds them.  We simulate the search for exactly the
    entries that can be affected (see ``_findable_ids``); everything else is a dict
    lookup.  Duplicate vocabulary strings resolve the way that search does after
-   glibc's (stable, merge-sort) ``qsort``.
+   glibc's (stable, merge-sort) ``qsort``; a build on musl (unstable qsort) may
+   pick another copy.
 5. The vocabulary is ``llama.vocab_size`` entries (or the ``token_embd.weight``
    dimension, or the token count), entries cut at their first NUL byte, missing ones
    empty; missing scores are 0.0.  BOS/EOS default to 1/2.
 6. ``picolm.c`` gives the encoder room for ``strlen(prompt) + 3`` tokens, BOS
    included, and drops anything beyond (only reachable when spaces or characters
    fall back to several byte tokens, e.g. a vocabulary without ``▁``).
+
+For ``--cache`` reuse, note a PicoLM bug outside the tokenizer: when it skips P
+cached positions, it runs position P on prompt token P-1 (token P is never fed),
+so a reused cache is exactly right only when ``encode(new)[P] == encode(new)[P-1]``;
+otherwise one position differs from a fresh run (tests/engines show both cases).
 
 Speed: the C merge loop is quadratic in the prompt; this one is a heap with lazy
 invalidation that applies the same merges in the same order (the best pair is the

@@ -1,0 +1,573 @@
+"""A stand-in for the PicoLM executable that follows its documented contract exactly.
+
+Everything the server must cope with is reproduced (see the project's PicoLM notes):
+argv parsed as ``picolm.c`` does (an unknown option, or an option without its value, is
+"Unknown option" plus the usage text on stderr and exit status 1); the prompt read from
+stdin when there is no ``-p``; "No prompt provided" and "Failed to load model" with exit
+status 1; the stderr lines in PicoLM's order; ``-n N`` generating N+1 tokens; each token
+written and flushed on its own (a multi-byte UTF-8 character as separate single bytes,
+as byte-fallback tokens are); the end-of-sequence text ``</s>`` written when generation
+stops on EOS; and a final ``\\n`` always. ``-c`` lowers the model's context; a prompt of
+more tokens than the context generates nothing, and generation stops at the context.
+
+What it generates is scripted from the prompt, in the manner of simonw/llm's fake model.
+Behaviour directives (anywhere in the prompt; the last one wins):
+
+``[[reply:TEXT]]``
+    The reply is TEXT, as word tokens (``" word"``, see :func:`reply_pieces`); when TEXT
+    ends within the budget the EOS token follows.
+``[[eos-now]]``
+    EOS is the first token (an empty reply).
+``[[crash]]``
+    A few tokens, then an error line on stderr and exit status 3.
+``[[segv]]``
+    A few tokens, then the process kills itself with SIGSEGV.
+``[[hang]]``
+    A few tokens, then it sleeps forever.
+
+Modifiers, which combine with the behaviour:
+
+``[[slow:SECONDS]]``
+    Sleep SECONDS before each generated token.
+``[[child]]``
+    Start a child process that sleeps forever (same process group) before generating.
+
+Without a behaviour directive the reply is a deterministic run of words chosen by a
+hash of the prompt's token ids (and of the seed when the temperature is above 0), and
+never EOS, like a model whose EOS logit is hopelessly low: it runs to the budget.
+
+When the environment variable ``FAKE_PICOLM_LOG`` names a file, each run appends JSON
+lines to it: one when it starts (pid, argv, prompt) and one per child it starts; read
+them back with :func:`read_history`.
+
+The model must be a readable GGUF file (the tiny one from ``tiny_llama_gguf`` is what
+tests use); its shape and context length come from its metadata. Prompt tokens are
+counted with the project's exact PicoLM tokenizer when it is importable.
+
+Run it through :func:`install_fake_picolm`, which writes an executable wrapper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+EOS_TEXT = b"</s>"
+LOG_ENV = "FAKE_PICOLM_LOG"
+CRASH_EXIT_STATUS = 3
+# Tokens written before [[crash]], [[segv]] and [[hang]] take effect.
+TOKENS_BEFORE_FAILURE = 2
+KVCACHE_MAGIC = 0x4B564350  # "KVCP", as PicoLM's
+
+_WORDS = (
+    "the", "robot", "said", "hello", "to", "world", "and", "it", "was", "morning",
+    "light", "sea", "is", "deep", "little", "house", "on", "hill", "wind", "trees",
+)  # fmt: skip
+
+_DIRECTIVE = re.compile(r"\[\[(reply|eos-now|crash|segv|hang|slow|child)(?::(.*?))?\]\]", re.S)
+_BEHAVIOURS = ("reply", "eos-now", "crash", "segv", "hang")
+
+
+def _usage(prog: str) -> str:
+    return (
+        "PicoLLM — ultra-lightweight LLM inference engine\n\n"
+        f"Usage: {prog} <model.gguf> [options]\n"
+        "\nGeneration options:\n"
+        "  -p <prompt>    Input prompt (or pipe via stdin)\n"
+        "  -n <int>       Max tokens to generate (default: 256)\n"
+        "  -t <float>     Temperature (default: 0.8, 0=greedy)\n"
+        "  -k <float>     Top-p / nucleus sampling (default: 0.9)\n"
+        "  -s <int>       RNG seed (default: 42)\n"
+        "  -c <int>       Context length override\n"
+        "  -j <int>       Number of threads (default: 4)\n"
+        "\nAdvanced options:\n"
+        "  --json         Grammar-constrained JSON output mode\n"
+        "  --cache <file> KV cache file (saves/loads prompt state)\n"
+    )
+
+
+# ---- what the reply is made of ------------------------------------------------------------
+
+
+def reply_pieces(text: str) -> list[bytes]:
+    """The tokens ``[[reply:TEXT]]`` is written as, each one write to stdout.
+
+    Words separated by single spaces, each with a leading space (SentencePiece's ``▁``);
+    a non-ASCII character becomes one token per UTF-8 byte (byte fallback). The pieces
+    joined are exactly ``" " + text``, UTF-8 encoded.
+    """
+    pieces: list[bytes] = []
+    for word in text.split(" "):
+        run = " "
+        for char in word:
+            if char.isascii():
+                run += char
+                continue
+            if run:
+                pieces.append(run.encode())
+                run = ""
+            pieces.extend(bytes([b]) for b in char.encode("utf-8"))
+        if run:
+            pieces.append(run.encode())
+    return pieces
+
+
+def default_pieces(token_ids: list[int], seed: int | None, count: int) -> list[bytes]:
+    """The deterministic reply for a prompt without a ``[[reply:...]]`` directive."""
+    key = json.dumps([token_ids, seed]).encode()
+    digest = hashlib.sha256(key).digest()
+    pieces = []
+    for index in range(count):
+        if index % len(digest) == 0 and index:
+            digest = hashlib.sha256(digest).digest()
+        pieces.append((" " + _WORDS[digest[index % len(digest)] % len(_WORDS)]).encode())
+    return pieces
+
+
+# ---- C-style argument parsing -------------------------------------------------------------
+
+
+def _atoi(text: str) -> int:
+    match = re.match(r"\s*([+-]?\d+)", text)
+    return int(match.group(1)) if match else 0
+
+
+def _atof(text: str) -> float:
+    match = re.match(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", text)
+    return float(match.group(1)) if match else 0.0
+
+
+@dataclass
+class Options:
+    model_path: str
+    prompt: bytes | None = None
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.9
+    seed: int = 42
+    context_override: int = 0
+    threads: int = 4
+    json_mode: bool = False
+    cache_file: str | None = None
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(argv: list[str]) -> Options:
+    """``picolm.c``'s argument loop: ``argv[1]`` is the model, options follow."""
+    if len(argv) < 2:
+        raise UsageError("")
+    options = Options(model_path=argv[1])
+    i = 2
+    while i < len(argv):
+        arg = argv[i]
+        has_value = i + 1 < len(argv)
+        value = argv[i + 1] if has_value else ""
+        if arg == "-p" and has_value:
+            options.prompt = os.fsencode(value)
+        elif arg == "-n" and has_value:
+            options.max_tokens = _atoi(value)
+        elif arg == "-t" and has_value:
+            options.temperature = _atof(value)
+        elif arg == "-k" and has_value:
+            options.top_p = _atof(value)
+        elif arg == "-s" and has_value:
+            options.seed = _atoi(value) % 2**64
+        elif arg == "-c" and has_value:
+            options.context_override = _atoi(value)
+        elif arg == "-j" and has_value:
+            options.threads = _atoi(value)
+        elif arg == "--json":
+            options.json_mode = True
+            i += 1
+            continue
+        elif arg == "--cache" and has_value:
+            options.cache_file = value
+        else:
+            raise UsageError(f"Unknown option: {arg}\n")
+        i += 2
+    return options
+
+
+# ---- the model file ------------------------------------------------------------------------
+
+
+@dataclass
+class ModelShape:
+    n_embd: int = 0
+    n_ffn: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    n_layers: int = 0
+    vocab_size: int = 0
+    max_seq: int = 2048
+    rope_base: float = 10000.0
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_heads if self.n_heads else 0
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+_SCALARS.update({11: "<q", 12: "<d"})
+
+
+def read_model_shape(path: str) -> ModelShape:
+    """Read a GGUF's metadata (no tensors); raises ValueError/OSError when it is not one."""
+    with open(path, "rb") as file:
+        data = file.read()
+    pos = 0
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        size = struct.calcsize(fmt)
+        if pos + size > len(data):
+            raise ValueError("truncated GGUF")
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += size
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        length = take("<Q")
+        if pos + length > len(data):
+            raise ValueError("truncated GGUF")
+        text = data[pos : pos + length].decode("utf-8", "replace")
+        pos += length
+        return text
+
+    def value(vtype: int) -> Any:
+        if vtype in _SCALARS:
+            return take(_SCALARS[vtype])
+        if vtype == 8:
+            return string()
+        if vtype == 9:
+            item_type, count = take("<I"), take("<Q")
+            items = [value(item_type) for _ in range(count)]
+            return items if count < 64 else len(items)
+        raise ValueError(f"Unknown GGUF metadata type: {vtype}")
+
+    if take("<I") != 0x46554747:
+        raise ValueError("Invalid GGUF magic")
+    if take("<I") not in (2, 3):
+        raise ValueError("Unsupported GGUF version")
+    take("<Q")  # tensor count
+    n_kv = take("<Q")
+    values = {}
+    for _ in range(n_kv):
+        key = string()
+        values[key] = value(take("<I"))
+    arch = values.get("general.architecture", "llama")
+    shape = ModelShape(values=values)
+    shape.n_embd = int(values.get(f"{arch}.embedding_length", 0))
+    shape.n_ffn = int(values.get(f"{arch}.feed_forward_length", 0))
+    shape.n_heads = int(values.get(f"{arch}.attention.head_count", 0))
+    shape.n_kv_heads = int(values.get(f"{arch}.attention.head_count_kv", shape.n_heads))
+    shape.n_layers = int(values.get(f"{arch}.block_count", 0))
+    shape.max_seq = int(values.get(f"{arch}.context_length", 2048))
+    shape.rope_base = float(values.get(f"{arch}.rope.freq_base", 10000.0))
+    tokens = values.get("tokenizer.ggml.tokens", 0)
+    shape.vocab_size = int(values.get(f"{arch}.vocab_size", tokens))
+    if not (shape.n_embd and shape.n_layers and shape.n_heads):
+        raise ValueError("not a LLaMA model")
+    return shape
+
+
+def encode_prompt(model_path: str, prompt: bytes) -> list[int]:
+    """PicoLM's prompt token ids (BOS first): exact when the project's tokenizer imports."""
+    try:
+        from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
+    except ImportError:
+        words = prompt.replace(b"\n", b" ").split(b" ")
+        return [1, *(3 + (sum(word) % 900) for word in words if word)]
+    return PicoLMTokenizer.from_gguf(Path(model_path)).encode(prompt)
+
+
+# ---- --cache: saved prompt state --------------------------------------------------------
+# PicoLM's file holds the KV rows of the prompt's positions; this one holds PicoLM's
+# header (magic, positions, layers, kv_dim) followed by the prompt's token ids, which is
+# enough to tell, in tests, which prompt a cache file was written for.
+
+
+def cache_load(path: str, shape: ModelShape, err: BinaryIO) -> list[int]:
+    """The token ids of a valid cache file (an empty list when there is none)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return []
+    if len(data) < 16:
+        return []
+    magic, n_pos, n_layers, kv_dim = struct.unpack_from("<4I", data)
+    if magic != KVCACHE_MAGIC:
+        err.write(b"kvcache_load: invalid magic\n")
+        return []
+    if n_layers != shape.n_layers or kv_dim != shape.kv_dim:
+        err.write(
+            f"kvcache_load: model mismatch (layers={n_layers}/{shape.n_layers}, "
+            f"kv_dim={kv_dim}/{shape.kv_dim})\n".encode()
+        )
+        return []
+    if n_pos > shape.max_seq:
+        err.write(
+            f"kvcache_load: cached {n_pos} positions exceeds max_seq_len {shape.max_seq}\n".encode()
+        )
+        return []
+    if len(data) < 16 + 4 * n_pos:
+        return []
+    ids = list(struct.unpack_from(f"<{n_pos}I", data, 16))
+    err.write(f"KV cache loaded: {n_pos} positions from {path}\n".encode())
+    return ids
+
+
+def cache_save(path: str, shape: ModelShape, token_ids: list[int], err: BinaryIO) -> None:
+    n_pos = len(token_ids)
+    if n_pos <= 0 or n_pos > shape.max_seq:
+        return
+    try:
+        with open(path, "wb") as file:
+            file.write(struct.pack("<4I", KVCACHE_MAGIC, n_pos, shape.n_layers, shape.kv_dim))
+            file.write(struct.pack(f"<{n_pos}I", *token_ids))
+    except OSError:
+        err.write(f"kvcache_save: cannot open {path}\n".encode())
+        return
+    err.write(f"KV cache saved: {n_pos} positions to {path}\n".encode())
+
+
+# ---- history ---------------------------------------------------------------------------------
+
+
+def _log(entry: dict[str, Any]) -> None:
+    path = os.environ.get(LOG_ENV)
+    if not path:
+        return
+    line = (json.dumps(entry) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Invocation:
+    """One run of the fake, as its log lines tell it."""
+
+    pid: int
+    argv: list[str]
+    prompt: str | None
+    child_pids: list[int] = field(default_factory=list)
+    exit: str | None = None
+
+
+def read_history(path: Path) -> list[Invocation]:
+    """The runs recorded in a ``FAKE_PICOLM_LOG`` file, oldest first."""
+    runs: dict[int, Invocation] = {}
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        pid = entry["pid"]
+        if entry["event"] == "start":
+            runs[pid] = Invocation(pid, entry["argv"], entry["prompt"])
+        elif entry["event"] == "child" and pid in runs:
+            runs[pid].child_pids.append(entry["child_pid"])
+        elif entry["event"] == "exit" and pid in runs:
+            runs[pid].exit = entry["how"]
+    return list(runs.values())
+
+
+# ---- the program -------------------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    behaviour: str | None = None
+    reply: str = ""
+    slow: float = 0.0
+    child: bool = False
+
+
+def read_script(prompt: str) -> Script:
+    script = Script()
+    for match in _DIRECTIVE.finditer(prompt):
+        name, arg = match.group(1), match.group(2)
+        if name in _BEHAVIOURS:
+            script.behaviour = name
+            script.reply = arg or ""
+        elif name == "slow":
+            script.slow = _atof(arg or "0")
+        elif name == "child":
+            script.child = True
+    return script
+
+
+def main(argv: list[str]) -> int:
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    prog = argv[0] if argv else "picolm"
+
+    def say(line: str) -> None:
+        err.write(line.encode() + b"\n")
+        err.flush()
+
+    try:
+        options = parse_args(argv)
+    except UsageError as exc:
+        err.write(str(exc).encode() + _usage(prog).encode())
+        return 1
+
+    prompt = options.prompt
+    if prompt is None and not os.isatty(0):
+        prompt = sys.stdin.buffer.read()
+    prompt = (prompt or b"").split(b"\0", 1)[0]  # a C string
+    _log(
+        {
+            "event": "start",
+            "pid": os.getpid(),
+            "argv": argv,
+            "prompt": prompt.decode("utf-8", "replace"),
+        }
+    )
+    if not prompt:
+        err.write(b"No prompt provided. Use -p or pipe via stdin.\n" + _usage(prog).encode())
+        return 1
+
+    say(f"Loading model: {options.model_path}")
+    try:
+        shape = read_model_shape(options.model_path)
+    except (OSError, ValueError) as exc:
+        say(f"Cannot open file: {options.model_path}" if isinstance(exc, OSError) else str(exc))
+        say("Failed to load model")
+        return 1
+    if 0 < options.context_override < shape.max_seq:
+        shape.max_seq = options.context_override
+    say("Model config:")
+    say(f"  n_embd={shape.n_embd}, n_ffn={shape.n_ffn}, n_heads={shape.n_heads}, "
+        f"n_kv_heads={shape.n_kv_heads}")  # fmt: skip
+    say(f"  n_layers={shape.n_layers}, vocab_size={shape.vocab_size}, max_seq={shape.max_seq}")
+    say(f"  head_dim={shape.head_dim}, rope_base={shape.rope_base:.1f}")
+    kv_mb = shape.n_layers * shape.max_seq * shape.kv_dim * 2 * 2 / (1024 * 1024)
+    say(f"Allocating 0.04 MB for runtime state (+ {kv_mb:.2f} MB FP16 KV cache)")
+    say(f"Tokenizer loaded: {shape.vocab_size} tokens, bos=1, eos=2")
+    if options.json_mode:
+        say("JSON grammar mode enabled")
+
+    cached: list[int] = []
+    if options.cache_file:
+        cached = cache_load(options.cache_file, shape, err)
+    token_ids = encode_prompt(options.model_path, prompt)
+    n_prompt = len(token_ids)
+    start_pos = len(cached) if 0 < len(cached) <= n_prompt else 0
+    if start_pos:
+        say(f"Skipping {start_pos} cached prompt tokens")
+    say(
+        f"Prompt: {n_prompt} tokens, generating up to {options.max_tokens} "
+        f"(temp={options.temperature:.2f}, top_p={options.top_p:.2f}, "
+        f"threads={options.threads})"
+    )
+    say("---")
+    started = time.monotonic()
+
+    script = read_script(prompt.decode("utf-8", "replace"))
+    if script.child:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"],
+            stdin=subprocess.DEVNULL,
+        )
+        _log({"event": "child", "pid": os.getpid(), "child_pid": child.pid})
+
+    # picolm.c: positions from the last prompt token to min(n_prompt + N, max_seq) - 1
+    # are generation steps: N + 1 tokens, fewer when the context ends first.
+    total_steps = min(n_prompt + options.max_tokens, shape.max_seq)
+    steps = max(0, total_steps - (n_prompt - 1))
+    seed = options.seed if options.temperature > 0 else None
+    if script.behaviour == "reply":
+        pieces = [*reply_pieces(script.reply), EOS_TEXT]
+    elif script.behaviour == "eos-now":
+        pieces = [EOS_TEXT]
+    else:
+        pieces = default_pieces(token_ids, seed, steps)
+
+    generated = 0
+    for index in range(steps):
+        if script.behaviour in ("crash", "segv", "hang") and index == TOKENS_BEFORE_FAILURE:
+            _fail(script.behaviour, say)
+        if script.slow:
+            time.sleep(script.slow)
+        piece = pieces[index] if index < len(pieces) else EOS_TEXT
+        out.write(piece)
+        out.flush()
+        generated += 1
+        if piece == EOS_TEXT:
+            break
+    if script.behaviour in ("crash", "segv", "hang") and generated < TOKENS_BEFORE_FAILURE:
+        _fail(script.behaviour, say)
+    out.write(b"\n")
+    out.flush()
+    if options.cache_file and n_prompt > 0:
+        cache_save(options.cache_file, shape, token_ids, err)
+
+    elapsed = time.monotonic() - started
+    prefill = n_prompt - start_pos
+    say("---")
+    say(
+        f"Prefill: {prefill} tokens in 0.00s (0.0 tok/s)"
+        + (" [partially cached]" if start_pos else "")
+    )
+    say(f"Generation: {generated} tokens in {elapsed:.2f}s (0.0 tok/s)")
+    say(f"Total: {elapsed:.2f}s")
+    say(f"Memory: {kv_mb + 0.04:.2f} MB runtime state (FP16 KV cache)")
+    _log({"event": "exit", "pid": os.getpid(), "how": "ok"})
+    return 0
+
+
+def _fail(behaviour: str, say: Any) -> None:
+    if behaviour == "crash":
+        say("fatal: simulated engine failure (out of memory)")
+        _log({"event": "exit", "pid": os.getpid(), "how": "crash"})
+        os._exit(CRASH_EXIT_STATUS)
+    if behaviour == "segv":
+        _log({"event": "exit", "pid": os.getpid(), "how": "segv"})
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    while True:  # hang
+        time.sleep(3600)
+
+
+WRAPPER = """#!{python}
+import sys
+sys.path[:0] = {paths!r}
+from tests.support.fake_picolm import main
+sys.exit(main(sys.argv))
+"""
+
+
+def install_fake_picolm(directory: Path, name: str = "picolm") -> Path:
+    """Write an executable that runs this fake with the current interpreter."""
+    root = Path(__file__).resolve().parents[2]
+    path = Path(directory) / name
+    path.write_text(WRAPPER.format(python=sys.executable, paths=[str(root), str(root / "src")]))
+    path.chmod(0o755)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

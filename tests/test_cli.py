@@ -1,0 +1,117 @@
+"""The command line: ``-config`` and ``--config``, flag precedence, and a server that
+refuses to start with one line (no traceback) when the configuration is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from picolm_server.cli import load_from_args
+from tests.support.picolm_setup import MODEL_ID, PicoLMFiles
+from tests.support.server import run_server
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "picolm_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *names: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for name in names:
+        assert name in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["-config", "--config"])
+def test_bad_config_refused_with_one_line(tmp_path: Path, flag: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": "eighty", "colour": "red"}}))
+    assert_refused(run_cli(flag, str(path)), "server.port", str(path))
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        ({"engine": "picolm", "picolm": {"binary": "/nonexistent/picolm", "model_path": "x"}},
+         "picolm.binary"),
+        ({"engine": "picolm", "picolm": {"model_path": "x"}}, "picolm.binary"),
+    ],
+)  # fmt: skip
+def test_engine_setup_errors_name_the_key(
+    tmp_path: Path, data: dict[str, object], name: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert_refused(run_cli("-config", str(path)), name)
+
+
+def test_missing_model_file_names_the_key(tmp_path: Path, picolm_files: PicoLMFiles) -> None:
+    path = tmp_path / "bad.yaml"
+    picolm = {"binary": str(picolm_files.binary), "model_path": str(tmp_path / "nope.gguf")}
+    config = {"engine": "picolm", "picolm": picolm}
+    path.write_text(yaml.safe_dump(config))
+    assert_refused(run_cli("--config", str(path)), "picolm.model_path", "nope.gguf")
+    not_gguf = tmp_path / "not.gguf"
+    not_gguf.write_text("hello")
+    picolm["model_path"] = str(not_gguf)
+    path.write_text(yaml.safe_dump(config))
+    assert_refused(run_cli("--config", str(path)), "picolm.model_path")
+
+
+def test_unparsable_yaml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  port: [1,\n")
+    assert_refused(run_cli("-config", str(path)), str(path))
+    assert_refused(run_cli("-config", str(tmp_path / "absent.yaml")), "absent.yaml")
+
+
+def test_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"port": 1000, "host": "10.0.0.1"}}))
+    monkeypatch.delenv("PICOLM_SERVER__PORT", raising=False)
+    assert load_from_args(["-config", str(path)]).server.port == 1000
+    monkeypatch.setenv("PICOLM_SERVER__PORT", "2000")
+    settings = load_from_args(["--config", str(path)])
+    assert settings.server.port == 2000 and settings.server.host == "10.0.0.1"
+    assert load_from_args(["-config", str(path), "-port", "3000"]).server.port == 3000
+    assert load_from_args(["--config", str(path), "--port", "3000"]).server.port == 3000
+
+
+def test_config_from_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"server": {"max_queue": 5}}))
+    monkeypatch.setenv("PICOLM_CONFIG", str(path))
+    assert load_from_args([]).server.max_queue == 5
+
+
+def test_model_path_flag_goes_to_picolm_when_its_binary_is_known(tmp_path: Path) -> None:
+    settings = load_from_args(["-binary", "/opt/picolm", "-model-path", "/m.gguf"])
+    assert settings.picolm.model_path == "/m.gguf"
+    assert settings.resolved_engine() == "picolm"
+
+
+def test_server_starts_with_double_dash_flags(tmp_path: Path, picolm_files: PicoLMFiles) -> None:
+    """``--config`` and flags on the real command line; the key flag wins over the file."""
+    config = picolm_files.config(server={"api_key": "from-file"})
+    with run_server(config, tmp_path, extra_args=["--api-key", "from-flag"]) as server:
+        ok = httpx.get(
+            f"{server.base_url}/v1/models", headers={"Authorization": "Bearer from-flag"}
+        )
+        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == MODEL_ID
+        refused = httpx.get(
+            f"{server.base_url}/v1/models", headers={"Authorization": "Bearer from-file"}
+        )
+        assert refused.status_code == 401
