@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -61,6 +68,10 @@ def parse_size(value: object) -> int:
     raise ValueError('expected a size in bytes, such as 4194304 or "4MiB"')
 
 
+# A byte count written as a number or with a unit ("4MiB").
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -71,12 +82,7 @@ class ServerSection(_Section):
     api_key: str = ""
     max_concurrent: int = Field(default=1, ge=1)
     max_queue: int = Field(default=16, ge=0)
-    max_body: int = Field(default=4 * MIB, ge=1024)
-
-    @field_validator("max_body", mode="before")
-    @classmethod
-    def _size(cls, value: object) -> int:
-        return parse_size(value)
+    max_body: ByteSize = Field(default=4 * MIB, ge=1024)
 
 
 class GenerationDefaults(_Section):
@@ -98,12 +104,7 @@ class PicoLMSection(GenerationDefaults):
     model_id: str = "picolm-local"
     prompt_cache: bool = True
     cache_dir: str = ""
-    cache_max_bytes: int = Field(default=1024 * MIB, ge=0)
-
-    @field_validator("cache_max_bytes", mode="before")
-    @classmethod
-    def _size(cls, value: object) -> int:
-        return parse_size(value)
+    cache_max_bytes: ByteSize = Field(default=1024 * MIB, ge=0)
 
 
 class LlamaCppSection(GenerationDefaults):
