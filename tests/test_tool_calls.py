@@ -14,7 +14,9 @@ from picolm_server.errors import InvalidRequestError
 from picolm_server.protocol import ChatCompletionRequest
 from picolm_server.serving import call_deltas, template_messages
 from picolm_server.tool_calls import (
+    ARRAY_CAP,
     CALL_OPEN,
+    STRING_CAP,
     ContentPiece,
     InvalidModelOutputError,
     OutputPlan,
@@ -336,6 +338,21 @@ def test_grammar_has_one_alternative_per_tool() -> None:
     assert "t0-root" in rules["call0"] and "t1-root" in rules["call1"]
     # JSON strings may not contain raw control characters.
     assert "\\x00-\\x1F" in rules["t0-char"]
+
+
+def test_strings_without_max_length_are_capped() -> None:
+    grammar = build_grammar(plan_for(tools=[WEATHER], tool_choice="required")).gbnf
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
+    assert rules["t0-string"] == f'"\\"" t0-char{{0,{STRING_CAP}}} "\\"" t0-space'
+
+
+def test_arrays_without_max_items_are_capped() -> None:
+    tags = {"type": "array", "items": {"type": "string"}}
+    fn = {"name": "tag", "parameters": {"type": "object", "properties": {"tags": tags}}}
+    grammar = build_grammar(
+        plan_for(tools=[{"type": "function", "function": fn}], tool_choice="required")
+    ).gbnf
+    assert f'("," t0-space t0-string){{0,{ARRAY_CAP - 1}}}' in grammar
 
 
 def test_grammar_modes() -> None:

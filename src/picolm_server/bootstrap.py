@@ -8,12 +8,15 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from .chat_template import ChatTemplate, TemplateSetupError, load_chat_template
-from .config import ConfigError, GenerationDefaults, Settings
+from .config import ConfigError, GenerationDefaults, PicoLMSection, Settings
 from .engines.base import Engine
 from .engines.picolm import PicoLMEngine, PicoLMOptions
+from .engines.picolm_tokenizer import PicoLMTokenizer
+from .engines.prompt_cache import KVShape, PromptCache
 from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
 from .scheduler import Scheduler
 from .serving import ChatService
@@ -76,6 +79,62 @@ def _template(
         raise ConfigError(f"{key}: {exc}") from None
 
 
+def _picolm_tokenizer(model_path: Path) -> PicoLMTokenizer | None:
+    try:
+        return PicoLMTokenizer.from_gguf(model_path)
+    except Exception as exc:  # any failure only costs the prompt cache
+        logger.warning("picolm: cannot read the model's vocabulary (%s): prompt reuse is off", exc)
+        return None
+
+
+def kv_shape(metadata: GGUFMetadata) -> KVShape | None:
+    """PicoLM's KV row layout for a model: layers and n_kv_heads * head_dim."""
+    values, arch = metadata.values, metadata.architecture or "llama"
+    try:
+        layers = int(values[f"{arch}.block_count"])
+        embd = int(values[f"{arch}.embedding_length"])
+        heads = int(values[f"{arch}.attention.head_count"])
+        kv_heads = int(values.get(f"{arch}.attention.head_count_kv", heads))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if layers <= 0 or heads <= 0 or kv_heads <= 0:
+        return None
+    return KVShape(layers=layers, kv_dim=kv_heads * (embd // heads))
+
+
+def _prompt_cache(
+    section: PicoLMSection, model_path: Path, metadata: GGUFMetadata
+) -> PromptCache | None:
+    if not section.prompt_cache or section.cache_max_bytes <= 0:
+        return None
+    shape = kv_shape(metadata)
+    if shape is None:
+        logger.warning("picolm: the model's shape is not in its metadata: prompt reuse is off")
+        return None
+    directory = Path(section.cache_dir or Path(tempfile.gettempdir()) / "picolm-server-cache")
+    stat = model_path.stat()
+    identity = f"{model_path}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = PromptCache(
+            directory.expanduser(),
+            max_bytes=section.cache_max_bytes,
+            model_identity=identity,
+            shape=shape,
+        )
+    except OSError as exc:
+        logger.warning(
+            "picolm: prompt cache directory %s unusable (%s): reuse is off", directory, exc
+        )
+        return None
+    logger.info(
+        "picolm: prompt reuse on, %s (%d saved states, budget %d bytes)",
+        cache.directory,
+        len(cache),
+        section.cache_max_bytes,
+    )
+    return cache
+
+
 def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDefaults]:
     if settings.resolved_engine() == "picolm":
         section = settings.picolm
@@ -85,6 +144,8 @@ def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDe
             raise ConfigError("picolm.model_path: required when engine is picolm")
         binary = _find_binary(section.binary)
         model_path, metadata = _read_model("picolm.model_path", section.model_path)
+        tokenizer = _picolm_tokenizer(model_path)
+        cache = _prompt_cache(section, model_path, metadata) if tokenizer is not None else None
         engine = PicoLMEngine(
             PicoLMOptions(
                 binary=binary,
@@ -94,6 +155,8 @@ def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDe
                 context_length=section.context_length,
             ),
             metadata,
+            tokenizer=tokenizer,
+            prompt_cache=cache,
         )
         template = _template(
             "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True

@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -203,6 +203,27 @@ def generation_request(
     )
 
 
+def shared_prefix(
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    prompt: str,
+) -> str | None:
+    """The prompt text of the leading system messages (and tools), which conversations of
+    one application share, when it is a text prefix of ``prompt`` (engines may keep its
+    computed state); None when there is none."""
+    count = 0
+    while count < len(messages) and messages[count].get("role") == "system":
+        count += 1
+    if not count and not tools:
+        return None
+    try:
+        text = template.render(messages[:count], tools=tools, add_generation_prompt=False)
+    except InvalidRequestError:  # e.g. a template that insists on a user message
+        return None
+    return text if text and len(text) < len(prompt) and prompt.startswith(text) else None
+
+
 def engine_accepts_grammar(engine: Engine) -> bool:
     """Whether the engine enforces a GBNF grammar (llama.cpp) or only balanced JSON."""
     return bool(getattr(engine, "accepts_grammar", False))
@@ -363,7 +384,9 @@ class Generation:
             if self.request.temperature == 0 or not exc.retryable:
                 exc.headers = {**exc.headers, "x-should-retry": "false"}
             raise
-        if decoder.calls and (decoder.done or self.outcome.finish_reason != "length"):
+        if decoder.calls:
+            # Complete, valid calls: a call the model was still writing when max_tokens
+            # ran out is dropped (never sent), and the reply is the calls made.
             self.outcome.finish_reason = "tool_calls"
 
     async def close(self) -> None:
@@ -404,11 +427,13 @@ class ChatService:
             call_format="hermes" if hermes and grammar_engine else "json",
         )
         prompt = self.template.render(messages, tools=tools)
+        engine_request = generation_request(
+            request, prompt, self.defaults, constraint=output_constraint(plan, self.engine)
+        )
+        prefix = shared_prefix(self.template, messages, tools, prompt)
         return Generation(
             engine=self.engine,
-            request=generation_request(
-                request, prompt, self.defaults, constraint=output_constraint(plan, self.engine)
-            ),
+            request=replace(engine_request, shared_prefix=prefix),
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,

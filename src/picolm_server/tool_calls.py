@@ -391,6 +391,16 @@ def _inline_tool_turns(
 # JSON strings may not hold raw control characters; llama-cpp-python's converter allows them.
 _CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 _ANY_CHAR = "[\\U00000000-\\U0010FFFF]"
+# Strings without a maxLength are held to STRING_CAP characters: a small model that starts
+# repeating itself inside a string would otherwise run to max_tokens and never finish
+# the call. A schema's own maxLength is kept as it is.
+STRING_CAP = 100
+# Likewise arrays without maxItems get at most ARRAY_CAP items (the converter writes
+# them as `(item ("," space item)*)?`).
+ARRAY_CAP = 8
+_UNBOUNDED_ITEMS = re.compile(r'\("," space ([a-zA-Z0-9-]+)\)\*')
+_UNBOUNDED_STRING = '"\\"" char* "\\"" space'
+_BOUNDED_STRING = f'"\\"" char{{0,{STRING_CAP}}} "\\"" space'
 _TOKEN = re.compile(
     r'"(?:\\.|[^"\\])*"'  # a literal
     r"|\[(?:\\.|[^\]\\])*\]"  # a character class
@@ -420,6 +430,10 @@ def schema_rules(schema: dict[str, Any], prefix: str) -> tuple[str, dict[str, st
     rules: dict[str, str] = dict(converter._rules)
     if "char" in rules:
         rules["char"] = _CHAR_RULE
+    if rules.get("string") == _UNBOUNDED_STRING:
+        rules["string"] = _BOUNDED_STRING
+    for name, body in rules.items():
+        rules[name] = _UNBOUNDED_ITEMS.sub(rf'("," space \1){{0,{ARRAY_CAP - 1}}}', body)
     names = set(rules)
 
     def rename(body: str) -> str:

@@ -10,6 +10,9 @@ as byte-fallback tokens are); the end-of-sequence text ``</s>`` written when gen
 stops on EOS; and a final ``\\n`` always. ``-c`` lowers the model's context; a prompt of
 more tokens than the context generates nothing, and generation stops at the context.
 
+``--cache FILE`` is honoured as PicoLM does it, off-by-one included (see
+:func:`fed_tokens`), with files in PicoLM's format and size.
+
 What it generates is scripted from the prompt, in the manner of simonw/llm's fake model.
 Behaviour directives (anywhere in the prompt; the last one wins):
 
@@ -33,7 +36,8 @@ Modifiers, which combine with the behaviour:
     Start a child process that sleeps forever (same process group) before generating.
 
 Without a behaviour directive the reply is a deterministic run of words chosen by a
-hash of the prompt's token ids (and of the seed when the temperature is above 0), and
+hash of the token ids fed at the prompt's positions (the prompt's token ids when no
+cache is used; and of the seed when the temperature is above 0), and
 never EOS, like a model whose EOS logit is hopelessly low: it runs to the budget.
 
 When the environment variable ``FAKE_PICOLM_LOG`` names a file, each run appends JSON
@@ -301,13 +305,19 @@ def encode_prompt(model_path: str, prompt: bytes) -> list[int]:
 
 
 # ---- --cache: saved prompt state --------------------------------------------------------
-# PicoLM's file holds the KV rows of the prompt's positions; this one holds PicoLM's
-# header (magic, positions, layers, kv_dim) followed by the prompt's token ids, which is
-# enough to tell, in tests, which prompt a cache file was written for.
+# Files in PicoLM's format, size-exact: the header (magic, positions, layers, kv_dim), then
+# for every layer the K rows of the positions, then for every layer the V rows, each row
+# kv_dim fp16 values. The stand-in's "state" of a position is the token id fed there (in
+# the first 4 bytes of each of its rows), which is what determines PicoLM's KV row given
+# the positions before it: a reply is a function of the whole sequence of fed tokens.
+
+
+def _row(token_id: int, row_bytes: int) -> bytes:
+    return struct.pack("<I", token_id).ljust(row_bytes, b"\0")[:row_bytes]
 
 
 def cache_load(path: str, shape: ModelShape, err: BinaryIO) -> list[int]:
-    """The token ids of a valid cache file (an empty list when there is none)."""
+    """The token ids fed at the positions of a valid cache file (empty when none is)."""
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -330,25 +340,44 @@ def cache_load(path: str, shape: ModelShape, err: BinaryIO) -> list[int]:
             f"kvcache_load: cached {n_pos} positions exceeds max_seq_len {shape.max_seq}\n".encode()
         )
         return []
-    if len(data) < 16 + 4 * n_pos:
+    row_bytes = kv_dim * 2
+    if len(data) < 16 + 2 * n_layers * n_pos * row_bytes:  # PicoLM: a short read, 0
         return []
-    ids = list(struct.unpack_from(f"<{n_pos}I", data, 16))
+    ids = [struct.unpack_from("<I", data, 16 + p * row_bytes)[0] for p in range(n_pos)]
     err.write(f"KV cache loaded: {n_pos} positions from {path}\n".encode())
     return ids
 
 
-def cache_save(path: str, shape: ModelShape, token_ids: list[int], err: BinaryIO) -> None:
-    n_pos = len(token_ids)
+def cache_save(path: str, shape: ModelShape, fed: list[int], err: BinaryIO) -> None:
+    """Write the state of positions ``0..len(fed)-1`` as PicoLM's kvcache_save does."""
+    n_pos = len(fed)
     if n_pos <= 0 or n_pos > shape.max_seq:
         return
+    row_bytes = shape.kv_dim * 2
+    rows = b"".join(_row(token_id, row_bytes) for token_id in fed)
     try:
         with open(path, "wb") as file:
             file.write(struct.pack("<4I", KVCACHE_MAGIC, n_pos, shape.n_layers, shape.kv_dim))
-            file.write(struct.pack(f"<{n_pos}I", *token_ids))
+            for _ in range(2 * shape.n_layers):  # K for every layer, then V
+                file.write(rows)
     except OSError:
         err.write(f"kvcache_save: cannot open {path}\n".encode())
         return
     err.write(f"KV cache saved: {n_pos} positions to {path}\n".encode())
+
+
+def fed_tokens(cached: list[int], token_ids: list[int]) -> tuple[list[int], int]:
+    """The token fed at each position up to the first sampled one, and where generation's
+    first forward pass is, as picolm.c's loop does it with a cache of ``len(cached)``
+    positions: positions below it come from the file, the next one is computed with the
+    prompt token *before* it (PicoLM's off-by-one), later ones with their own token.
+    """
+    n_prompt = len(token_ids)
+    start_pos = len(cached) if 0 < len(cached) <= n_prompt else 0
+    if not start_pos:
+        return list(token_ids), n_prompt - 1
+    fed = [*cached, token_ids[start_pos - 1], *token_ids[start_pos + 1 :]]
+    return fed, max(n_prompt - 1, start_pos)
 
 
 # ---- history ---------------------------------------------------------------------------------
@@ -496,15 +525,18 @@ def main(argv: list[str]) -> int:
 
     # picolm.c: positions from the last prompt token to min(n_prompt + N, max_seq) - 1
     # are generation steps: N + 1 tokens, fewer when the context ends first.
+    fed, first_sampling_pos = fed_tokens(cached, token_ids)
     total_steps = min(n_prompt + options.max_tokens, shape.max_seq)
-    steps = max(0, total_steps - (n_prompt - 1))
+    steps = max(0, total_steps - first_sampling_pos)
     seed = options.seed if options.temperature > 0 else None
     if script.behaviour == "reply":
         pieces = [*reply_pieces(script.reply), EOS_TEXT]
     elif script.behaviour == "eos-now":
         pieces = [EOS_TEXT]
     else:
-        pieces = default_pieces(token_ids, seed, steps)
+        # The reply depends on the state the model computed: the tokens fed at every
+        # position (a wrong cache or an uncorrected prompt gives another reply).
+        pieces = default_pieces(fed, seed, steps)
 
     generated = 0
     for index in range(steps):
@@ -523,7 +555,7 @@ def main(argv: list[str]) -> int:
     out.write(b"\n")
     out.flush()
     if options.cache_file and n_prompt > 0:
-        cache_save(options.cache_file, shape, token_ids, err)
+        cache_save(options.cache_file, shape, fed[:n_prompt], err)
 
     elapsed = time.monotonic() - started
     prefill = n_prompt - start_pos

@@ -46,6 +46,11 @@ class GenerationRequest:
     # Engines that can reuse computed prompt state may use this key to keep apart
     # conversations; it never changes what is generated.
     cache_hint: str | None = None
+    # The text every conversation of an application starts with (its system prompt and
+    # tools, rendered without a generation prompt), when it is a text prefix of
+    # ``prompt``: engines that save prompt state may keep this part's state on its own.
+    # It never changes what is generated.
+    shared_prefix: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import re
 import signal
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from .base import (
     PromptAccepted,
     TextDelta,
 )
+from .picolm_tokenizer import PicoLMTokenizer
+from .prompt_cache import CacheLease, PromptCache, craft_prompt
 
 logger = logging.getLogger("picolm_server.engine.picolm")
 
@@ -46,6 +49,9 @@ _PROMPT_LINE = re.compile(r"^Prompt: (\d+) tokens")
 _CACHED_LINE = re.compile(r"^Skipping (\d+) cached prompt tokens")
 _GENERATED_LINE = re.compile(r"^Generation: (\d+) tokens")
 _READ_SIZE = 4096
+# A shared prefix (system prompt, tools) shorter than this is not worth a state of its own.
+MIN_SHARED_PREFIX = 32
+_MAX_PREFIXES_TRACKED = 256
 
 
 @dataclass(frozen=True)
@@ -127,11 +133,40 @@ class _StderrReport:
         return meaningful[-1] if meaningful else "no output on stderr"
 
 
-class PicoLMEngine:
-    """Runs the user's PicoLM binary for each generation."""
+class _CacheNotHonoured(Exception):
+    """PicoLM did not read the prompt or the saved state the way the server planned."""
 
-    def __init__(self, options: PicoLMOptions, metadata: GGUFMetadata) -> None:
+
+@dataclass
+class _Run:
+    """A run on a leased KV file: what PicoLM must report, and whether it ended cleanly."""
+
+    lease: CacheLease
+    expected_prompt_tokens: int
+    clean: bool = False
+
+
+class PicoLMEngine:
+    """Runs the user's PicoLM binary for each generation.
+
+    With ``tokenizer`` (the exact reproduction of PicoLM's), prompts that do not fit are
+    refused before a process starts; with ``prompt_cache`` too, each run starts from the
+    longest saved state that is a token prefix of its prompt (see ``prompt_cache``).
+    """
+
+    def __init__(
+        self,
+        options: PicoLMOptions,
+        metadata: GGUFMetadata,
+        *,
+        tokenizer: PicoLMTokenizer | None = None,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.options = options
+        self.tokenizer = tokenizer
+        self.prompt_cache = prompt_cache if tokenizer is not None else None
+        self._cache_usable = self.prompt_cache is not None
+        self._prefix_sightings: dict[int, int] = {}
         self.eos_text = metadata.token_text("eos") or "</s>"
         model_context = metadata.context_length or 2048
         # PicoLM's -c can only lower the model's own context length.
@@ -171,10 +206,94 @@ class PicoLMEngine:
         return args
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        tokens: list[int] | None = None
+        if self.tokenizer is not None:
+            tokens = await asyncio.to_thread(self.tokenizer.encode, request.prompt)
+            if len(tokens) >= self.context_length:
+                raise context_exceeded(len(tokens), self.context_length)
+        cache = self.prompt_cache if self._cache_usable else None
+        if cache is None or not tokens:
+            async for event in self._run(request, request.prompt.encode("utf-8")):
+                yield event
+            return
+        await self._prepare_shared_prefix(cache, request, tokens)
+        lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
+        committed = False
+        try:
+            stdin = lease.prompt if lease.prompt is not None else request.prompt.encode("utf-8")
+            run = _Run(lease=lease, expected_prompt_tokens=len(tokens))
+            try:
+                async for event in self._run(request, stdin, run):
+                    if isinstance(event, Finished) and run.clean:
+                        committed = await asyncio.to_thread(cache.commit, lease, tokens)
+                    yield event
+            except _CacheNotHonoured as exc:
+                # Nothing was sent yet: run again on the true prompt without the cache.
+                self._cache_usable = False
+                logger.warning("prompt cache turned off: %s", exc)
+                async for event in self._run(request, request.prompt.encode("utf-8")):
+                    yield event
+        finally:
+            if not committed:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.to_thread(cache.discard, lease)
+
+    def _crafter(self, tokens: list[int]) -> Callable[[int], bytes | None]:
+        tokenizer = self.tokenizer
+        assert tokenizer is not None
+        return functools.partial(craft_prompt, tokenizer, tokens)
+
+    async def _prepare_shared_prefix(
+        self, cache: PromptCache, request: GenerationRequest, tokens: list[int]
+    ) -> None:
+        """Save the state of the prompt's shared prefix (system prompt, tools) on its
+        second sighting, so that every conversation that starts with it starts from it."""
+        prefix = request.shared_prefix
+        if not prefix or self.tokenizer is None:
+            return
+        prefix_tokens = await asyncio.to_thread(self.tokenizer.encode, prefix)
+        length = len(prefix_tokens)
+        if length < MIN_SHARED_PREFIX or length >= len(tokens) or tokens[:length] != prefix_tokens:
+            return
+        key = hash(tuple(prefix_tokens))
+        sightings = self._prefix_sightings.pop(key, 0) + 1
+        self._prefix_sightings[key] = sightings
+        while len(self._prefix_sightings) > _MAX_PREFIXES_TRACKED:
+            del self._prefix_sightings[next(iter(self._prefix_sightings))]
+        if sightings < 2 or await asyncio.to_thread(cache.has, prefix_tokens):
+            return
+        if await asyncio.to_thread(cache.save_prefix, prefix_tokens):
+            logger.debug("prompt cache: saved a shared prefix of %d tokens", length)
+            return
+        # No saved state covers it: compute it once, on its own (-n 0).
+        lease = await asyncio.to_thread(cache.lease, prefix_tokens, self._crafter(prefix_tokens))
+        committed = False
+        try:
+            stdin = lease.prompt if lease.prompt is not None else prefix.encode("utf-8")
+            prefill = GenerationRequest(prompt=prefix, max_tokens=1, temperature=0.0, top_p=1.0)
+            run = _Run(lease=lease, expected_prompt_tokens=length)
+            with contextlib.suppress(EngineError, _CacheNotHonoured):
+                async for event in self._run(prefill, stdin, run):
+                    if isinstance(event, Finished) and run.clean:
+                        committed = await asyncio.to_thread(cache.commit, lease, prefix_tokens)
+            logger.debug("prompt cache: computed a shared prefix of %d tokens", length)
+        finally:
+            if not committed:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.to_thread(cache.discard, lease)
+
+    async def _run(
+        self, request: GenerationRequest, stdin: bytes, run: _Run | None = None
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """One PicoLM process. With ``run``, it works on ``run.lease``'s KV file and must
+        report exactly the expected prompt and reused token counts."""
         started = time.monotonic()
+        argv = self.command(request)
+        if run is not None:
+            argv += ["--cache", str(run.lease.path)]
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.command(request),
+                *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -185,9 +304,18 @@ class PicoLMEngine:
         report = _StderrReport()
         stderr_task = asyncio.ensure_future(self._read_stderr(process, report))
         try:
-            await self._send_prompt(process, request.prompt)
+            await self._send_prompt(process, stdin)
             await self._wait_for_prompt(process, report, stderr_task)
             assert report.prompt_tokens is not None
+            if run is not None and (
+                report.prompt_tokens != run.expected_prompt_tokens
+                or report.cached_tokens != run.lease.reused_tokens
+            ):
+                raise _CacheNotHonoured(
+                    f"PicoLM read {report.prompt_tokens} prompt tokens ({report.cached_tokens} "
+                    f"from the cache) where {run.expected_prompt_tokens} "
+                    f"({run.lease.reused_tokens}) were expected"
+                )
             if report.prompt_tokens >= self.context_length:
                 raise context_exceeded(report.prompt_tokens, self.context_length)
             yield PromptAccepted(report.prompt_tokens, report.cached_tokens)
@@ -205,6 +333,8 @@ class PicoLMEngine:
             returncode = await process.wait()
             if returncode != 0:
                 raise EngineError(self._exit_message(returncode, report))
+            if run is not None:
+                run.clean = True
             generated = report.generated_tokens if report.generated_tokens is not None else reads
             completion_tokens = min(generated - (1 if ended_by_eos else 0), request.max_tokens)
             if rest:
@@ -215,9 +345,10 @@ class PicoLMEngine:
             )
             reason: FinishReason = "length" if hit_limit and not ended_by_eos else "stop"
             logger.debug(
-                "picolm finished in %.2fs: %d prompt, %d completion tokens",
+                "picolm finished in %.2fs: %d prompt (%d reused), %d completion tokens",
                 time.monotonic() - started,
                 report.prompt_tokens,
+                report.cached_tokens,
                 completion_tokens,
             )
             yield Finished(reason, max(completion_tokens, 0))
@@ -225,10 +356,10 @@ class PicoLMEngine:
             with anyio.CancelScope(shield=True):
                 await self._stop(process, stderr_task)
 
-    async def _send_prompt(self, process: asyncio.subprocess.Process, prompt: str) -> None:
+    async def _send_prompt(self, process: asyncio.subprocess.Process, prompt: bytes) -> None:
         assert process.stdin is not None
         try:
-            process.stdin.write(prompt.encode("utf-8"))
+            process.stdin.write(prompt)
             await process.stdin.drain()
             process.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
