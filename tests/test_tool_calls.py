@@ -22,7 +22,6 @@ from picolm_server.tool_calls import (
     OutputPlan,
     ParsedCall,
     ReplyDecoder,
-    _no_marker_text,
     argument_fragments,
     build_grammar,
     decode_all,
@@ -31,6 +30,7 @@ from picolm_server.tool_calls import (
     prompt_messages,
     schema_error,
 )
+from picolm_server.tool_calls.grammar import _no_marker_text
 
 WEATHER = {
     "type": "function",

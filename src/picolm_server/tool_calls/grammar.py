@@ -1,0 +1,156 @@
+"""One GBNF grammar for llama.cpp from the tool schemas: per tool an alternative whose
+arguments follow that tool's schema, repetition for parallel calls, and for ``auto`` a
+free-text branch that can never contain a call marker."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .plan import CALL_CLOSE, CALL_OPEN, OutputPlan, compact_json
+
+# JSON strings may not hold raw control characters; llama-cpp-python's converter allows them.
+_CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+_ANY_CHAR = "[\\U00000000-\\U0010FFFF]"
+# Strings without a maxLength are held to STRING_CAP characters: a small model that starts
+# repeating itself inside a string would otherwise run to max_tokens and never finish
+# the call. A schema's own maxLength is kept as it is.
+STRING_CAP = 100
+# Likewise arrays without maxItems get at most ARRAY_CAP items (the converter writes
+# them as `(item ("," space item)*)?`).
+ARRAY_CAP = 8
+_UNBOUNDED_ITEMS = re.compile(r'\("," space ([a-zA-Z0-9-]+)\)\*')
+_UNBOUNDED_STRING = '"\\"" char* "\\"" space'
+_BOUNDED_STRING = f'"\\"" char{{0,{STRING_CAP}}} "\\"" space'
+_TOKEN = re.compile(
+    r'"(?:\\.|[^"\\])*"'  # a literal
+    r"|\[(?:\\.|[^\]\\])*\]"  # a character class
+    r"|\{[0-9, ]*\}"  # a repetition count
+    r"|[a-zA-Z0-9_-]+"  # a rule name
+    r"|\s+|."
+)
+_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+class GrammarUnsupported(Exception):
+    """The schema has features the JSON-schema-to-grammar converter does not handle."""
+
+
+def schema_rules(schema: dict[str, Any], prefix: str) -> tuple[str, dict[str, str]]:
+    """GBNF rules for a value matching ``schema``: the top rule's name and all rules,
+    every name starting with ``prefix`` so several schemas live in one grammar."""
+    from llama_cpp import llama_grammar
+
+    converter_class: Any = llama_grammar.SchemaConverter  # untyped library code
+    converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        converter.visit(resolved, "")
+    except Exception as exc:
+        raise GrammarUnsupported(str(exc) or type(exc).__name__) from exc
+    rules: dict[str, str] = dict(converter._rules)
+    if "char" in rules:
+        rules["char"] = _CHAR_RULE
+    if rules.get("string") == _UNBOUNDED_STRING:
+        rules["string"] = _BOUNDED_STRING
+    for name, body in rules.items():
+        rules[name] = _UNBOUNDED_ITEMS.sub(rf'("," space \1){{0,{ARRAY_CAP - 1}}}', body)
+    names = set(rules)
+
+    def rename(body: str) -> str:
+        out: list[str] = []
+        for token in _TOKEN.findall(body):
+            out.append(f"{prefix}{token}" if _NAME.fullmatch(token) and token in names else token)
+        return "".join(out)
+
+    return f"{prefix}root", {f"{prefix}{name}": rename(body) for name, body in rules.items()}
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # GBNF literals take JSON-style escapes
+
+
+def _no_marker_text(marker: str) -> str:
+    """Any text that never contains ``marker`` (whose first character occurs once in it).
+
+    A character other than the marker's first one is free; the first one must be followed
+    by a divergence from the rest of the marker before the text goes on."""
+    first = marker[0]
+    tail = ""
+    for index in range(len(marker) - 1, 0, -1):
+        char = marker[index]
+        excluded = "".join(sorted({first, char}))
+        diverge = f"[^{_class_escape(excluded)}]"
+        tail = f"{diverge} | {_literal(char)} ({tail})" if tail else diverge
+    return f"([^{_class_escape(first)}] | {_literal(first)}+ ({tail}))*"
+
+
+def _class_escape(chars: str) -> str:
+    return "".join("\\" + c if c in "]\\^-[" else c for c in chars)
+
+
+@dataclass(frozen=True)
+class Grammar:
+    gbnf: str
+    # Tools whose argument schema could not be compiled: only "some JSON object" is
+    # enforced for them, and server-side validation does the rest.
+    loose_tools: tuple[str, ...] = ()
+    loose_response: bool = False
+
+
+def build_grammar(plan: OutputPlan, *, exact_schemas: bool = True) -> Grammar:
+    """One GBNF grammar for the plan (llama.cpp engines only).
+
+    A schema the converter cannot compile (or every schema, with ``exact_schemas``
+    False: the fallback when llama.cpp refuses the exact grammar) is enforced only as
+    "a JSON object"; the server's validation still checks it."""
+    rules: dict[str, str] = {}
+    loose: list[str] = []
+    loose_response = False
+
+    def value_rule(schema: dict[str, Any], prefix: str) -> tuple[str, bool]:
+        try:
+            if not exact_schemas:
+                raise GrammarUnsupported("exact schemas turned off")
+            top, found = schema_rules(schema, prefix)
+            exact = True
+        except GrammarUnsupported:
+            top, found = schema_rules({"type": "object"}, prefix)
+            exact = False
+        rules.update(found)
+        return top, exact
+
+    root_alternatives: list[str] = []
+    if plan.tools:
+        call_rules: list[str] = []
+        for index, tool in enumerate(plan.tools):
+            arguments, exact = value_rule(tool.parameters, f"t{index}-")
+            if not exact:
+                loose.append(tool.name)
+            head = '{"name": ' + compact_json(tool.name) + ', "arguments": '
+            if plan.call_format == "hermes":
+                head = f"{CALL_OPEN}\n{head}"
+                tail = "}\n" + CALL_CLOSE
+            else:
+                tail = "}"
+            rules[f"call{index}"] = f"{_literal(head)} {arguments} {_literal(tail)}"
+            call_rules.append(f"call{index}")
+        rules["call"] = " | ".join(call_rules)
+        rules["calls"] = 'call ("\\n" call)*' if plan.parallel else "call"
+        root_alternatives.append("calls")
+    if plan.mode in ("auto", "json"):
+        if plan.response_schema is not None:
+            top, exact = value_rule(plan.response_schema, "r-")
+            loose_response = not exact
+            root_alternatives.append(top)
+        elif plan.call_format == "hermes":
+            rules["text"] = _no_marker_text(CALL_OPEN)
+            root_alternatives.append("text")
+        else:
+            rules["text"] = f"([^{{] {_ANY_CHAR}*)?"
+            root_alternatives.append("text")
+    rules["root"] = " | ".join(root_alternatives)
+    gbnf = "\n".join(f"{name} ::= {body}" for name, body in rules.items())
+    return Grammar(gbnf, tuple(loose), loose_response)

@@ -1,0 +1,209 @@
+"""What a request asks for: checked tools, tool_choice and response_format, and the
+output mode and call format that follow from them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
+
+from ..errors import APIError, InvalidRequestError
+from ..protocol import ChatCompletionRequest, NamedToolChoice
+
+CallFormat = Literal["hermes", "json"]
+Mode = Literal["auto", "required", "named", "json"]
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+class InvalidModelOutputError(APIError):
+    """500: the model's reply could not be turned into what the request demands.
+
+    OpenAI answers a malformed model output the same way ("The model produced invalid
+    content"), and its SDK retries a 500 unless told not to: the serving layer sends
+    ``x-should-retry: false`` when sampling is greedy, where a retry repeats the output.
+    """
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "invalid_model_output"
+    retryable = True  # False when another sample cannot help (cut off by max_tokens)
+
+
+# ---- the plan: what a request asks for --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str | None
+    parameters: dict[str, Any]
+
+    def openai_dict(self) -> dict[str, Any]:
+        """The tool as OpenAI (and Hugging Face chat templates) write it."""
+        function: dict[str, Any] = {"name": self.name}
+        if self.description:
+            function["description"] = self.description
+        function["parameters"] = self.parameters
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """How one request's reply is constrained and read.
+
+    ``mode``: ``auto`` (text or calls), ``required`` (one or more calls), ``named`` (one
+    call to ``tools[0]``), ``json`` (a JSON reply, no tools). ``prompt_tools`` are the
+    tools described to the model, ``tools`` the ones it may call. ``response_schema`` is
+    the schema of a JSON text reply (``{"type": "object"}`` for json_object), or None
+    for free text.
+    """
+
+    mode: Mode
+    call_format: CallFormat
+    tools: tuple[ToolSpec, ...] = ()
+    prompt_tools: tuple[ToolSpec, ...] = ()
+    parallel: bool = True
+    response_schema: dict[str, Any] | None = None
+    grammar_engine: bool = True
+
+    @property
+    def arguments_only(self) -> bool:
+        """PicoLM with a named function: the model writes only the arguments object."""
+        return self.mode == "named" and not self.grammar_engine
+
+    @property
+    def uses_json_mode(self) -> bool:
+        """Whether an engine without a grammar should be held to one JSON object."""
+        return self.mode in ("required", "named", "json")
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((tool for tool in self.tools if tool.name == name), None)
+
+
+def _check_schema(schema: Any, param: str) -> None:
+    if not isinstance(schema, dict):
+        raise InvalidRequestError(f"Invalid schema for '{param}': must be an object.", param=param)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.path)
+        raise InvalidRequestError(
+            f"Invalid schema for '{param}': {exc.message}" + (f" (at {where})" if where else ""),
+            param=param,
+            code="invalid_schema",
+        ) from None
+    except jsonschema.exceptions.UnknownType as exc:  # pragma: no cover - defensive
+        raise InvalidRequestError(f"Invalid schema for '{param}': {exc}", param=param) from None
+
+
+def _tool_specs(request: ChatCompletionRequest) -> list[ToolSpec]:
+    specs: list[ToolSpec] = []
+    seen: set[str] = set()
+    for index, tool in enumerate(request.tools or []):
+        function = tool.function
+        param = f"tools[{index}].function.parameters"
+        parameters = function.parameters if function.parameters is not None else EMPTY_PARAMETERS
+        _check_schema(parameters, param)
+        declared = parameters.get("type")
+        if declared is not None and declared != "object":
+            raise InvalidRequestError(
+                f"Invalid schema for '{param}': a function's parameters must be a schema "
+                f"of type 'object', not {declared!r}.",
+                param=param,
+                code="invalid_schema",
+            )
+        if function.name in seen:
+            raise InvalidRequestError(
+                f"Duplicate function name {function.name!r} in tools: names must be unique.",
+                param=f"tools[{index}].function.name",
+            )
+        seen.add(function.name)
+        specs.append(ToolSpec(function.name, function.description, parameters))
+    return specs
+
+
+def _response_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    response_format = request.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return {"type": "object"}
+    if response_format.json_schema is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'response_format.json_schema'.",
+            param="response_format.json_schema",
+        )
+    schema = response_format.json_schema.schema_
+    if schema is None:
+        return {"type": "object"}
+    _check_schema(schema, "response_format.json_schema.schema")
+    return schema
+
+
+def make_plan(
+    request: ChatCompletionRequest,
+    *,
+    hermes_template: bool,
+    grammar_engine: bool,
+) -> OutputPlan | None:
+    """The plan for a request, or None for a plain text reply (no tools, no JSON)."""
+    specs = _tool_specs(request)
+    response_schema = _response_schema(request)
+    choice = request.tool_choice
+    if not specs and choice is not None and choice not in ("none", "auto"):
+        raise InvalidRequestError(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+            "are specified.",
+            param="tool_choice",
+        )
+    call_format: CallFormat = "hermes" if hermes_template and grammar_engine else "json"
+    parallel = request.parallel_tool_calls is not False and grammar_engine
+    common = {"call_format": call_format, "grammar_engine": grammar_engine}
+    if not specs or choice == "none":
+        # tool_choice none: the tools are not shown at all. OpenAI still describes them
+        # to the model, but a small model shown a call format tends to write calls as
+        # text; earlier calls in the conversation are still rendered.
+        if response_schema is None:
+            return None
+        return OutputPlan("json", response_schema=response_schema, **common)  # type: ignore[arg-type]
+    if isinstance(choice, NamedToolChoice):
+        chosen = next((spec for spec in specs if spec.name == choice.function.name), None)
+        if chosen is None:
+            raise InvalidRequestError(
+                f"Invalid value for 'tool_choice': no function named "
+                f"{choice.function.name!r} is in 'tools'.",
+                param="tool_choice",
+            )
+        return OutputPlan(
+            "named",
+            tools=(chosen,),
+            prompt_tools=(chosen,),
+            parallel=False,
+            **common,  # type: ignore[arg-type]
+        )
+    mode: Mode = "required" if choice == "required" else "auto"
+    return OutputPlan(
+        mode,
+        tools=tuple(specs),
+        prompt_tools=tuple(specs),
+        parallel=parallel,
+        response_schema=response_schema if mode == "auto" else None,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def is_hermes_template(source: str) -> bool:
+    """ChatML/Qwen-style templates: their models know ``<tool_call>`` blocks."""
+    return "<|im_start|>" in source or CALL_OPEN in source
+
+
+def compact_json(value: Any) -> str:
+    """JSON as the model is shown it: one line, non-ASCII kept."""
+    return json.dumps(value, ensure_ascii=False)
