@@ -13,7 +13,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -397,8 +397,6 @@ class Generation:
 
 
 # ---- the service ------------------------------------------------------------------------
-
-DisconnectWatcher = Callable[[Awaitable[Any]], Awaitable[Any]]
 
 
 @dataclass
