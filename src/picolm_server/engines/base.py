@@ -89,6 +89,11 @@ class ModelInfo:
     owned_by: str = "picolm-server"
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_file(cls, model_id: str, path: Path, context_length: int, owned_by: str) -> ModelInfo:
+        """A model served from a file; ``created`` is the file's modification time."""
+        return cls(model_id, path, context_length, int(path.stat().st_mtime), owned_by)
+
 
 @dataclass(frozen=True)
 class EngineHealth:

@@ -72,12 +72,8 @@ class LlamaCppEngine:
         self.context_length = int(self.llama.n_ctx())
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
         self._lock = asyncio.Lock()
-        self.model = ModelInfo(
-            id=options.model_id,
-            path=options.model_path,
-            context_length=self.context_length,
-            created=int(options.model_path.stat().st_mtime),
-            owned_by="llama.cpp",
+        self.model = ModelInfo.of_file(
+            options.model_id, options.model_path, self.context_length, "llama.cpp"
         )
 
     def health(self) -> EngineHealth:

@@ -171,12 +171,8 @@ class PicoLMEngine:
         model_context = metadata.context_length or 2048
         # PicoLM's -c can only lower the model's own context length.
         self.context_length = min(options.context_length, model_context)
-        self.model = ModelInfo(
-            id=options.model_id,
-            path=options.model_path,
-            context_length=self.context_length,
-            created=int(options.model_path.stat().st_mtime),
-            owned_by="picolm",
+        self.model = ModelInfo.of_file(
+            options.model_id, options.model_path, self.context_length, "picolm"
         )
 
     def health(self) -> EngineHealth:
@@ -242,6 +238,13 @@ class PicoLMEngine:
         tokenizer = self.tokenizer
         assert tokenizer is not None
         return functools.partial(craft_prompt, tokenizer, tokens)
+
+    def _running_count(self, text: str, reads: int) -> int:
+        """Tokens generated so far, for a reply cut short by a stop string (PicoLM then
+        never prints its count): the reply re-tokenized, as reads can merge tokens."""
+        if self.tokenizer is None:
+            return reads
+        return max(self.tokenizer.count(text, bos=False), 1)
 
     async def _prepare_shared_prefix(
         self, cache: PromptCache, request: GenerationRequest, tokens: list[int]
@@ -322,12 +325,15 @@ class PicoLMEngine:
 
             trailer = TrailerFilter(self.eos_text)
             reads = 0
+            released = ""
             assert process.stdout is not None
             while data := await process.stdout.read(_READ_SIZE):
                 reads += 1
                 text = trailer.feed(data)
                 if text:
-                    yield TextDelta(text, min(reads, request.max_tokens))
+                    released += text
+                    running = self._running_count(released, reads)
+                    yield TextDelta(text, min(running, request.max_tokens))
             rest, ended_by_eos = trailer.finish()
             await stderr_task
             returncode = await process.wait()
