@@ -133,6 +133,27 @@ def test_streamed_and_whole_answers_are_the_same(
     assert usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_repeated_and_overlapping_requests_give_the_same_reply(
+    llama_server: RunningServer,
+) -> None:
+    """A reply does not depend on what the model computed before it: not after a prompt
+    that shares a long prefix with it (reusing that state changes logits in the last
+    bits, enough to change a greedy reply), not when asked again, streamed or not."""
+    messages = [SYSTEM, {"role": "user", "content": "Say hello and tell me who you are."}]
+    first = chat(llama_server, messages, max_tokens=48).choices[0].message.content
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Thanks!"},
+    ]
+    chat(llama_server, follow_up, max_tokens=8)
+    again = chat(llama_server, messages, max_tokens=48).choices[0].message.content
+    text, _, _ = streamed(llama_server, messages, max_tokens=48)
+
+    assert again == first
+    assert text == first
+
+
 def test_usage_counts_are_the_models_own(
     llama_server: RunningServer, tokenizer: Any, template: Any
 ) -> None:

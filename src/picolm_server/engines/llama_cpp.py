@@ -4,8 +4,11 @@ Generation runs on one worker thread per loaded model (llama.cpp contexts are no
 thread-safe, and one generation already uses every core), handing each token to the
 event loop as it is sampled. Closing the generation sets a flag the worker checks
 between tokens, and waits for the worker to stop before the model is free again.
-llama.cpp keeps the previous prompt's state, so a conversation that grows by one turn
-only computes the new tokens; that reuse is reported as ``cached_tokens``.
+Every prompt is computed from scratch: llama.cpp can keep the previous prompt's state,
+but logits computed on a reused prefix differ in the last bits from those of a whole
+prompt (its matrix kernels depend on the batch shape), which is enough to change a greedy
+reply. Identical requests must give identical replies (streamed or not, first or second),
+and a small model's prefill is cheap, so reuse is not worth that.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,25 +86,14 @@ class LlamaCppEngine:
         tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         return tokens
 
-    def _reusable_prefix(self, tokens: Sequence[int]) -> int:
-        """How many prompt tokens llama.cpp still holds from the previous generation."""
-        held = list(self.llama._input_ids[: self.llama.n_tokens])
-        common = 0
-        for held_token, token in zip(held, tokens, strict=False):
-            if held_token != token:
-                break
-            common += 1
-        # llama-cpp-python recomputes the last prompt token to get fresh logits.
-        return min(common, len(tokens) - 1)
-
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         async with self._lock:
             loop = asyncio.get_running_loop()
             tokens = await loop.run_in_executor(self._worker, self.tokenize, request.prompt)
             if len(tokens) >= self.context_length:
                 raise context_exceeded(len(tokens), self.context_length)
-            cached = await loop.run_in_executor(self._worker, self._reusable_prefix, tokens)
-            yield PromptAccepted(len(tokens), max(cached, 0))
+            await loop.run_in_executor(self._worker, self.llama.reset)
+            yield PromptAccepted(len(tokens))
 
             # Room left in the context bounds the reply as well as max_tokens does.
             budget = min(request.max_tokens, self.context_length - len(tokens))
