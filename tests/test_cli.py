@@ -3,6 +3,7 @@ refuses to start with one line (no traceback) when the configuration is wrong.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,15 @@ def test_server_starts_with_double_dash_flags(tmp_path: Path, picolm_files: Pico
             f"{server.base_url}/v1/models", headers={"Authorization": "Bearer from-file"}
         )
         assert refused.status_code == 401
+
+
+def test_without_the_llama_extra_or_a_binary_it_says_what_to_install(tmp_path: Path) -> None:
+    # A Python on which llama_cpp cannot be imported, as after a plain
+    # `pip install picolm-server`: None in sys.modules makes the import machinery say so.
+    (tmp_path / "sitecustomize.py").write_text('import sys\nsys.modules["llama_cpp"] = None\n')
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PICOLM_")}
+    env["PYTHONPATH"] = str(tmp_path)
+
+    result = run_cli("--port", "0", env=env)
+
+    assert_refused(result, "pip install 'picolm-server[llama]'", "picolm.binary")
