@@ -17,6 +17,7 @@ from picolm_server.tool_calls import (
     ARRAY_CAP,
     CALL_OPEN,
     STRING_CAP,
+    Caps,
     ContentPiece,
     InvalidModelOutputError,
     OutputPlan,
@@ -355,6 +356,22 @@ def test_arrays_without_max_items_are_capped() -> None:
     assert f'("," t0-space t0-string){{0,{ARRAY_CAP - 1}}}' in grammar
 
 
+def test_caps_tighten_with_a_small_token_budget() -> None:
+    tags = {"type": "array", "items": {"type": "string"}}
+    fn = {"name": "tag", "parameters": {"type": "object", "properties": {"tags": tags}}}
+    tools = [{"type": "function", "function": fn}]
+    plan = plan_for(tools=tools, tool_choice="required", max_tokens=100)
+    assert plan is not None
+    assert plan.caps == Caps(string=25, array=2)
+    grammar = build_grammar(plan).gbnf
+    assert '"\\"" t0-char{0,25} "\\"" t0-space' in grammar
+    assert '("," t0-space t0-string){0,1}' in grammar
+    # No budget given, or a large one: the standard caps.
+    assert Caps.for_budget(None) == Caps(STRING_CAP, ARRAY_CAP)
+    assert Caps.for_budget(4096) == Caps(STRING_CAP, ARRAY_CAP)
+    assert Caps.for_budget(1) == Caps(string=16, array=2)
+
+
 def test_grammar_modes() -> None:
     def root(plan: OutputPlan) -> str:
         return next(
@@ -540,6 +557,16 @@ def test_a_call_cut_off_by_max_tokens_is_an_error_no_retry_can_fix() -> None:
         decode_all(plan, ['<tool_call>\n{"name": "get_weather", "argu'], "length")
     assert "max_tokens" in caught.value.message
     assert not caught.value.retryable
+
+
+def test_a_whole_call_cut_off_before_its_closing_marker_is_a_call() -> None:
+    plan = plan_for(tools=[WEATHER], tool_choice="required")
+    whole = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+    reply = decode_all(plan, [whole], "length")
+    assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", '{"city":"Paris"}')]
+    # Whole JSON but invalid arguments is still no call.
+    with pytest.raises(InvalidModelOutputError):
+        decode_all(plan, ['<tool_call>\n{"name": "get_weather", "arguments": {}}\n'], "length")
 
 
 def test_json_calls_without_a_grammar() -> None:

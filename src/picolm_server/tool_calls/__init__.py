@@ -33,10 +33,13 @@ from .decoding import (
     new_call_id,
     schema_error,
 )
-from .grammar import ARRAY_CAP, STRING_CAP, Grammar, GrammarUnsupported, build_grammar
+from .grammar import Grammar, GrammarUnsupported, build_grammar
 from .plan import (
+    ARRAY_CAP,
     CALL_CLOSE,
     CALL_OPEN,
+    STRING_CAP,
+    Caps,
     InvalidModelOutputError,
     OutputPlan,
     ToolSpec,
@@ -50,6 +53,7 @@ __all__ = [
     "CALL_CLOSE",
     "CALL_OPEN",
     "STRING_CAP",
+    "Caps",
     "ContentPiece",
     "DecodedReply",
     "Grammar",

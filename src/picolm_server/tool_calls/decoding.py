@@ -154,14 +154,15 @@ class ReplyDecoder:
         )
 
     def _next_block(self, *, final: bool) -> str | None:
-        """Cut the next complete call's text off the buffer."""
+        """Cut the next complete call's text off the buffer; ``final``: max_tokens ended
+        the reply, and a call missing only its closing marker counts as complete."""
         text = self._buffer.lstrip()
         if self.plan.call_format == "hermes":
             if not text.startswith(CALL_OPEN):
                 return None
             end = text.find(CALL_CLOSE)
             if end < 0:
-                return None
+                return self._unclosed_block(text) if final else None
             self._buffer = text[end + len(CALL_CLOSE) :]
             return text[len(CALL_OPEN) : end]
         if not text.startswith("{"):
@@ -173,6 +174,16 @@ class ReplyDecoder:
         consumed = text[: len(text) - len(rest)]
         self._buffer = rest
         return consumed
+
+    def _unclosed_block(self, text: str) -> str | None:
+        """At the end of the reply: a call whose JSON is whole but whose closing marker
+        never came (max_tokens ran out just before it) is a complete call."""
+        body = text[len(CALL_OPEN) :]
+        decoded = _decode_json(body)
+        if isinstance(decoded, _Failure) or decoded[1].strip():
+            return None
+        self._buffer = ""
+        return body
 
     # -- finishing --
 
@@ -229,7 +240,7 @@ class ReplyDecoder:
         pending: list[ParsedCall] = []
         failure: _Failure | None = None
         while True:
-            block = self._next_block(final=True)
+            block = self._next_block(final=truncated)
             if block is None:
                 break
             call = self._parse_call(block)

@@ -9,21 +9,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .plan import CALL_CLOSE, CALL_OPEN, OutputPlan, compact_json
+from .plan import CALL_CLOSE, CALL_OPEN, DEFAULT_CAPS, Caps, OutputPlan, compact_json
 
 # JSON strings may not hold raw control characters; llama-cpp-python's converter allows them.
 _CHAR_RULE = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 _ANY_CHAR = "[\\U00000000-\\U0010FFFF]"
-# Strings without a maxLength are held to STRING_CAP characters: a small model that starts
-# repeating itself inside a string would otherwise run to max_tokens and never finish
-# the call. A schema's own maxLength is kept as it is.
-STRING_CAP = 100
-# Likewise arrays without maxItems get at most ARRAY_CAP items (the converter writes
-# them as `(item ("," space item)*)?`).
-ARRAY_CAP = 8
+# The converter writes unbounded arrays as `(item ("," space item)*)?` and strings as
+# `"\"" char* "\"" space`; both get the plan's caps.
 _UNBOUNDED_ITEMS = re.compile(r'\("," space ([a-zA-Z0-9-]+)\)\*')
 _UNBOUNDED_STRING = '"\\"" char* "\\"" space'
-_BOUNDED_STRING = f'"\\"" char{{0,{STRING_CAP}}} "\\"" space'
 _TOKEN = re.compile(
     r'"(?:\\.|[^"\\])*"'  # a literal
     r"|\[(?:\\.|[^\]\\])*\]"  # a character class
@@ -38,7 +32,9 @@ class GrammarUnsupported(Exception):
     """The schema has features the JSON-schema-to-grammar converter does not handle."""
 
 
-def schema_rules(schema: dict[str, Any], prefix: str) -> tuple[str, dict[str, str]]:
+def schema_rules(
+    schema: dict[str, Any], prefix: str, caps: Caps = DEFAULT_CAPS
+) -> tuple[str, dict[str, str]]:
     """GBNF rules for a value matching ``schema``: the top rule's name and all rules,
     every name starting with ``prefix`` so several schemas live in one grammar."""
     from llama_cpp import llama_grammar
@@ -54,9 +50,9 @@ def schema_rules(schema: dict[str, Any], prefix: str) -> tuple[str, dict[str, st
     if "char" in rules:
         rules["char"] = _CHAR_RULE
     if rules.get("string") == _UNBOUNDED_STRING:
-        rules["string"] = _BOUNDED_STRING
+        rules["string"] = f'"\\"" char{{0,{caps.string}}} "\\"" space'
     for name, body in rules.items():
-        rules[name] = _UNBOUNDED_ITEMS.sub(rf'("," space \1){{0,{ARRAY_CAP - 1}}}', body)
+        rules[name] = _UNBOUNDED_ITEMS.sub(rf'("," space \1){{0,{caps.array - 1}}}', body)
     names = set(rules)
 
     def rename(body: str) -> str:
@@ -114,10 +110,10 @@ def build_grammar(plan: OutputPlan, *, exact_schemas: bool = True) -> Grammar:
         try:
             if not exact_schemas:
                 raise GrammarUnsupported("exact schemas turned off")
-            top, found = schema_rules(schema, prefix)
+            top, found = schema_rules(schema, prefix, plan.caps)
             exact = True
         except GrammarUnsupported:
-            top, found = schema_rules({"type": "object"}, prefix)
+            top, found = schema_rules({"type": "object"}, prefix, plan.caps)
             exact = False
         rules.update(found)
         return top, exact

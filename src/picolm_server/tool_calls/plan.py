@@ -54,6 +54,36 @@ class ToolSpec:
         return {"type": "function", "function": function}
 
 
+# Strings without a maxLength are held to STRING_CAP characters and arrays without
+# maxItems to ARRAY_CAP items in the grammar: a small model that starts repeating itself
+# inside a string or a list would otherwise run to max_tokens and never finish the call.
+# A schema's own maxLength / maxItems is kept as it is.
+STRING_CAP = 100
+ARRAY_CAP = 8
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Length limits for unbounded strings and arrays in a call's arguments."""
+
+    string: int = STRING_CAP
+    array: int = ARRAY_CAP
+
+    @classmethod
+    def for_budget(cls, max_tokens: int | None) -> Caps:
+        """Tighter limits when the reply's token budget is small, so that a whole call
+        fits in it (a call cut off by max_tokens cannot be returned)."""
+        if max_tokens is None:
+            return cls()
+        return cls(
+            string=min(STRING_CAP, max(16, max_tokens // 4)),
+            array=min(ARRAY_CAP, max(2, max_tokens // 40)),
+        )
+
+
+DEFAULT_CAPS = Caps()
+
+
 @dataclass(frozen=True)
 class OutputPlan:
     """How one request's reply is constrained and read.
@@ -72,6 +102,7 @@ class OutputPlan:
     parallel: bool = True
     response_schema: dict[str, Any] | None = None
     grammar_engine: bool = True
+    caps: Caps = DEFAULT_CAPS
 
     @property
     def arguments_only(self) -> bool:
@@ -165,7 +196,8 @@ def make_plan(
         )
     call_format: CallFormat = "hermes" if hermes_template and grammar_engine else "json"
     parallel = request.parallel_tool_calls is not False and grammar_engine
-    common = {"call_format": call_format, "grammar_engine": grammar_engine}
+    caps = Caps.for_budget(request.max_completion_tokens or request.max_tokens)
+    common = {"call_format": call_format, "grammar_engine": grammar_engine, "caps": caps}
     if not specs or choice == "none":
         # tool_choice none: the tools are not shown at all. OpenAI still describes them
         # to the model, but a small model shown a call format tends to write calls as
