@@ -417,7 +417,12 @@ class ChatService:
         refuse_unsupported(request)
         grammar_engine = engine_accepts_grammar(self.engine)
         hermes = is_hermes_template(self.template.source)
-        plan = make_plan(request, hermes_template=hermes, grammar_engine=grammar_engine)
+        plan = make_plan(
+            request,
+            hermes_template=hermes,
+            grammar_engine=grammar_engine,
+            max_tokens=self.defaults.max_tokens,
+        )
         messages, tools = prompt_messages(
             template_messages(request.messages),
             plan,

@@ -183,8 +183,12 @@ def make_plan(
     *,
     hermes_template: bool,
     grammar_engine: bool,
+    max_tokens: int | None = None,
 ) -> OutputPlan | None:
-    """The plan for a request, or None for a plain text reply (no tools, no JSON)."""
+    """The plan for a request, or None for a plain text reply (no tools, no JSON).
+
+    ``max_tokens`` is the reply's token budget when the request does not set one (the
+    server's default); it bounds the grammar's caps."""
     specs = _tool_specs(request)
     response_schema = _response_schema(request)
     choice = request.tool_choice
@@ -196,7 +200,7 @@ def make_plan(
         )
     call_format: CallFormat = "hermes" if hermes_template and grammar_engine else "json"
     parallel = request.parallel_tool_calls is not False and grammar_engine
-    caps = Caps.for_budget(request.max_completion_tokens or request.max_tokens)
+    caps = Caps.for_budget(request.max_completion_tokens or request.max_tokens or max_tokens)
     common = {"call_format": call_format, "grammar_engine": grammar_engine, "caps": caps}
     if not specs or choice == "none":
         # tool_choice none: the tools are not shown at all. OpenAI still describes them
