@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,9 @@ from typing import Any
 
 import httpx
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.server import free_port
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 SYSTEM = "You are a helpful assistant."
@@ -54,13 +56,6 @@ PROMPTS = {
     + PASSAGE * 5
     + "\n\nContinue the story in great detail, with many more chapters.",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
