@@ -82,6 +82,14 @@ def test_body_that_is_not_an_object(picolm_server: PicoLMServer) -> None:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content[0].type",
+        ),
     ],
 )
 def test_invalid_parameter_names_the_field(
@@ -90,6 +98,23 @@ def test_invalid_parameter_names_the_field(
     error = assert_error(post_chat(picolm_server, body), 400, type_="invalid_request_error")
     assert error["param"] == param
     assert param.split(".")[0].split("[")[0] in error["message"]
+
+
+def test_lone_surrogate_escape_is_refused_not_a_crash(picolm_server: PicoLMServer) -> None:
+    # "\ud800" is valid JSON but stands for no character; a pair ("\ud83d\ude00") is fine.
+    body = b'{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "%s"}]}'
+    for content, status in ((b"\\ud800 hi", 400), (b"\\ud83d\\ude00 hi", 200)):
+        response = httpx.post(
+            f"{picolm_server.base_url}/v1/chat/completions",
+            content=body % (MODEL_ID.encode(), content),
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        if status == 400:
+            error = assert_error(response, 400, type_="invalid_request_error")
+            assert "Unicode" in error["message"]
+        else:
+            assert response.status_code == 200, response.text
 
 
 def test_missing_model_is_named(picolm_server: PicoLMServer) -> None:

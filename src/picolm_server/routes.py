@@ -59,7 +59,22 @@ async def parse_body(request: Request) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    if (b"\\ud" in raw or b"\\uD" in raw) and _has_lone_surrogate(body):
+        raise InvalidRequestError(
+            "The request body contains invalid Unicode: a \\u escape of half a surrogate "
+            "pair, which stands for no character."
+        )
     return body
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """JSON allows escapes like "\\ud800" that decode to no character; no engine can be
+    given such text. Only looked for when the body has such an escape at all."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class ClientDisconnected(Exception):

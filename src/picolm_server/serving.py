@@ -117,13 +117,19 @@ def message_text(message: ChatMessage, index: int) -> str:
         return content
     texts: list[str] = []
     for part_index, part in enumerate(content):
-        if part.type == "text" and part.text is not None:
+        if part.type == "text":
+            if part.text is None:
+                raise InvalidRequestError(
+                    f"messages[{index}].content[{part_index}].text is required for a text part.",
+                    param=f"messages[{index}].content[{part_index}].text",
+                )
             texts.append(part.text)
         elif part.type == "refusal" and message.role == "assistant":
             texts.append(str((part.model_extra or {}).get("refusal", "")))
         else:
             raise InvalidRequestError(
-                f"Content of type {part.type!r} is not supported; only text is.",
+                f"messages[{index}].content[{part_index}]: content of type {part.type!r} is "
+                "not supported; only text is.",
                 param=f"messages[{index}].content[{part_index}].type",
             )
     return "\n".join(texts)
