@@ -100,6 +100,19 @@ def test_invalid_parameter_names_the_field(
     assert param.split(".")[0].split("[")[0] in error["message"]
 
 
+def test_deeply_nested_json_is_refused_not_a_crash(picolm_server: PicoLMServer) -> None:
+    depth = 10_000  # well past Python's recursion limit, under the test server's body limit
+    body = b'{"model": "x", "messages": [], "metadata": ' + b"[" * depth + b"]" * depth + b"}"
+    response = httpx.post(
+        f"{picolm_server.base_url}/v1/chat/completions",
+        content=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    error = assert_error(response, 400, type_="invalid_request_error")
+    assert "nested" in error["message"]
+
+
 def test_lone_surrogate_escape_is_refused_not_a_crash(picolm_server: PicoLMServer) -> None:
     # "\ud800" is valid JSON but stands for no character; a pair ("\ud83d\ude00") is fine.
     body = b'{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "%s"}]}'

@@ -52,6 +52,8 @@ async def parse_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise InvalidRequestError("The JSON body of your request is nested too deeply.") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON "
