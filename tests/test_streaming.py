@@ -1,10 +1,13 @@
-"""StopScanner: stop strings found across pieces, never released in part."""
+"""Streaming helpers: stop strings found across pieces and never released in part; SSE events."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from picolm_server.streaming import DONE_EVENT, StopScanner, sse_event
+from picolm_server.protocol import ChatCompletionChunk, ChunkChoice, Delta
+from picolm_server.streaming import DONE_EVENT, ContentChunkTemplate, StopScanner, sse_event
 
 
 def feed_all(stops: list[str], pieces: list[str]) -> tuple[list[str], bool]:
@@ -74,3 +77,30 @@ def test_multibyte_text() -> None:
 def test_sse_events() -> None:
     assert sse_event('{"a": "é"}') == 'data: {"a": "é"}\n\n'.encode()
     assert DONE_EVENT == b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["Hello", ' "quoted" \\ back', "line\nbreak\ttab", "\x00\x1f\x7f", "é中😀", "", "}{]["],
+)
+def test_content_chunk_template_equals_the_full_chunk(content: str) -> None:
+    def full(text: str) -> str:
+        return ChatCompletionChunk(
+            id="chatcmpl-1",
+            created=1,
+            model="m",
+            choices=[ChunkChoice(delta=Delta(content=text))],
+            system_fingerprint="fp",
+        ).model_dump_json()
+
+    marker = "marker-chatcmpl-1"
+    template = ContentChunkTemplate(full(marker), marker)
+    event = template.render(content)
+
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert json.loads(event[len(b"data: ") : -2]) == json.loads(full(content))
+
+
+def test_content_chunk_template_needs_the_marker_once() -> None:
+    with pytest.raises(ValueError):
+        ContentChunkTemplate('{"a": "x"}', "marker")

@@ -54,7 +54,7 @@ from .protocol import (
     Usage,
 )
 from .scheduler import Scheduler
-from .streaming import DONE_EVENT, StopScanner, sse_event
+from .streaming import DONE_EVENT, ContentChunkTemplate, StopScanner, sse_event
 from .tool_calls import (
     ContentPiece,
     InvalidModelOutputError,
@@ -514,6 +514,10 @@ class ChatService:
             exclude = None if include_usage else {"usage"}
             return sse_event(payload.model_dump_json(exclude=exclude))
 
+        marker = "picolm-server-content-" + chunk_id
+        sample = chunk(Delta(content=marker))[len(b"data: ") : -2].decode("utf-8")
+        content_chunk = ContentChunkTemplate(sample, marker).render
+
         try:
             if generation.plan is None:
                 yield chunk(Delta(role="assistant", content=""))
@@ -523,12 +527,12 @@ class ChatService:
             try:
                 if generation.plan is None:
                     async for piece in generation.text():
-                        yield chunk(Delta(content=piece))
+                        yield content_chunk(piece)
                 else:
                     index = 0
                     async for event in generation.replies():
                         if isinstance(event, ContentPiece):
-                            yield chunk(Delta(content=event.text))
+                            yield content_chunk(event.text)
                             continue
                         for delta in call_deltas(event, index):
                             yield chunk(delta)

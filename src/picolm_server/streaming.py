@@ -6,6 +6,7 @@ that could still become a stop string is held back until it is known not to be o
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -52,6 +53,26 @@ class StopScanner:
                     longest = length
                     break
         return longest
+
+
+class ContentChunkTemplate:
+    """The SSE event of a content delta, serialised once per stream and filled in per
+    token: building and dumping a pydantic chunk for every token costs the event loop
+    more than the token's own text handling on a small machine.
+
+    ``sample_json`` is a full chunk whose content is ``marker``; every event this renders
+    is that chunk with the content replaced.
+    """
+
+    def __init__(self, sample_json: str, marker: str) -> None:
+        head, found, tail = sample_json.partition(json.dumps(marker))
+        if not found or json.dumps(marker) in tail:
+            raise ValueError("the marker must appear exactly once in the sample chunk")
+        self._head = b"data: " + head.encode("utf-8")
+        self._tail = tail.encode("utf-8") + b"\n\n"
+
+    def render(self, content: str) -> bytes:
+        return self._head + json.dumps(content, ensure_ascii=False).encode("utf-8") + self._tail
 
 
 def sse_event(json_text: str) -> bytes:
