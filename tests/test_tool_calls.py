@@ -569,6 +569,18 @@ def test_a_whole_call_cut_off_before_its_closing_marker_is_a_call() -> None:
         decode_all(plan, ['<tool_call>\n{"name": "get_weather", "arguments": {}}\n'], "length")
 
 
+def test_required_with_one_tool_and_no_grammar_asks_for_arguments_only() -> None:
+    plan = plan_for(grammar=False, tools=[WEATHER], tool_choice="required")
+    assert plan.mode == "named" and plan.arguments_only
+    reply = decode_all(plan, ['{"city": "Oslo"}'], "stop")
+    assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", '{"city":"Oslo"}')]
+    # With a grammar, or with several tools, it stays "required".
+    assert plan_for(tools=[WEATHER], tool_choice="required").mode == "required"
+    assert plan_for(grammar=False, tools=[WEATHER, EMAIL], tool_choice="required").mode == (
+        "required"
+    )
+
+
 def test_json_calls_without_a_grammar() -> None:
     plan = plan_for(grammar=False, tools=[WEATHER, EMAIL], tool_choice="required")
     reply = decode_all(
