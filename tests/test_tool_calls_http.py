@@ -16,18 +16,11 @@ from tests.conftest import requires_llama
 from tests.support.picolm_setup import MODEL_ID as PICOLM_MODEL
 from tests.support.picolm_setup import PicoLMFiles
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
+from tests.test_tool_calls import WEATHER
 
 LLAMA_MODEL = "SmolLM2-135M-Instruct"
 
-WEATHER_PARAMS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string"},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city"],
-    "additionalProperties": False,
-}
+WEATHER_PARAMS = WEATHER["function"]["parameters"]
 EMAIL_PARAMS = {
     "type": "object",
     "properties": {

@@ -243,9 +243,10 @@ def output_constraint(plan: OutputPlan | None, engine: Engine) -> OutputConstrai
     if plan.grammar_engine:
         grammar = build_grammar(plan)
         check: Callable[[str], str | None] | None = getattr(engine, "grammar_error", None)
-        if check is not None and check(grammar.gbnf) is not None:
+        problem = check(grammar.gbnf) if check is not None else None
+        if problem is not None:
             # A schema the converter got wrong: keep the call's shape, validate the rest.
-            logger.warning("falling back to a JSON-object grammar: %s", check(grammar.gbnf))
+            logger.warning("falling back to a JSON-object grammar: %s", problem)
             grammar = build_grammar(plan, exact_schemas=False)
         return OutputConstraint(json_schema=plan.response_schema, gbnf=grammar.gbnf)
     if plan.uses_json_mode:

@@ -15,7 +15,7 @@ subclasses for failures: ``ContextLengthExceededError`` before ``PromptAccepted`
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -43,9 +43,6 @@ class GenerationRequest:
     top_p: float
     seed: int | None = None
     constraint: OutputConstraint | None = None
-    # Engines that can reuse computed prompt state may use this key to keep apart
-    # conversations; it never changes what is generated.
-    cache_hint: str | None = None
     # The text every conversation of an application starts with (its system prompt and
     # tools, rendered without a generation prompt), when it is a text prefix of
     # ``prompt``: engines that save prompt state may keep this part's state on its own.
@@ -87,7 +84,6 @@ class ModelInfo:
     context_length: int
     created: int
     owned_by: str = "picolm-server"
-    metadata: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of_file(cls, model_id: str, path: Path, context_length: int, owned_by: str) -> ModelInfo:

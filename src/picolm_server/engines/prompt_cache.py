@@ -301,11 +301,6 @@ class PromptCache:
                 best, best_length = entry, length
         return (best, best_length) if best_length else (None, 0)
 
-    def covered(self, tokens: Sequence[int]) -> int:
-        """How many leading ``tokens`` a saved state holds."""
-        with self._lock:
-            return self._best(tokens)[1]
-
     def has(self, tokens: Sequence[int]) -> bool:
         """Whether exactly ``tokens`` are saved (and, if so, mark them recently used)."""
         with self._lock:
