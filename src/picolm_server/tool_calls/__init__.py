@@ -9,6 +9,8 @@ Everything here is pure (no HTTP, no engine), in four steps, one module each:
    blocks for ChatML/Qwen-style templates, bare JSON objects otherwise, and bare JSON
    objects always when the engine cannot run a grammar (PicoLM's ``--json`` only keeps
    JSON balanced and stops after the first object).
+   Every client schema goes through :mod:`.schemas` first: local references only,
+   bounded size and depth, and a validator that can never fetch anything.
 2. :func:`~.prompting.prompt_messages` puts the tool descriptions and the exact output format into
    the conversation (or leaves the tools to a chat template that renders them), and
    writes earlier calls and ``role: tool`` results in that format when the template

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema
 import jsonschema.exceptions
-import jsonschema.validators
 
 from .plan import CALL_CLOSE, CALL_OPEN, InvalidModelOutputError, OutputPlan, ToolSpec
+from .schemas import validator
 
 
 def new_call_id() -> str:
@@ -37,8 +36,12 @@ ReplyEvent = ContentPiece | ParsedCall
 
 def schema_error(schema: dict[str, Any], instance: Any) -> str | None:
     """Why ``instance`` does not match ``schema``, or None when it does."""
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    try:
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(instance))
+    except RecursionError:
+        # A recursive schema (a tree) and a model output nested deeper than Python's
+        # stack: the output cannot be checked, so it is not valid.
+        return "the output is nested too deeply to be checked"
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path)

@@ -26,6 +26,15 @@ _TOKEN = re.compile(
     r"|\s+|."
 )
 _NAME = re.compile(r"[a-zA-Z0-9_-]+")
+# llama.cpp expands a repetition x{m,n} into n copies of x, so a 60-byte schema with
+# "maxLength": 1000000 made a 10 MB grammar (12 s to build). The grammar holds no more
+# than this many repetitions of one thing: larger maxima are lowered to it (a shorter
+# value still matches the schema), and larger minima or regex counts leave that schema
+# to the server's validation alone (a JSON-object grammar).
+MAX_GRAMMAR_REPEAT = 1000
+_BOUNDS_LOWERED = ("maxLength", "maxItems", "maxProperties")
+_MINIMA = ("minLength", "minItems", "minProperties")
+_REGEX_COUNT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 class GrammarUnsupported(Exception):
@@ -42,7 +51,7 @@ def schema_rules(
     converter_class: Any = llama_grammar.SchemaConverter  # untyped library code
     converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
-        resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "input")
+        resolved = converter.resolve_refs(grammar_schema(schema), "input")
         converter.visit(resolved, "")
     except Exception as exc:
         raise GrammarUnsupported(str(exc) or type(exc).__name__) from exc
@@ -62,6 +71,46 @@ def schema_rules(
         return "".join(out)
 
     return f"{prefix}root", {f"{prefix}{name}": rename(body) for name, body in rules.items()}
+
+
+def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``schema`` the converter can turn into a grammar of bounded size, or
+    GrammarUnsupported. Any reference that is not local is refused here too, so the
+    converter (which can fetch https:// references) never sees one."""
+    copy: dict[str, Any] = json.loads(json.dumps(schema))
+    stack: list[Any] = [copy]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        reference = node.get("$ref")
+        if isinstance(reference, str) and not reference.startswith("#"):
+            raise GrammarUnsupported(f"a reference outside the schema: {reference[:80]}")
+        for keyword in _BOUNDS_LOWERED:
+            if isinstance(node.get(keyword), int) and node[keyword] > MAX_GRAMMAR_REPEAT:
+                node[keyword] = MAX_GRAMMAR_REPEAT
+        for keyword in _MINIMA:
+            if isinstance(node.get(keyword), int) and node[keyword] > MAX_GRAMMAR_REPEAT:
+                raise GrammarUnsupported(f"{keyword} over {MAX_GRAMMAR_REPEAT}")
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and _regex_repeats(pattern) > MAX_GRAMMAR_REPEAT:
+            raise GrammarUnsupported(f"a pattern repeating over {MAX_GRAMMAR_REPEAT} times")
+        stack.extend(node.values())
+    return copy
+
+
+def _regex_repeats(pattern: str) -> int:
+    """An upper bound on the copies a pattern's counted repetitions make (nested ones
+    multiply)."""
+    total = 1
+    for low, high in _REGEX_COUNT.findall(pattern):
+        total *= max(int(low), int(high) if high else 0, 1)
+        if total > MAX_GRAMMAR_REPEAT:
+            break
+    return total
 
 
 def _literal(text: str) -> str:

@@ -7,12 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
-
 from ..errors import APIError, InvalidRequestError
 from ..protocol import ChatCompletionRequest, NamedToolChoice
+from .schemas import check_client_schema, check_total_size
 
 CallFormat = Literal["hermes", "json"]
 Mode = Literal["auto", "required", "named", "json"]
@@ -118,30 +115,25 @@ class OutputPlan:
         return next((tool for tool in self.tools if tool.name == name), None)
 
 
-def _check_schema(schema: Any, param: str) -> None:
-    if not isinstance(schema, dict):
-        raise InvalidRequestError(f"Invalid schema for '{param}': must be an object.", param=param)
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.exceptions.SchemaError as exc:
-        where = "/".join(str(part) for part in exc.path)
-        raise InvalidRequestError(
-            f"Invalid schema for '{param}': {exc.message}" + (f" (at {where})" if where else ""),
-            param=param,
-            code="invalid_schema",
-        ) from None
-    except jsonschema.exceptions.UnknownType as exc:  # pragma: no cover - defensive
-        raise InvalidRequestError(f"Invalid schema for '{param}': {exc}", param=param) from None
+class _RequestSize:
+    """JSON values in the schemas of one request so far (bounded in all)."""
+
+    def __init__(self) -> None:
+        self.nodes = 0
+
+    def add(self, nodes: int, param: str) -> None:
+        self.nodes += nodes
+        check_total_size(self.nodes, param)
 
 
-def _tool_specs(request: ChatCompletionRequest) -> list[ToolSpec]:
+def _tool_specs(request: ChatCompletionRequest, size: _RequestSize) -> list[ToolSpec]:
     specs: list[ToolSpec] = []
     seen: set[str] = set()
     for index, tool in enumerate(request.tools or []):
         function = tool.function
         param = f"tools[{index}].function.parameters"
         parameters = function.parameters if function.parameters is not None else EMPTY_PARAMETERS
-        _check_schema(parameters, param)
+        size.add(check_client_schema(parameters, param), param)
         declared = parameters.get("type")
         if declared is not None and declared != "object":
             raise InvalidRequestError(
@@ -160,7 +152,7 @@ def _tool_specs(request: ChatCompletionRequest) -> list[ToolSpec]:
     return specs
 
 
-def _response_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+def _response_schema(request: ChatCompletionRequest, size: _RequestSize) -> dict[str, Any] | None:
     response_format = request.response_format
     if response_format is None or response_format.type == "text":
         return None
@@ -174,7 +166,8 @@ def _response_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
     schema = response_format.json_schema.schema_
     if schema is None:
         return {"type": "object"}
-    _check_schema(schema, "response_format.json_schema.schema")
+    param = "response_format.json_schema.schema"
+    size.add(check_client_schema(schema, param), param)
     return schema
 
 
@@ -189,8 +182,9 @@ def make_plan(
 
     ``max_tokens`` is the reply's token budget when the request does not set one (the
     server's default); it bounds the grammar's caps."""
-    specs = _tool_specs(request)
-    response_schema = _response_schema(request)
+    size = _RequestSize()
+    specs = _tool_specs(request, size)
+    response_schema = _response_schema(request, size)
     choice = request.tool_choice
     if not specs and choice is not None and choice not in ("none", "auto"):
         raise InvalidRequestError(
