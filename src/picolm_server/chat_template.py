@@ -19,10 +19,17 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidRequestError
+from .errors import APIError, InvalidRequestError
 from .gguf_metadata import GGUFMetadata
+from .prompt_tokens import (
+    MASK_NONCE_VARIABLE,
+    PlaceholderMask,
+    SplitPrompt,
+    mark_json_placeholders,
+    split_prompt,
+)
+from .template_sandbox import BoundedSandbox, TemplateLimitError, render_bounded
 
 BUILTIN_TEMPLATES = ("chatml", "zephyr", "llama2", "phi")
 
@@ -43,6 +50,14 @@ class TemplateSetupError(Exception):
     """The configured template cannot be used (unknown name, unreadable file, bad Jinja)."""
 
 
+class TemplateLimitExceededError(APIError):
+    """500: the server's chat template went over a sandbox bound for these messages."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "template_limit_exceeded"
+
+
 class _TemplateRaised(Exception):
     """``raise_exception`` was called by the template."""
 
@@ -51,26 +66,27 @@ def _raise_exception(message: str) -> None:
     raise _TemplateRaised(message)
 
 
+@jinja2.pass_context
 def _tojson(
+    context: jinja2.runtime.Context,
     value: Any,
     ensure_ascii: bool = False,
     indent: int | None = None,
     separators: tuple[str, str] | None = None,
     sort_keys: bool = False,
 ) -> str:
-    return json.dumps(
+    dumped = json.dumps(
         value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
+    return mark_json_placeholders(dumped, context.get(MASK_NONCE_VARIABLE))
 
 
 def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
+def _environment() -> BoundedSandbox:
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -101,6 +117,19 @@ class ChatTemplate:
                 f"chat template {name}: {exc.message} (line {exc.lineno})"
             ) from None
         self.stop_strings = self._find_end_markers()
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        """A template that goes over the sandbox bounds for an ordinary conversation is
+        refused when it is loaded, not on every request."""
+        try:
+            self.render([{"role": "user", "content": "Hello"}])
+        except TemplateLimitExceededError as exc:
+            raise TemplateSetupError(f"chat template {self.name}: {exc.message}") from None
+        except Exception:
+            # Any other failure (a template that insists on a system message, ...) is
+            # for the requests it happens to, not for the start.
+            pass
 
     @property
     def renders_tools(self) -> bool:
@@ -121,6 +150,43 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
     ) -> str:
         """The prompt text, without a leading BOS text when the engine adds BOS itself."""
+        return self._render(self._context(messages, tools, add_generation_prompt))
+
+    def render_split(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> SplitPrompt:
+        """The prompt (with a generation prompt) split into the template's own text and
+        the request's text (see :mod:`picolm_server.prompt_tokens`)."""
+        real = self.render(messages, tools=tools)
+        mask = PlaceholderMask()
+        try:
+            context = self._context(
+                [mask.mask(message) for message in messages],
+                [mask.mask(tool) for tool in tools] if tools else None,
+                True,
+            )
+        except RecursionError:
+            # Request data nested too deeply to mask: all of the prompt counts as
+            # request text.
+            return SplitPrompt.unsplit(real, [real])
+        context[MASK_NONCE_VARIABLE] = mask.nonce
+        try:
+            masked = self._render(context)
+        except (APIError, RecursionError):
+            # The template treats placeholders differently from text (it checks what a
+            # message says, ...): the prompt stays whole.
+            return SplitPrompt.unsplit(real, mask.texts)
+        return split_prompt(masked, real, mask)
+
+    def _context(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        add_generation_prompt: bool,
+    ) -> dict[str, Any]:
         context: dict[str, Any] = {
             "messages": [dict(message) for message in messages],
             "add_generation_prompt": add_generation_prompt,
@@ -129,8 +195,15 @@ class ChatTemplate:
         }
         if tools:
             context["tools"] = [dict(tool) for tool in tools]
+        return context
+
+    def _render(self, context: dict[str, Any]) -> str:
         try:
-            prompt = self._template.render(**context)
+            prompt = render_bounded(self._template, context)
+        except TemplateLimitError as exc:
+            raise TemplateLimitExceededError(
+                f"The chat template could not render these messages: {exc}."
+            ) from None
         except _TemplateRaised as exc:
             raise InvalidRequestError(
                 f"The model's chat template rejected the messages: {exc}", param="messages"

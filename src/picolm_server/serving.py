@@ -436,14 +436,15 @@ class ChatService:
             template_renders_tools=self.template.renders_tools,
             call_format="hermes" if hermes and grammar_engine else "json",
         )
-        prompt = self.template.render(messages, tools=tools)
+        split = self.template.render_split(messages, tools=tools)
+        prompt = split.whole
         engine_request = generation_request(
             request, prompt, self.defaults, constraint=output_constraint(plan, self.engine)
         )
         prefix = shared_prefix(self.template, messages, tools, prompt)
         return Generation(
             engine=self.engine,
-            request=replace(engine_request, shared_prefix=prefix),
+            request=replace(engine_request, shared_prefix=prefix, split_prompt=split),
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from ..prompt_tokens import SplitPrompt
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -48,6 +50,10 @@ class GenerationRequest:
     # ``prompt``: engines that save prompt state may keep this part's state on its own.
     # It never changes what is generated.
     shared_prefix: str | None = None
+    # ``prompt`` as the template's own text and the request's text: engines that turn
+    # marker text into control tokens do so only in the template's text. None: all of
+    # ``prompt`` is the caller's own text.
+    split_prompt: SplitPrompt | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 
 from ..errors import EngineError
+from ..prompt_tokens import SplitPrompt, llama_prompt_tokenizer, prompt_token_ids
 from .base import (
     EngineHealth,
     Finished,
@@ -71,6 +72,8 @@ class LlamaCppEngine:
             n_batch=512,
             verbose=False,
         )
+        # Marker text becomes a control token only where the chat template wrote it.
+        self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
         # n_ctx 0 means "the model's own"; report what was actually allocated.
         self.context_length = int(self.llama.n_ctx())
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
@@ -86,10 +89,14 @@ class LlamaCppEngine:
         tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
         return tokens
 
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
+        return prompt_token_ids(split, self._prompt_tokenizer)
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         async with self._lock:
             loop = asyncio.get_running_loop()
-            tokens = await loop.run_in_executor(self._worker, self.tokenize, request.prompt)
+            tokens = await loop.run_in_executor(self._worker, self.prompt_tokens, request)
             if len(tokens) >= self.context_length:
                 raise context_exceeded(len(tokens), self.context_length)
             await loop.run_in_executor(self._worker, self.llama.reset)
