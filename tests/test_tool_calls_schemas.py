@@ -179,6 +179,10 @@ needs_llama = pytest.mark.skipif(
         {"type": "array", "minItems": 10**6},
         {"type": "string", "pattern": "^a{100000}$"},
         {"type": "string", "pattern": "^(a{40}){40}$"},
+        {
+            "type": "object",
+            "properties": {str(i): {"type": "string", "maxLength": 10**6} for i in range(30)},
+        },
     ],
 )
 def test_grammar_schema_refuses_what_it_cannot_bound(schema: dict[str, Any]) -> None:

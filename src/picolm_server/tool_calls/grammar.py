@@ -32,6 +32,8 @@ _NAME = re.compile(r"[a-zA-Z0-9_-]+")
 # value still matches the schema), and larger minima or regex counts leave that schema
 # to the server's validation alone (a JSON-object grammar).
 MAX_GRAMMAR_REPEAT = 1000
+# And no more than this many in one schema's grammar in all (20 strings of 1,000).
+MAX_GRAMMAR_REPEATS_TOTAL = 20_000
 _BOUNDS_LOWERED = ("maxLength", "maxItems", "maxProperties")
 _MINIMA = ("minLength", "minItems", "minProperties")
 _REGEX_COUNT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
@@ -78,6 +80,7 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
     GrammarUnsupported. Any reference that is not local is refused here too, so the
     converter (which can fetch https:// references) never sees one."""
     copy: dict[str, Any] = json.loads(json.dumps(schema))
+    repeats = 0
     stack: list[Any] = [copy]
     while stack:
         node = stack.pop()
@@ -96,8 +99,17 @@ def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
             if isinstance(node.get(keyword), int) and node[keyword] > MAX_GRAMMAR_REPEAT:
                 raise GrammarUnsupported(f"{keyword} over {MAX_GRAMMAR_REPEAT}")
         pattern = node.get("pattern")
-        if isinstance(pattern, str) and _regex_repeats(pattern) > MAX_GRAMMAR_REPEAT:
-            raise GrammarUnsupported(f"a pattern repeating over {MAX_GRAMMAR_REPEAT} times")
+        if isinstance(pattern, str):
+            if _regex_repeats(pattern) > MAX_GRAMMAR_REPEAT:
+                raise GrammarUnsupported(f"a pattern repeating over {MAX_GRAMMAR_REPEAT} times")
+            repeats += _regex_repeats(pattern)
+        repeats += sum(
+            node[keyword]
+            for keyword in (*_BOUNDS_LOWERED, *_MINIMA)
+            if isinstance(node.get(keyword), int) and node[keyword] > 0
+        )
+        if repeats > MAX_GRAMMAR_REPEATS_TOTAL:
+            raise GrammarUnsupported(f"over {MAX_GRAMMAR_REPEATS_TOTAL} repetitions in all")
         stack.extend(node.values())
     return copy
 
