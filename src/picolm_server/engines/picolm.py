@@ -181,6 +181,9 @@ class PicoLMEngine:
             return EngineHealth(False, f"picolm binary {binary} is missing or not executable")
         if not model.is_file():
             return EngineHealth(False, f"model file {model} is missing")
+        reuse_fault = self.prompt_cache.fault if self.prompt_cache is not None else None
+        if reuse_fault is not None:
+            return EngineHealth(True, f"picolm ({binary}); prompt reuse off: {reuse_fault}")
         return EngineHealth(True, f"picolm ({binary})")
 
     def command(self, request: GenerationRequest) -> list[str]:
@@ -208,12 +211,15 @@ class PicoLMEngine:
             if len(tokens) >= self.context_length:
                 raise context_exceeded(len(tokens), self.context_length)
         cache = self.prompt_cache if self._cache_usable else None
-        if cache is None or not tokens:
+        lease = None
+        if cache is not None and tokens:
+            await self._prepare_shared_prefix(cache, request, tokens)
+            # None while the state directory is unusable: run without reuse.
+            lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
+        if cache is None or tokens is None or lease is None:
             async for event in self._run(request, request.prompt.encode("utf-8")):
                 yield event
             return
-        await self._prepare_shared_prefix(cache, request, tokens)
-        lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
         committed = False
         try:
             stdin = lease.prompt if lease.prompt is not None else request.prompt.encode("utf-8")
@@ -270,6 +276,8 @@ class PicoLMEngine:
             return
         # No saved state covers it: compute it once, on its own (-n 0).
         lease = await asyncio.to_thread(cache.lease, prefix_tokens, self._crafter(prefix_tokens))
+        if lease is None:
+            return
         committed = False
         try:
             stdin = lease.prompt if lease.prompt is not None else prefix.encode("utf-8")
