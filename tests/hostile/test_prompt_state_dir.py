@@ -253,3 +253,40 @@ def test_the_default_directory_is_private_and_under_xdg_cache_home(
         assert folder.stat().st_mode & 0o777 == 0o700, folder
     files = list(folders[1].iterdir())
     assert files and {path.stat().st_mode & 0o777 for path in files} == {0o600}
+
+
+VANISHING_WRAPPER = """#!/bin/sh
+# While {flag} exists, the file given with --cache is gone before PicoLM starts.
+if [ -e "{flag}" ]; then
+    previous=""
+    for arg in "$@"; do
+        [ "$previous" = "--cache" ] && rm -f -- "$arg"
+        previous="$arg"
+    done
+fi
+exec "{binary}" "$@"
+"""
+
+
+def test_a_state_file_gone_before_picolm_reads_it_does_not_turn_reuse_off_for_good(
+    picolm_files: PicoLMFiles, off_server: PicoLMServer, tmp_path: Path
+) -> None:
+    flag = tmp_path / "vanish"
+    wrapper = tmp_path / "picolm"
+    wrapper.write_text(VANISHING_WRAPPER.format(flag=flag, binary=picolm_files.binary))
+    wrapper.chmod(0o755)
+    files = PicoLMFiles(wrapper, picolm_files.model, picolm_files.stop_model, tmp_path)
+    config = {"prompt_cache": True, "cache_dir": str(tmp_path / "states")}
+    messages = [{"role": "system", "content": SYSTEM}]
+    with files.serve(tmp_path / "run", picolm=config) as server:
+        for question, vanish in zip(QUESTIONS, (False, True, False), strict=True):
+            if vanish:
+                flag.touch()
+            else:
+                flag.unlink(missing_ok=True)
+            messages.append({"role": "user", "content": question})
+            reply, cached = chat(server, messages)
+            assert reply == chat(off_server, messages)[0]
+            assert (cached > 0) == (question != QUESTIONS[0] and not vanish)
+            messages.append({"role": "assistant", "content": reply})
+        assert "prompt cache turned off" not in server.log()

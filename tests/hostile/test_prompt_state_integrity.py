@@ -50,17 +50,18 @@ def states(folder: Path) -> list[Path]:
 
 
 def corrupt_all(folder: Path) -> dict[Path, bytes]:
-    """Overwrite bytes of every saved state, keeping its size and modification time (the
-    first K row: the stand-in reads the state from it; any byte matters to PicoLM)."""
+    """Overwrite the rows of every saved state with fp16 infinities, keeping its header,
+    size and modification time (what made every reply "<unk><unk>..." on PicoLM; the
+    stand-in reads other token ids from them)."""
     corrupted = {}
     for path in states(folder):
         stat = path.stat()
-        data = bytearray(path.read_bytes())
-        data[16:48] = bytes(range(7, 39))
-        path.write_bytes(bytes(data))
+        data = path.read_bytes()
+        data = data[:16] + b"\x00\x7c" * ((len(data) - 16) // 2)
+        path.write_bytes(data)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         assert path.stat().st_size == stat.st_size
-        corrupted[path] = bytes(data)
+        corrupted[path] = data
     assert corrupted
     return corrupted
 

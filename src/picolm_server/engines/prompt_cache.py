@@ -495,7 +495,7 @@ class PromptCache:
                 finally:
                     self._unpin(entry)
                 # The copy left garbage behind: start again from an empty file.
-                path.write_bytes(b"")
+                os.truncate(path, 0)
         except OSError as exc:
             self._failed(exc)
             self.discard(CacheLease(path, 0))
