@@ -11,7 +11,8 @@ few sizes, it times, best of ``--repeat``:
   without it (only the rows copied are read), cutting one position off as a run does.
 
 The files are in the page cache (as a state just written or recently used is); the
-figures are CPU and memory bandwidth, not the disk.
+figures are CPU time (user + system, ``time.process_time``), so that other work on a
+shared machine does not inflate them, not the disk's speed.
 
     .venv/bin/python bench/prompt_state_checksum.py --repeat 5
 """
@@ -50,9 +51,9 @@ def write_state(path: Path, positions: int) -> None:
 def best(repeat: int, action: Callable[[], object]) -> float:
     times = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = time.process_time()
         action()
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return min(times)
 
 
