@@ -8,7 +8,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .chat_template import ChatTemplate, TemplateSetupError, load_chat_template
@@ -17,6 +16,7 @@ from .engines.base import Engine
 from .engines.picolm import PicoLMEngine, PicoLMOptions
 from .engines.picolm_tokenizer import PicoLMTokenizer
 from .engines.prompt_cache import KVShape, PromptCache
+from .engines.state_dir import StateDirRefused, default_state_dir
 from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
 from .scheduler import Scheduler
 from .serving import ChatService
@@ -111,21 +111,29 @@ def _prompt_cache(
     if shape is None:
         logger.warning("picolm: the model's shape is not in its metadata: prompt reuse is off")
         return None
-    directory = Path(section.cache_dir or Path(tempfile.gettempdir()) / "picolm-server-cache")
+    try:
+        directory = (
+            Path(section.cache_dir).expanduser() if section.cache_dir else default_state_dir()
+        )
+    except RuntimeError as exc:  # no home directory to put the default under
+        logger.warning("picolm: no directory for prompt states (%s): reuse is off", exc)
+        return None
     stat = model_path.stat()
     identity = f"{model_path}|{stat.st_size}|{stat.st_mtime_ns}"
     try:
         cache = PromptCache(
-            directory.expanduser(),
+            directory.resolve(),
             max_bytes=section.cache_max_bytes,
             model_identity=identity,
             shape=shape,
         )
-    except OSError as exc:
-        logger.warning(
-            "picolm: prompt cache directory %s unusable (%s): reuse is off", directory, exc
-        )
-        return None
+    except StateDirRefused as exc:
+        raise ConfigError(
+            f"picolm.cache_dir: {exc}: prompt states hold every prompt's tokens "
+            "(use a private directory, or set picolm.prompt_cache: false)"
+        ) from None
+    if cache.fault is not None:
+        return cache  # it said why, and comes back on by itself when it can
     logger.info(
         "picolm: prompt reuse on, %s (%d saved states, budget %d bytes)",
         cache.directory,

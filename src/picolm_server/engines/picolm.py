@@ -52,6 +52,8 @@ _READ_SIZE = 4096
 # A shared prefix (system prompt, tools) shorter than this is not worth a state of its own.
 MIN_SHARED_PREFIX = 32
 _MAX_PREFIXES_TRACKED = 256
+# Saved states PicoLM did not read, in a row, before reuse is turned off for good.
+_CACHE_STRIKES = 3
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,10 @@ class _StderrReport:
 class _CacheNotHonoured(Exception):
     """PicoLM did not read the prompt or the saved state the way the server planned."""
 
+    def __init__(self, message: str, *, prompt_differs: bool) -> None:
+        super().__init__(message)
+        self.prompt_differs = prompt_differs
+
 
 @dataclass
 class _Run:
@@ -166,6 +172,7 @@ class PicoLMEngine:
         self.tokenizer = tokenizer
         self.prompt_cache = prompt_cache if tokenizer is not None else None
         self._cache_usable = self.prompt_cache is not None
+        self._cache_strikes = 0  # saved states PicoLM did not read, in a row
         self._prefix_sightings: dict[int, int] = {}
         self.eos_text = metadata.token_text("eos") or "</s>"
         model_context = metadata.context_length or 2048
@@ -181,6 +188,9 @@ class PicoLMEngine:
             return EngineHealth(False, f"picolm binary {binary} is missing or not executable")
         if not model.is_file():
             return EngineHealth(False, f"model file {model} is missing")
+        reuse_fault = self.prompt_cache.fault if self.prompt_cache is not None else None
+        if reuse_fault is not None:
+            return EngineHealth(True, f"picolm ({binary}); prompt reuse off: {reuse_fault}")
         return EngineHealth(True, f"picolm ({binary})")
 
     def command(self, request: GenerationRequest) -> list[str]:
@@ -208,25 +218,36 @@ class PicoLMEngine:
             if len(tokens) >= self.context_length:
                 raise context_exceeded(len(tokens), self.context_length)
         cache = self.prompt_cache if self._cache_usable else None
-        if cache is None or not tokens:
+        lease = None
+        if cache is not None and tokens:
+            await self._prepare_shared_prefix(cache, request, tokens)
+            # None while the state directory is unusable: run without reuse.
+            lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
+        if cache is None or tokens is None or lease is None:
             async for event in self._run(request, request.prompt.encode("utf-8")):
                 yield event
             return
-        await self._prepare_shared_prefix(cache, request, tokens)
-        lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
         committed = False
         try:
             stdin = lease.prompt if lease.prompt is not None else request.prompt.encode("utf-8")
             run = _Run(lease=lease, expected_prompt_tokens=len(tokens))
             try:
                 async for event in self._run(request, stdin, run):
+                    if isinstance(event, PromptAccepted):
+                        self._cache_strikes = 0
                     if isinstance(event, Finished) and run.clean:
                         committed = await asyncio.to_thread(cache.commit, lease, tokens)
                     yield event
             except _CacheNotHonoured as exc:
                 # Nothing was sent yet: run again on the true prompt without the cache.
-                self._cache_usable = False
-                logger.warning("prompt cache turned off: %s", exc)
+                # A prompt read otherwise than planned turns reuse off for good; a saved
+                # state not read may be a file that went away: only if it happens again.
+                self._cache_strikes += 1
+                if exc.prompt_differs or self._cache_strikes >= _CACHE_STRIKES:
+                    self._cache_usable = False
+                    logger.warning("prompt cache turned off: %s", exc)
+                else:
+                    logger.info("prompt cache not used for one request: %s", exc)
                 async for event in self._run(request, request.prompt.encode("utf-8")):
                     yield event
         finally:
@@ -270,6 +291,8 @@ class PicoLMEngine:
             return
         # No saved state covers it: compute it once, on its own (-n 0).
         lease = await asyncio.to_thread(cache.lease, prefix_tokens, self._crafter(prefix_tokens))
+        if lease is None:
+            return
         committed = False
         try:
             stdin = lease.prompt if lease.prompt is not None else prefix.encode("utf-8")
@@ -317,7 +340,8 @@ class PicoLMEngine:
                 raise _CacheNotHonoured(
                     f"PicoLM read {report.prompt_tokens} prompt tokens ({report.cached_tokens} "
                     f"from the cache) where {run.expected_prompt_tokens} "
-                    f"({run.lease.reused_tokens}) were expected"
+                    f"({run.lease.reused_tokens}) were expected",
+                    prompt_differs=report.prompt_tokens != run.expected_prompt_tokens,
                 )
             if report.prompt_tokens >= self.context_length:
                 raise context_exceeded(report.prompt_tokens, self.context_length)

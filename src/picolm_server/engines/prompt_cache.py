@@ -9,10 +9,14 @@ overwrites the file at the end of a run. So this store:
 - gives every run its own copy (a failed or cancelled run can never damage a good state,
   and two runs never share a file), and adopts the run's file only after a clean exit
   whose KV header and size say it holds exactly the prompt's positions;
-- records the model's identity beside each state and keeps each model in a folder of its
-  own, so states of another model, or files that do not check out (wrong header or size,
-  changed since they were recorded), are never used;
-- keeps the total size under a budget, evicting the least recently used states.
+- records the model's identity and a SHA-256 of the file beside each state (computed by
+  the server once PicoLM has exited cleanly) and keeps each model in a folder of its own;
+  a state is checked against its digest while it is copied for a run, so a state of
+  another model, or a file that does not check out (wrong header, size or digest), is
+  never used, and one that fails its digest is deleted;
+- keeps the total size under a budget, evicting the least recently used states;
+- keeps its files private and survives its directory going away (see ``state_dir``):
+  reuse is then off, requests are served without it, and it comes back by itself.
 
 PicoLM's reuse is off by one (see :func:`craft_prompt`): a run that starts from a saved
 state of P positions must be given a prompt text crafted for it, not the true prompt.
@@ -33,7 +37,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
+
+from .state_dir import (
+    FILE_MODE,
+    RECHECK_SECONDS,
+    RUN_PREFIX,
+    StateDir,
+    create_private_file,
+    write_private_file,
+)
 
 if TYPE_CHECKING:
     from .picolm_tokenizer import PicoLMTokenizer
@@ -44,7 +57,6 @@ KV_MAGIC = 0x4B564350  # "KVCP", PicoLM's KVCACHE_MAGIC
 _HEADER = struct.Struct("<4I")
 _STATE_SUFFIX = ".kv"
 _INDEX_SUFFIX = ".json"
-_RUN_PREFIX = ".run-"
 _COPY_CHUNK = 1 << 20
 # Reuse fewer positions than a saved state holds only this far back looking for a cut
 # point whose crafted prompt checks out.
@@ -72,14 +84,7 @@ class KVShape:
         return _HEADER.size + 2 * self.layers * positions * self.row_bytes
 
 
-def kv_file_positions(path: Path, shape: KVShape) -> int | None:
-    """The number of positions a KV file holds, or None if it is not a whole, matching file."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(_HEADER.size)
-            size = os.fstat(handle.fileno()).st_size
-    except OSError:
-        return None
+def _held_positions(header: bytes, size: int, shape: KVShape) -> int | None:
     if len(header) != _HEADER.size:
         return None
     magic, positions, layers, kv_dim = _HEADER.unpack(header)
@@ -90,27 +95,70 @@ def kv_file_positions(path: Path, shape: KVShape) -> int | None:
     return int(positions)
 
 
-def copy_kv_prefix(source: Path, target: Path, shape: KVShape, positions: int) -> None:
+def _open_for_reading(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+
+
+def kv_file_positions(path: Path, shape: KVShape) -> int | None:
+    """The number of positions a KV file holds, or None if it is not a whole, matching file."""
+    try:
+        with _open_for_reading(path) as handle:
+            header = handle.read(_HEADER.size)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    return _held_positions(header, size, shape)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks (hex)."""
+    digest = hashlib.sha256()
+    with _open_for_reading(path) as handle:
+        while chunk := handle.read(_COPY_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class StateCorrupted(ValueError):
+    """A saved state's bytes are not the bytes recorded with it."""
+
+
+def copy_kv_prefix(
+    source: Path, target: Path, shape: KVShape, positions: int, *, sha256: str | None = None
+) -> None:
     """Write to ``target`` the state of the first ``positions`` positions of ``source``.
 
     The file is the header, then one block per layer of K rows, then one per layer of V
-    rows; each block is cut to its first ``positions`` rows. Raises OSError/ValueError.
+    rows; each block is cut to its first ``positions`` rows. With ``sha256`` the whole of
+    ``source`` is read (in one pass with the copy) and must have that digest, or
+    StateCorrupted is raised and ``target`` holds garbage. Raises OSError/ValueError.
     """
-    held = kv_file_positions(source, shape)
-    if held is None or not 0 < positions <= held:
-        raise ValueError(f"{source} does not hold {positions} positions")
-    block, keep = held * shape.row_bytes, positions * shape.row_bytes
-    with source.open("rb") as src, target.open("wb") as dst:
-        dst.write(_HEADER.pack(KV_MAGIC, positions, shape.layers, shape.kv_dim))
-        for index in range(2 * shape.layers):
-            src.seek(_HEADER.size + index * block)
-            remaining = keep
-            while remaining:
-                data = src.read(min(remaining, _COPY_CHUNK))
-                if not data:
-                    raise ValueError(f"{source} is truncated")
-                dst.write(data)
-                remaining -= len(data)
+    with _open_for_reading(source) as src:
+        header = src.read(_HEADER.size)
+        held = _held_positions(header, os.fstat(src.fileno()).st_size, shape)
+        if held is None or not 0 < positions <= held:
+            raise ValueError(f"{source} does not hold {positions} positions")
+        digest = hashlib.sha256(header) if sha256 is not None else None
+        block, keep = held * shape.row_bytes, positions * shape.row_bytes
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(target, flags, FILE_MODE), "wb") as dst:
+            dst.write(_HEADER.pack(KV_MAGIC, positions, shape.layers, shape.kv_dim))
+            for index in range(2 * shape.layers):
+                if sha256 is None:
+                    src.seek(_HEADER.size + index * block)
+                remaining, wanted = (block if sha256 is not None else keep), keep
+                while remaining:
+                    data = src.read(min(remaining, _COPY_CHUNK))
+                    if not data:
+                        raise ValueError(f"{source} is truncated")
+                    if digest is not None:
+                        digest.update(data)
+                    if wanted:
+                        dst.write(data[:wanted])
+                        wanted -= min(wanted, len(data))
+                    remaining -= len(data)
+    if digest is not None and digest.hexdigest() != sha256:
+        raise StateCorrupted(f"{source.name} does not match its recorded SHA-256")
 
 
 # ---- the off-by-one, and the prompt that corrects it -------------------------------------
@@ -170,6 +218,11 @@ def craft_prompt(tokenizer: PicoLMTokenizer, tokens: Sequence[int], positions: i
 
 # ---- the store ---------------------------------------------------------------------------
 
+# A run tries at most this many saved states: each one that fails its digest is deleted
+# and the next best is tried.
+_MAX_SOURCES = 3
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
 
 @dataclass
 class _Entry:
@@ -177,6 +230,7 @@ class _Entry:
     state_path: Path
     size: int
     last_used: float
+    sha256: str
     pins: int = 0
 
 
@@ -213,26 +267,40 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 class PromptCache:
     """Saved prompt states of one model, in ``directory / model_key``.
 
     Thread-safe: the engine calls it from worker threads. Sizes and recency are kept in
     memory per server process; run files carry the process id, so a server never removes
-    another live server's files.
+    another live server's files. While the directory is unusable (:attr:`fault`),
+    :meth:`lease` returns None and nothing is read or written.
     """
 
     def __init__(
-        self, directory: Path, *, max_bytes: int, model_identity: str, shape: KVShape
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        model_identity: str,
+        shape: KVShape,
+        recheck_seconds: float = RECHECK_SECONDS,
     ) -> None:
         self.max_bytes = max_bytes
         self.shape = shape
         self.model_identity = model_identity
         model_key = hashlib.sha256(model_identity.encode()).hexdigest()[:16]
-        self.directory = directory / model_key
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state_dir = StateDir(directory, model_key, recheck_seconds=recheck_seconds)
+        self.directory = self.state_dir.path
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
-        self._load()
+        self._generation = 0
+        self.state_dir.open()  # StateDirRefused for an unsafe directory
+        self._ready()
 
     # -- inventory -----------------------------------------------------------------------
 
@@ -241,6 +309,11 @@ class PromptCache:
         with self._lock:
             return sum(entry.size for entry in self._entries.values())
 
+    @property
+    def fault(self) -> str | None:
+        """Why reuse is off now (the directory is unusable), or None."""
+        return self.state_dir.fault
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -248,43 +321,70 @@ class PromptCache:
         with self._lock:
             return [entry.tokens for entry in self._entries.values()]
 
+    def _ready(self) -> bool:
+        """Whether the directory is usable; reads its contents again if it is another
+        directory than the one last read."""
+        if not self.state_dir.usable():
+            return False
+        with self._lock:
+            if self._generation == self.state_dir.generation:
+                return True
+            self._entries.clear()
+            try:
+                self._load()
+            except OSError as exc:
+                self._failed(exc)
+                return False
+            self._generation = self.state_dir.generation
+            return True
+
+    def _failed(self, exc: OSError) -> None:
+        self.state_dir.failed(f"{self.directory}: {exc.strerror or exc}")
+
     def _load(self) -> None:
-        """Adopt states left by an earlier run of this server, if they check out."""
-        for leftover in self.directory.glob(f"{_RUN_PREFIX}*"):
-            match = re.match(rf"{re.escape(_RUN_PREFIX)}(\d+)-", leftover.name)
+        """Adopt states left by an earlier run of this server, if they check out.
+        Called with the lock held."""
+        for leftover in self.directory.glob(f"{RUN_PREFIX}*"):
+            match = re.match(rf"{re.escape(RUN_PREFIX)}(\d+)-", leftover.name)
             if match is None or not _pid_alive(int(match.group(1))):
-                leftover.unlink(missing_ok=True)
+                _unlink(leftover)
         for index_path in self.directory.glob(f"*{_INDEX_SUFFIX}"):
             state_path = index_path.with_suffix(_STATE_SUFFIX)
             entry = self._read_index(index_path, state_path)
             if entry is None:
                 logger.info("prompt cache: ignoring %s (does not check out)", index_path.name)
-                index_path.unlink(missing_ok=True)
-                state_path.unlink(missing_ok=True)
+                _unlink(index_path)
+                _unlink(state_path)
                 continue
             self._entries[_key(entry.tokens)] = entry
         for state_path in self.directory.glob(f"*{_STATE_SUFFIX}"):
             if not state_path.with_suffix(_INDEX_SUFFIX).exists():
-                state_path.unlink(missing_ok=True)
-        with self._lock:
-            self._evict()
+                _unlink(state_path)
+        self._evict()
 
     def _read_index(self, index_path: Path, state_path: Path) -> _Entry | None:
+        """The entry an index file records, if it and its state's header and size check
+        out (the digest is checked when the state is used: reading every state at
+        startup would cost as much as using them all)."""
         try:
             record = json.loads(index_path.read_text())
             tokens = tuple(int(token) for token in record["tokens"])
-            if record["model"] != self.model_identity:
+            sha256 = str(record["sha256"])
+            if record["model"] != self.model_identity or not _SHA256_HEX.match(sha256):
                 return None
-            stat = state_path.stat()
-            if (stat.st_size, stat.st_mtime_ns) != (record["size"], record["mtime_ns"]):
-                return None  # changed since it was recorded
+            size = state_path.stat().st_size
+            if size != record["size"]:
+                return None
+            for path in (index_path, state_path):  # files of older versions were 0644
+                if path.stat().st_mode & 0o077:
+                    os.chmod(path, FILE_MODE, follow_symlinks=False)
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not tokens or kv_file_positions(state_path, self.shape) != len(tokens):
             return None
         if index_path.stem != _key(tokens):
             return None
-        return _Entry(tokens, state_path, stat.st_size, float(record.get("used", 0)))
+        return _Entry(tokens, state_path, size, float(record.get("used", 0)), sha256)
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -312,8 +412,18 @@ class PromptCache:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def _run_path(self) -> Path:
-        return self.directory / f"{_RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{_STATE_SUFFIX}"
+    def _new_run_file(self) -> Path | None:
+        """A new private, empty file for a run (PicoLM's ``fopen(.., "wb")`` keeps its
+        0600 mode), or None when the directory is unusable."""
+        if not self._ready():
+            return None
+        path = self.directory / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{_STATE_SUFFIX}"
+        try:
+            create_private_file(path)
+        except OSError as exc:
+            self._failed(exc)
+            return None
+        return path
 
     def _pin(self, tokens: Sequence[int]) -> tuple[_Entry | None, int]:
         with self._lock:
@@ -327,68 +437,132 @@ class PromptCache:
         with self._lock:
             entry.pins -= 1
 
+    def _drop(self, entry: _Entry) -> None:
+        """Forget a state and delete its files (unless it was replaced meanwhile)."""
+        with self._lock:
+            key = _key(entry.tokens)
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+                _unlink(entry.state_path.with_suffix(_INDEX_SUFFIX))
+                _unlink(entry.state_path)
+
+    def _copy(self, entry: _Entry, target: Path, positions: int) -> bool:
+        """Seed ``target`` with ``positions`` of a saved state, checked against its digest.
+        False when the state is bad (it is then deleted) or gone; OSError when the
+        directory is at fault."""
+        try:
+            copy_kv_prefix(entry.state_path, target, self.shape, positions, sha256=entry.sha256)
+        except StateCorrupted as exc:
+            logger.warning("prompt cache: a saved state failed its check and is deleted: %s", exc)
+        except ValueError as exc:
+            logger.info("prompt cache: a saved state does not check out and is deleted: %s", exc)
+        except FileNotFoundError:
+            if not self.state_dir.usable():
+                raise
+            logger.info("prompt cache: a saved state is gone: %s", entry.state_path.name)
+        else:
+            return True
+        self._drop(entry)
+        return False
+
     def lease(
         self, tokens: Sequence[int], craft: Callable[[int], bytes | None] | None = None
-    ) -> CacheLease:
-        """A private KV file for a run on ``tokens``.
+    ) -> CacheLease | None:
+        """A private KV file for a run on ``tokens``, or None when reuse is off (the
+        directory is unusable: run without ``--cache``).
 
         With ``craft`` (positions -> prompt bytes or None, see :func:`craft_prompt`), the
         file is seeded with as many positions of the best saved state as a crafted prompt
-        can be found for; without it, or when none checks out, the file does not exist yet
-        (PicoLM then computes the whole prompt, and saves it).
+        can be found for, from a state that passes its digest check; without it, or when
+        none checks out, the file is empty (PicoLM then computes the whole prompt, and
+        saves it).
         """
-        path = self._run_path()
+        path = self._new_run_file()
+        if path is None:
+            return None
         if craft is None:
             return CacheLease(path, 0)
-        entry, length = self._pin(tokens)
-        if entry is None:
-            return CacheLease(path, 0)
         try:
-            top = min(length, len(tokens) - 1)
-            for positions in range(top, max(top - _MAX_CUT_TRIES, 1), -1):
-                prompt = craft(positions)
-                if prompt is None:
-                    continue
+            for _ in range(_MAX_SOURCES):
+                entry, length = self._pin(tokens)
+                if entry is None:
+                    break
                 try:
-                    copy_kv_prefix(entry.state_path, path, self.shape, positions)
-                except (OSError, ValueError) as exc:
-                    logger.warning("prompt cache: could not copy a saved state: %s", exc)
-                    path.unlink(missing_ok=True)
-                    return CacheLease(path, 0)
-                return CacheLease(path, positions, prompt, entry)
-            logger.debug("prompt cache: no verifiable cut point below %d positions", top)
-            return CacheLease(path, 0)
-        finally:
-            self._unpin(entry)
+                    positions, prompt = self._cut_point(entry, length, len(tokens), craft)
+                    if prompt is None:
+                        break
+                    if self._copy(entry, path, positions):
+                        return CacheLease(path, positions, prompt, entry)
+                finally:
+                    self._unpin(entry)
+                # The copy left garbage behind: start again from an empty file.
+                os.truncate(path, 0)
+        except OSError as exc:
+            self._failed(exc)
+            self.discard(CacheLease(path, 0))
+            return None
+        return CacheLease(path, 0)
+
+    @staticmethod
+    def _cut_point(
+        entry: _Entry, length: int, n_tokens: int, craft: Callable[[int], bytes | None]
+    ) -> tuple[int, bytes | None]:
+        top = min(length, n_tokens - 1)
+        for positions in range(top, max(top - _MAX_CUT_TRIES, 1), -1):
+            prompt = craft(positions)
+            if prompt is not None:
+                return positions, prompt
+        logger.debug("prompt cache: no verifiable cut point below %d positions", top)
+        return 0, None
 
     def save_prefix(self, tokens: Sequence[int]) -> bool:
         """Save ``tokens`` as an entry of its own, cut from a longer saved state that
         starts with them (no engine run needed). False when none does."""
-        entry, length = self._pin(tokens)
-        if entry is None:
+        with self._lock:
+            entry, length = self._best(tokens)
+        if entry is None or length < len(tokens):
             return False
-        lease = CacheLease(self._run_path(), len(tokens))
+        path = self._new_run_file()
+        if path is None:
+            return False
+        lease = CacheLease(path, len(tokens))
+        entry, length = self._pin(tokens)
         try:
-            if length < len(tokens):
+            if entry is None or length < len(tokens) or not self._copy(entry, path, len(tokens)):
+                self.discard(lease)
                 return False
-            copy_kv_prefix(entry.state_path, lease.path, self.shape, len(tokens))
-        except (OSError, ValueError) as exc:
-            logger.warning("prompt cache: could not cut a saved state: %s", exc)
+        except OSError as exc:
+            self._failed(exc)
             self.discard(lease)
             return False
         finally:
-            self._unpin(entry)
+            if entry is not None:
+                self._unpin(entry)
         return self.commit(lease, tokens)
 
     def commit(self, lease: CacheLease, tokens: Sequence[int]) -> bool:
-        """Keep a run's file as the saved state of ``tokens`` if it holds exactly them."""
+        """Keep the file of a run that exited cleanly as the saved state of ``tokens``.
+
+        PicoLM writes the whole prompt's state at the end of a clean run, and says
+        nothing when that fails: a file that does not hold exactly ``tokens`` is not kept,
+        and the directory is checked at once (a full disk turns reuse off).
+        """
         if not tokens or kv_file_positions(lease.path, self.shape) != len(tokens):
+            self.discard(lease)
+            if tokens:
+                logger.info("prompt cache: a run's state was not written in full; not kept")
+                self.state_dir.recheck()
+            return False
+        try:
+            sha256 = file_sha256(lease.path)
+        except OSError as exc:
+            self._failed(exc)
             self.discard(lease)
             return False
         key = _key(tokens)
         state_path = self.directory / f"{key}{_STATE_SUFFIX}"
         index_path = self.directory / f"{key}{_INDEX_SUFFIX}"
-        index_tmp = self.directory / f"{_RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.json"
+        index_tmp = self.directory / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.json"
         now = time.time()
         with self._lock:
             old = self._entries.get(key)
@@ -399,29 +573,32 @@ class PromptCache:
                 return False
             try:
                 os.replace(lease.path, state_path)
-                stat = state_path.stat()
+                size = state_path.stat().st_size
                 record = {
                     "model": self.model_identity,
                     "tokens": list(tokens),
                     "used": now,
-                    "size": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns,
+                    "size": size,
+                    "sha256": sha256,
                 }
-                index_tmp.write_text(json.dumps(record))
+                write_private_file(index_tmp, json.dumps(record).encode())
                 os.replace(index_tmp, index_path)
             except OSError as exc:
-                logger.warning("prompt cache: could not save a state: %s", exc)
                 self._entries.pop(key, None)
                 for path in (lease.path, index_tmp, state_path, index_path):
-                    path.unlink(missing_ok=True)
+                    _unlink(path)
+                self._failed(exc)
                 return False
-            self._entries[key] = _Entry(tuple(tokens), state_path, stat.st_size, now)
+            self._entries[key] = _Entry(tuple(tokens), state_path, size, now, sha256)
             self._evict()
         return True
 
-    @staticmethod
-    def discard(lease: CacheLease) -> None:
-        lease.path.unlink(missing_ok=True)
+    def discard(self, lease: CacheLease) -> None:
+        """Delete a run's file; never raises."""
+        try:
+            lease.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._failed(exc)
 
     def _evict(self) -> None:
         """Drop least recently used states until the budget holds (pinned ones stay).
@@ -434,7 +611,5 @@ class PromptCache:
                 continue
             del self._entries[key]
             total -= entry.size
-            with contextlib.suppress(OSError):
-                entry.state_path.with_suffix(_INDEX_SUFFIX).unlink()
-            with contextlib.suppress(OSError):
-                entry.state_path.unlink()
+            _unlink(entry.state_path.with_suffix(_INDEX_SUFFIX))
+            _unlink(entry.state_path)
