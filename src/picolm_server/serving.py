@@ -21,6 +21,7 @@ import anyio
 
 from .chat_template import ChatTemplate
 from .config import GenerationDefaults
+from .drain import Drain, ends_stream_with_done
 from .engines.base import (
     Engine,
     Finished,
@@ -313,6 +314,8 @@ class Generation:
     outcome: GenerationOutcome = field(default_factory=GenerationOutcome)
     # Tools or a JSON response format: the reply text is read by a ReplyDecoder.
     plan: OutputPlan | None = None
+    # Server shutdown: ends a wait for the engine once the drain is over.
+    drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
         self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
@@ -327,7 +330,7 @@ class Generation:
             # In this task, not in one of its own as asyncio.wait_for would run it: a
             # cancellation (client gone) then reaches the engine's generator directly, and
             # close() never finds the generator still running in an orphaned task.
-            with anyio.fail_after(max(remaining, 0.001)):
+            with self.drain.guard(), anyio.fail_after(max(remaining, 0.001)):
                 return await self._events.__anext__()
         except TimeoutError:
             raise EngineTimeoutError(
@@ -412,6 +415,7 @@ class ChatService:
     template: ChatTemplate
     defaults: GenerationDefaults
     scheduler: Scheduler
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def model_id(self) -> str:
@@ -447,26 +451,28 @@ class ChatService:
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,
+            drain=self.drain,
         )
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         generation = self.prepare(request)
         calls: list[ParsedCall] = []
-        async with self.scheduler.slot():
-            try:
-                await generation.start()
-                if generation.plan is None:
-                    text = "".join([piece async for piece in generation.text()])
-                else:
-                    pieces: list[str] = []
-                    async for event in generation.replies():
-                        if isinstance(event, ContentPiece):
-                            pieces.append(event.text)
-                        else:
-                            calls.append(event)
-                    text = "".join(pieces)
-            finally:
-                await generation.close()
+        with self.drain.guard():
+            async with self.scheduler.slot():
+                try:
+                    await generation.start()
+                    if generation.plan is None:
+                        text = "".join([piece async for piece in generation.text()])
+                    else:
+                        pieces: list[str] = []
+                        async for event in generation.replies():
+                            if isinstance(event, ContentPiece):
+                                pieces.append(event.text)
+                            else:
+                                calls.append(event)
+                        text = "".join(pieces)
+                finally:
+                    await generation.close()
         outcome = generation.outcome
         message = (
             ResponseMessage(content=text or None, tool_calls=response_tool_calls(calls))
@@ -489,7 +495,8 @@ class ChatService:
         generation = self.prepare(request)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         slot = self.scheduler.slot()
-        await slot.__aenter__()
+        with self.drain.guard():
+            await slot.__aenter__()
         try:
             await generation.start()
         except BaseException:
@@ -541,6 +548,8 @@ class ChatService:
             except APIError as exc:
                 # The 200 and earlier chunks are already sent: report in-band, then end.
                 yield sse_event(json.dumps(exc.to_dict()))
+                if ends_stream_with_done(exc):
+                    yield DONE_EVENT
                 return
             outcome = generation.outcome
             yield chunk(Delta(), outcome.finish_reason)
