@@ -14,6 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -454,25 +455,35 @@ class ChatService:
             drain=self.drain,
         )
 
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A scheduler slot, whose wait ends when a shutdown drain does."""
+        slot = self.scheduler.slot()
+        with self.drain.guard():
+            await slot.__aenter__()
+        try:
+            yield
+        finally:
+            await slot.__aexit__(None, None, None)
+
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         generation = self.prepare(request)
         calls: list[ParsedCall] = []
-        with self.drain.guard():
-            async with self.scheduler.slot():
-                try:
-                    await generation.start()
-                    if generation.plan is None:
-                        text = "".join([piece async for piece in generation.text()])
-                    else:
-                        pieces: list[str] = []
-                        async for event in generation.replies():
-                            if isinstance(event, ContentPiece):
-                                pieces.append(event.text)
-                            else:
-                                calls.append(event)
-                        text = "".join(pieces)
-                finally:
-                    await generation.close()
+        async with self._slot():
+            try:
+                await generation.start()
+                if generation.plan is None:
+                    text = "".join([piece async for piece in generation.text()])
+                else:
+                    pieces: list[str] = []
+                    async for event in generation.replies():
+                        if isinstance(event, ContentPiece):
+                            pieces.append(event.text)
+                        else:
+                            calls.append(event)
+                    text = "".join(pieces)
+            finally:
+                await generation.close()
         outcome = generation.outcome
         message = (
             ResponseMessage(content=text or None, tool_calls=response_tool_calls(calls))
@@ -494,9 +505,8 @@ class ChatService:
         events and owns the scheduler slot and the engine until it is closed."""
         generation = self.prepare(request)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        slot = self.scheduler.slot()
-        with self.drain.guard():
-            await slot.__aenter__()
+        slot = self._slot()
+        await slot.__aenter__()
         try:
             await generation.start()
         except BaseException:
