@@ -4,14 +4,16 @@ guards them (API key, body size, request log)."""
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .drain import DrainMiddleware
 from .errors import (
     APIError,
     AuthenticationError,
@@ -19,6 +21,7 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
 )
+from .limits import BodyDeadlineMiddleware
 from .routes import ClientDisconnected, router
 from .serving import ChatService
 
@@ -28,8 +31,14 @@ access_logger = logging.getLogger("picolm_server.access")
 OPEN_PATHS = frozenset({"/health"})
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=error.headers)
+def error_response(error: APIError) -> Response:
+    # ASCII JSON: a message quoting the request may hold any character.
+    return Response(
+        json.dumps(error.to_dict()),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type="application/json",
+    )
 
 
 class BodyLimitMiddleware:
@@ -128,6 +137,7 @@ def create_app(
     api_key: str = "",
     max_body: int = 4 * 1024 * 1024,
     log_requests: bool = True,
+    body_timeout: float = 60.0,
 ) -> FastAPI:
     app = FastAPI(
         title="picolm-server",
@@ -142,6 +152,8 @@ def create_app(
     if api_key:
         app.add_middleware(AuthMiddleware, api_key=api_key)
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
+    app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
+    app.add_middleware(DrainMiddleware, drain=service.drain)
     if log_requests:
         app.add_middleware(AccessLogMiddleware)
     return app

@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from . import __version__
 from .app import create_app
 from .bootstrap import build_service
 from .config import ConfigError, Settings, load_settings
 from .logging_setup import configure_logging
+from .runner import serve
 
 logger = logging.getLogger("picolm_server")
 
@@ -97,16 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         api_key=settings.server.api_key,
         max_body=settings.server.max_body,
         log_requests=settings.logging.log_requests,
+        body_timeout=settings.server.body_timeout,
     )
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    serve(app, settings.server, service.drain)
     return 0
 
 

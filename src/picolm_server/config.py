@@ -83,6 +83,13 @@ class ServerSection(_Section):
     max_concurrent: int = Field(default=1, ge=1)
     max_queue: int = Field(default=16, ge=0)
     max_body: ByteSize = Field(default=4 * MIB, ge=1024)
+    # Limits on connections and time: see limits.py and drain.py.
+    max_connections: int = Field(default=100, ge=1)
+    max_header_size: ByteSize = Field(default=16 * 1024, ge=1024)
+    header_timeout: float = Field(default=10.0, gt=0.0)
+    body_timeout: float = Field(default=60.0, gt=0.0)
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    shutdown_timeout: float = Field(default=30.0, ge=0.0)
 
 
 class GenerationDefaults(_Section):

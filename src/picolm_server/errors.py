@@ -124,3 +124,27 @@ class EngineTimeoutError(APIError):
     status_code = 504
     error_type = "timeout_error"
     default_code = "timeout"
+
+
+class RequestTimeoutError(APIError):
+    """408: the request body did not arrive within ``server.body_timeout``."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class ServerShuttingDownError(APIError):
+    """503: the server is stopping; a request it can no longer finish, or a new one."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "server_shutting_down"
+
+
+class TooManyConnectionsError(APIError):
+    """503: more connections are open than ``server.max_connections``."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "too_many_connections"

@@ -21,7 +21,9 @@ from pydantic import (
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Strict, as OpenAI's API is: "yes" is not a boolean, true not a number, 1.5 not an
+    # integer. An integer is still a number (``temperature: 1``).
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Response(BaseModel):

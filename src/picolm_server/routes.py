@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from .errors import InvalidRequestError, ModelNotFoundError
+from .json_text import escape_line_separators
 from .protocol import ChatCompletionRequest, Model, ModelList
 from .serving import ChatService
 
@@ -25,14 +26,18 @@ def _service(request: Request) -> ChatService:
     return service
 
 
+# pydantic names the member of a union it tried (``str``, ``list[str]``,
+# ``literal['a']``, ...) in an error's location; those are not fields. Compared whole:
+# "stream" and "strict" are fields.
+_UNION_MEMBER_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def _param_path(location: tuple[int | str, ...]) -> str:
     path = ""
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not part.startswith(("function-after", "union", "literal", "str", "list")) and (
-            "[" not in part
-        ):
+        elif part not in _UNION_MEMBER_TAGS and "[" not in part:
             path += f".{part}" if path else part
     return path
 
@@ -125,7 +130,8 @@ async def create_chat_completion(request: Request) -> Response:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     completion = await until_disconnected(request, service.complete(parsed))
-    return Response(completion.model_dump_json(), media_type="application/json")
+    json_text = escape_line_separators(completion.model_dump_json())
+    return Response(json_text, media_type="application/json")
 
 
 def _model(service: ChatService) -> Model:
@@ -136,7 +142,7 @@ def _model(service: ChatService) -> Model:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     models = ModelList(data=[_model(_service(request))])
-    return Response(models.model_dump_json(), media_type="application/json")
+    return Response(escape_line_separators(models.model_dump_json()), media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -144,7 +150,8 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
     service = _service(request)
     if model_id != service.model_id:
         raise ModelNotFoundError(model_id)
-    return Response(_model(service).model_dump_json(), media_type="application/json")
+    json_text = escape_line_separators(_model(service).model_dump_json())
+    return Response(json_text, media_type="application/json")
 
 
 @router.get("/health")

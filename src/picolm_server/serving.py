@@ -14,6 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +22,7 @@ import anyio
 
 from .chat_template import ChatTemplate
 from .config import GenerationDefaults
+from .drain import Drain, ends_stream_with_done
 from .engines.base import (
     Engine,
     Finished,
@@ -313,6 +315,8 @@ class Generation:
     outcome: GenerationOutcome = field(default_factory=GenerationOutcome)
     # Tools or a JSON response format: the reply text is read by a ReplyDecoder.
     plan: OutputPlan | None = None
+    # Server shutdown: ends a wait for the engine once the drain is over.
+    drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
         self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
@@ -327,7 +331,7 @@ class Generation:
             # In this task, not in one of its own as asyncio.wait_for would run it: a
             # cancellation (client gone) then reaches the engine's generator directly, and
             # close() never finds the generator still running in an orphaned task.
-            with anyio.fail_after(max(remaining, 0.001)):
+            with self.drain.guard(), anyio.fail_after(max(remaining, 0.001)):
                 return await self._events.__anext__()
         except TimeoutError:
             raise EngineTimeoutError(
@@ -412,6 +416,7 @@ class ChatService:
     template: ChatTemplate
     defaults: GenerationDefaults
     scheduler: Scheduler
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def model_id(self) -> str:
@@ -448,12 +453,24 @@ class ChatService:
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,
+            drain=self.drain,
         )
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A scheduler slot, whose wait ends when a shutdown drain does."""
+        slot = self.scheduler.slot()
+        with self.drain.guard():
+            await slot.__aenter__()
+        try:
+            yield
+        finally:
+            await slot.__aexit__(None, None, None)
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         generation = self.prepare(request)
         calls: list[ParsedCall] = []
-        async with self.scheduler.slot():
+        async with self._slot():
             try:
                 await generation.start()
                 if generation.plan is None:
@@ -489,7 +506,7 @@ class ChatService:
         events and owns the scheduler slot and the engine until it is closed."""
         generation = self.prepare(request)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        slot = self.scheduler.slot()
+        slot = self._slot()
         await slot.__aenter__()
         try:
             await generation.start()
@@ -542,6 +559,8 @@ class ChatService:
             except APIError as exc:
                 # The 200 and earlier chunks are already sent: report in-band, then end.
                 yield sse_event(json.dumps(exc.to_dict()))
+                if ends_stream_with_done(exc):
+                    yield DONE_EVENT
                 return
             outcome = generation.outcome
             yield chunk(Delta(), outcome.finish_reason)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from .json_text import escape_line_separators
+
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
@@ -65,6 +67,7 @@ class ContentChunkTemplate:
     """
 
     def __init__(self, sample_json: str, marker: str) -> None:
+        sample_json = escape_line_separators(sample_json)
         head, found, tail = sample_json.partition(json.dumps(marker))
         if not found or json.dumps(marker) in tail:
             raise ValueError("the marker must appear exactly once in the sample chunk")
@@ -72,9 +75,10 @@ class ContentChunkTemplate:
         self._tail = tail.encode("utf-8") + b"\n\n"
 
     def render(self, content: str) -> bytes:
-        return self._head + json.dumps(content, ensure_ascii=False).encode("utf-8") + self._tail
+        escaped = escape_line_separators(json.dumps(content, ensure_ascii=False))
+        return self._head + escaped.encode("utf-8") + self._tail
 
 
 def sse_event(json_text: str) -> bytes:
     """One ``data:`` event carrying an already serialised JSON document."""
-    return b"data: " + json_text.encode("utf-8") + b"\n\n"
+    return b"data: " + escape_line_separators(json_text).encode("utf-8") + b"\n\n"
