@@ -123,7 +123,11 @@ class LlamaCppEngine:
                     if item is _END:
                         break
                     if isinstance(item, BaseException):
-                        raise EngineError(f"llama.cpp failed: {item}") from item
+                        # Its text can hold paths or prompt text: for the log only.
+                        logger.error("llama.cpp generation failed: %r", item)
+                        raise EngineError(
+                            f"The llama.cpp engine failed ({type(item).__name__})."
+                        ) from item
                     text, count = item
                     yield TextDelta(text, count)
                 reason, count = await work
