@@ -186,6 +186,34 @@ def _arguments_object(arguments: str) -> Any:
         return arguments
 
 
+def refuse_nul(request: ChatCompletionRequest, prompt: str) -> None:
+    """Refuse a prompt with a NUL character, naming where it is (for engines that would
+    end the prompt there, see ``Engine.prompt_accepts_nul``)."""
+    if "\0" not in prompt:
+        return
+    param = None
+    for index, message in enumerate(request.messages):
+        content = message.content
+        if isinstance(content, str) and "\0" in content:
+            param = f"messages[{index}].content"
+        elif isinstance(content, list):
+            for part_index, part in enumerate(content):
+                if "\0" in (part.text or ""):
+                    param = f"messages[{index}].content[{part_index}].text"
+                    break
+        if param is None and "\\u0000" in message.model_dump_json():
+            param = f"messages[{index}]"
+        if param is not None:
+            break
+    if param is None:
+        param = "tools" if request.tools else "response_format"
+    raise InvalidRequestError(
+        f"{param} contains a NUL character (\\u0000), which this model's engine cannot "
+        "take: it would end the prompt there.",
+        param=param,
+    )
+
+
 def stop_strings(request: ChatCompletionRequest, template: ChatTemplate) -> list[str]:
     requested = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     return [*requested, *template.stop_strings]
@@ -319,11 +347,22 @@ class Generation:
     drain: Drain = field(default_factory=Drain)
 
     def __post_init__(self) -> None:
-        self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
+        self._generator: AsyncGenerator[GenerationEvent, None] | None = None
         # Set again by start(): time spent waiting in the queue is not generation time.
         self._deadline = time.monotonic() + self.timeout_seconds
         self._scanner = StopScanner(self.stops)
         self._at_start = True
+
+    @property
+    def _events(self) -> AsyncGenerator[GenerationEvent, None]:
+        if self._generator is None:
+            self._generator = self.engine.generate(self.request)
+        return self._generator
+
+    async def admit(self) -> None:
+        """The engine's checks that need no generation slot (the prompt fits): call it
+        before waiting for one, so that a request that cannot run never holds a slot."""
+        self.request = await self.engine.admit(self.request)
 
     async def _next_event(self) -> GenerationEvent:
         remaining = self._deadline - time.monotonic()
@@ -332,13 +371,20 @@ class Generation:
             # cancellation (client gone) then reaches the engine's generator directly, and
             # close() never finds the generator still running in an orphaned task.
             with self.drain.guard(), anyio.fail_after(max(remaining, 0.001)):
-                return await self._events.__anext__()
+                event = await self._events.__anext__()
         except TimeoutError:
-            raise EngineTimeoutError(
-                f"The generation did not finish within {self.timeout_seconds:g} seconds."
-            ) from None
+            raise self._timed_out() from None
         except StopAsyncIteration:
             raise EngineError("The engine ended without finishing the generation.") from None
+        if time.monotonic() > self._deadline:
+            # An engine whose events are always ready never lets the timer cancel it.
+            raise self._timed_out()
+        return event
+
+    def _timed_out(self) -> EngineTimeoutError:
+        return EngineTimeoutError(
+            f"The generation did not finish within {self.timeout_seconds:g} seconds."
+        )
 
     async def start(self) -> None:
         self._deadline = time.monotonic() + self.timeout_seconds
@@ -403,8 +449,10 @@ class Generation:
     async def close(self) -> None:
         # Shielded: the engine must get to stop its process even when this request's
         # task is being cancelled (client gone, server shutting down).
+        if self._generator is None:
+            return
         with anyio.CancelScope(shield=True):
-            await self._events.aclose()
+            await self._generator.aclose()
 
 
 # ---- the service ------------------------------------------------------------------------
@@ -443,6 +491,8 @@ class ChatService:
         )
         split = self.template.render_split(messages, tools=tools)
         prompt = split.whole
+        if not self.engine.prompt_accepts_nul:
+            refuse_nul(request, prompt)
         engine_request = generation_request(
             request, prompt, self.defaults, constraint=output_constraint(plan, self.engine)
         )
@@ -469,6 +519,7 @@ class ChatService:
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         generation = self.prepare(request)
+        await generation.admit()
         calls: list[ParsedCall] = []
         async with self._slot():
             try:
@@ -505,6 +556,7 @@ class ChatService:
         route can still answer with a proper status; the returned iterator yields SSE
         events and owns the scheduler slot and the engine until it is closed."""
         generation = self.prepare(request)
+        await generation.admit()
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         slot = self._slot()
         await slot.__aenter__()

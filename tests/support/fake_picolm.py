@@ -27,6 +27,19 @@ Behaviour directives (anywhere in the prompt; the last one wins):
     A few tokens, then the process kills itself with SIGSEGV.
 ``[[hang]]``
     A few tokens, then it sleeps forever.
+``[[exit:N]]``
+    A few tokens, then an error line on stderr (with a file path and a piece of the
+    prompt, as real errors can have) and exit status N.
+``[[exit-early:N]]``
+    The same, but right after loading the model: no ``Prompt:`` line, no token.
+``[[abort]]``
+    A few tokens, then SIGABRT (a failed assertion).
+``[[flood]]``
+    A few tokens, then stdout written as fast as a pipe takes it, forever.
+``[[flood-stderr]]``
+    A few tokens, then stderr written as fast as a pipe takes it (long lines), forever.
+``[[garbage]]``
+    Bytes that are not UTF-8 (and control characters) as the reply, then EOS.
 
 Modifiers, which combine with the behaviour:
 
@@ -78,8 +91,22 @@ _WORDS = (
     "light", "sea", "is", "deep", "little", "house", "on", "hill", "wind", "trees",
 )  # fmt: skip
 
-_DIRECTIVE = re.compile(r"\[\[(reply|eos-now|crash|segv|hang|slow|child)(?::(.*?))?\]\]", re.S)
-_BEHAVIOURS = ("reply", "eos-now", "crash", "segv", "hang")
+_DIRECTIVE = re.compile(
+    r"\[\[(reply|eos-now|crash|segv|hang|exit|exit-early|abort|flood|flood-stderr|garbage"
+    r"|slow|child)(?::(.*?))?\]\]",
+    re.S,
+)
+_BEHAVIOURS = (
+    "reply", "eos-now", "crash", "segv", "hang", "exit", "exit-early", "abort", "flood",
+    "flood-stderr", "garbage",
+)  # fmt: skip
+# Failures that strike after TOKENS_BEFORE_FAILURE tokens.
+_FAILURES = ("crash", "segv", "hang", "exit", "abort", "flood", "flood-stderr")
+# What [[garbage]] writes: invalid UTF-8 (a lone continuation byte, a truncated sequence,
+# an overlong form, 0xFF), a NUL, an escape sequence and a carriage return.
+GARBAGE = [b"\x80", b"ok\xe2\x82", b"\xc0\xaf", b"\xff", b"\x00", b"\x1b[2J", b"\r", b" end"]
+# A line a failing engine writes to stderr: never to be shown to the client.
+SECRET_STDERR = "fatal: cannot map /home/alice/private/model.gguf near prompt text"
 
 
 def _usage(prog: str) -> str:
@@ -146,6 +173,17 @@ def _atoi(text: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _c_int(value: int) -> int:
+    """C's ``int`` of a wider integer: two's-complement wrap to 32 bits."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _c_atoi(text: str) -> int:
+    """glibc's ``atoi``: ``(int) strtol(...)``, strtol saturating at the long range."""
+    return _c_int(max(min(_atoi(text), 2**63 - 1), -(2**63)))
+
+
 def _atof(text: str) -> float:
     match = re.match(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", text)
     return float(match.group(1)) if match else 0.0
@@ -182,7 +220,7 @@ def parse_args(argv: list[str]) -> Options:
         if arg == "-p" and has_value:
             options.prompt = os.fsencode(value)
         elif arg == "-n" and has_value:
-            options.max_tokens = _atoi(value)
+            options.max_tokens = _c_atoi(value)
         elif arg == "-t" and has_value:
             options.temperature = _atof(value)
         elif arg == "-k" and has_value:
@@ -480,6 +518,11 @@ def main(argv: list[str]) -> int:
         return 1
 
     say(f"Loading model: {options.model_path}")
+    script = read_script(prompt.decode("utf-8", "replace"))
+    if script.behaviour == "exit-early":
+        say(SECRET_STDERR)
+        _log({"event": "exit", "pid": os.getpid(), "how": "exit-early"})
+        return _atoi(script.reply or "1")
     try:
         shape = read_model_shape(options.model_path)
     except (OSError, ValueError) as exc:
@@ -515,7 +558,6 @@ def main(argv: list[str]) -> int:
     say("---")
     started = time.monotonic()
 
-    script = read_script(prompt.decode("utf-8", "replace"))
     if script.child:
         child = subprocess.Popen(
             [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"],
@@ -526,13 +568,16 @@ def main(argv: list[str]) -> int:
     # picolm.c: positions from the last prompt token to min(n_prompt + N, max_seq) - 1
     # are generation steps: N + 1 tokens, fewer when the context ends first.
     fed, first_sampling_pos = fed_tokens(cached, token_ids)
-    total_steps = min(n_prompt + options.max_tokens, shape.max_seq)
+    # `int total_steps = n_prompt + max_tokens;` overflows past INT_MAX.
+    total_steps = min(_c_int(n_prompt + options.max_tokens), shape.max_seq)
     steps = max(0, total_steps - first_sampling_pos)
     seed = options.seed if options.temperature > 0 else None
     if script.behaviour == "reply":
         pieces = [*reply_pieces(script.reply), EOS_TEXT]
     elif script.behaviour == "eos-now":
         pieces = [EOS_TEXT]
+    elif script.behaviour == "garbage":
+        pieces = [*GARBAGE, EOS_TEXT]
     else:
         # The reply depends on the state the model computed: the tokens fed at every
         # position (a wrong cache or an uncorrected prompt gives another reply).
@@ -540,8 +585,8 @@ def main(argv: list[str]) -> int:
 
     generated = 0
     for index in range(steps):
-        if script.behaviour in ("crash", "segv", "hang") and index == TOKENS_BEFORE_FAILURE:
-            _fail(script.behaviour, say)
+        if script.behaviour in _FAILURES and index == TOKENS_BEFORE_FAILURE:
+            _fail(script, say)
         if script.slow:
             time.sleep(script.slow)
         piece = pieces[index] if index < len(pieces) else EOS_TEXT
@@ -550,8 +595,8 @@ def main(argv: list[str]) -> int:
         generated += 1
         if piece == EOS_TEXT:
             break
-    if script.behaviour in ("crash", "segv", "hang") and generated < TOKENS_BEFORE_FAILURE:
-        _fail(script.behaviour, say)
+    if script.behaviour in _FAILURES and generated < TOKENS_BEFORE_FAILURE:
+        _fail(script, say)
     out.write(b"\n")
     out.flush()
     if options.cache_file and n_prompt > 0:
@@ -571,7 +616,25 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _fail(behaviour: str, say: Any) -> None:
+def _fail(script: Script, say: Any) -> None:
+    behaviour = script.behaviour
+    if behaviour == "exit":
+        say(SECRET_STDERR)
+        _log({"event": "exit", "pid": os.getpid(), "how": "exit"})
+        os._exit(_atoi(script.reply or "1"))
+    if behaviour == "abort":
+        _log({"event": "exit", "pid": os.getpid(), "how": "abort"})
+        os.abort()
+    if behaviour == "flood":
+        block = b"flood " * 4096
+        while True:
+            sys.stdout.buffer.write(block)
+            sys.stdout.buffer.flush()
+    if behaviour == "flood-stderr":
+        line = b"progress " + b"#" * 2000 + b"\n"
+        while True:
+            sys.stderr.buffer.write(line * 16)
+            sys.stderr.buffer.flush()
     if behaviour == "crash":
         say("fatal: simulated engine failure (out of memory)")
         _log({"event": "exit", "pid": os.getpid(), "how": "crash"})

@@ -6,6 +6,10 @@ events and closes the stream (``aclose()``) when it is done with it, at which po
 engine must stop generating and release what it holds (a subprocess, a model lock)
 before ``aclose()`` returns.
 
+Before a request waits for a generation slot, :meth:`Engine.admit` checks that its
+prompt fits (tokenizing it off the event loop, at a bounded cost): a request that cannot
+run never holds a slot.
+
 Event order: exactly one :class:`PromptAccepted`, then any number of :class:`TextDelta`,
 then one :class:`Finished`. An engine raises :class:`~picolm_server.errors.APIError`
 subclasses for failures: ``ContextLengthExceededError`` before ``PromptAccepted``,
@@ -54,6 +58,9 @@ class GenerationRequest:
     # marker text into control tokens do so only in the template's text. None: all of
     # ``prompt`` is the caller's own text.
     split_prompt: SplitPrompt | None = None
+    # The prompt's token ids as this engine feeds them, once ``Engine.admit`` has
+    # computed them (a request without them is tokenized by ``generate``).
+    prompt_tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,15 @@ class Engine(Protocol):
     """An inference backend. ``generate`` is the whole of the work."""
 
     model: ModelInfo
+    # Whether a NUL character in the prompt reaches the model. Where it does not (PicoLM
+    # reads its prompt as a C string, which ends at the first NUL), the server refuses
+    # such a prompt rather than let the model see only part of it.
+    prompt_accepts_nul: bool
+
+    async def admit(self, request: GenerationRequest) -> GenerationRequest:
+        """Refuse a prompt that does not fit (``ContextLengthExceededError``) without
+        holding anything shared; the request comes back with its ``prompt_tokens``."""
+        ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Run one generation; closing the iterator early must stop it."""

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ _END = object()
 class LlamaCppEngine:
     # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf).
     accepts_grammar = True
+    # The prompt goes to llama_tokenize with its length: a NUL is a character like any.
+    prompt_accepts_nul = True
 
     def __init__(self, options: LlamaCppOptions) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed
@@ -77,6 +79,11 @@ class LlamaCppEngine:
         # n_ctx 0 means "the model's own"; report what was actually allocated.
         self.context_length = int(self.llama.n_ctx())
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
+        # Prompts are tokenized before they wait for the model, one at a time (llama.cpp's
+        # tokenizer only reads the vocabulary, so it runs beside a generation).
+        self._tokenizer_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="llama-tokenize"
+        )
         self._lock = asyncio.Lock()
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"
@@ -93,12 +100,19 @@ class LlamaCppEngine:
         split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
         return prompt_token_ids(split, self._prompt_tokenizer)
 
+    async def admit(self, request: GenerationRequest) -> GenerationRequest:
+        if request.prompt_tokens is not None:
+            return request
+        loop = asyncio.get_running_loop()
+        tokens = await loop.run_in_executor(self._tokenizer_thread, self.prompt_tokens, request)
+        if len(tokens) >= self.context_length:
+            raise context_exceeded(len(tokens), self.context_length)
+        return replace(request, prompt_tokens=tuple(tokens))
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        tokens = list((await self.admit(request)).prompt_tokens or ())
         async with self._lock:
             loop = asyncio.get_running_loop()
-            tokens = await loop.run_in_executor(self._worker, self.prompt_tokens, request)
-            if len(tokens) >= self.context_length:
-                raise context_exceeded(len(tokens), self.context_length)
             await loop.run_in_executor(self._worker, self.llama.reset)
             yield PromptAccepted(len(tokens))
 
@@ -116,7 +130,11 @@ class LlamaCppEngine:
                     if item is _END:
                         break
                     if isinstance(item, BaseException):
-                        raise EngineError(f"llama.cpp failed: {item}") from item
+                        # Its text can hold paths or prompt text: for the log only.
+                        logger.error("llama.cpp generation failed: %r", item)
+                        raise EngineError(
+                            f"The llama.cpp engine failed ({type(item).__name__})."
+                        ) from item
                     text, count = item
                     yield TextDelta(text, count)
                 reason, count = await work
@@ -215,5 +233,6 @@ class LlamaCppEngine:
         return grammar_class.from_json_schema(json.dumps(schema), verbose=False)
 
     def close(self) -> None:
+        self._tokenizer_thread.shutdown(wait=True)
         self._worker.shutdown(wait=True)
         self.llama.close()

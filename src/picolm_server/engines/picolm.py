@@ -8,12 +8,19 @@ held back until the process ends; bytes are decoded incrementally because a UTF-
 character can be split across writes; the token counts come from stderr. The process runs
 in its own process group and the whole group is killed when the generation is closed
 early, so nothing it starts outlives the request.
+
+A prompt is tokenized in :meth:`PicoLMEngine.admit`, before the request waits for a
+generation slot, and at a cost bounded by the context: a prompt whose length alone shows
+it cannot fit is refused untokenized. Reading the reply is bounded as well: the running
+token count is kept incrementally, the event loop gets a turn after every read, and an
+engine that writes more than its token budget can print is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -22,7 +29,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,11 @@ _PROMPT_LINE = re.compile(r"^Prompt: (\d+) tokens")
 _CACHED_LINE = re.compile(r"^Skipping (\d+) cached prompt tokens")
 _GENERATED_LINE = re.compile(r"^Generation: (\d+) tokens")
 _READ_SIZE = 4096
+# Prompts up to this many bytes tokenize in a few milliseconds: they never wait behind a
+# long one, which gets the single worker thread of its own.
+_SMALL_PROMPT_BYTES = 16 * 1024
+# A stderr line is kept (for the log) up to this many characters.
+_STDERR_LINE_CHARS = 500
 # A shared prefix (system prompt, tools) shorter than this is not worth a state of its own.
 MIN_SHARED_PREFIX = 32
 _MAX_PREFIXES_TRACKED = 256
@@ -65,10 +77,13 @@ class PicoLMOptions:
     context_length: int
 
 
-def context_exceeded(prompt_tokens: int, context_length: int) -> ContextLengthExceededError:
+def context_exceeded(
+    prompt_tokens: int, context_length: int, *, at_least: bool = False
+) -> ContextLengthExceededError:
+    count = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
     return ContextLengthExceededError(
         f"This model's maximum context length is {context_length} tokens. However, your "
-        f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the "
+        f"messages resulted in {count} tokens. Please reduce the length of the "
         "messages.",
         param="messages",
     )
@@ -130,9 +145,8 @@ class _StderrReport:
         elif match := _GENERATED_LINE.match(line):
             self.generated_tokens = int(match.group(1))
 
-    def last_words(self) -> str:
-        meaningful = [line for line in self.lines if line.strip() and not line.startswith(" ")]
-        return meaningful[-1] if meaningful else "no output on stderr"
+    def tail(self) -> str:
+        return " | ".join(line for line in self.lines if line.strip()) or "(nothing)"
 
 
 class _CacheNotHonoured(Exception):
@@ -160,6 +174,9 @@ class PicoLMEngine:
     longest saved state that is a token prefix of its prompt (see ``prompt_cache``).
     """
 
+    # PicoLM reads all of stdin, then tokenizes it as a C string: a NUL ends the prompt.
+    prompt_accepts_nul = False
+
     def __init__(
         self,
         options: PicoLMOptions,
@@ -181,6 +198,13 @@ class PicoLMEngine:
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "picolm"
         )
+        # One thread for long prompts, so that many of them cannot take every thread.
+        self._long_prompts = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="picolm-tokenize"
+        )
+        # The most bytes one generated token can print (without a tokenizer, the 256
+        # bytes of a merge buffer: a generous bound for SentencePiece vocabularies).
+        self._piece_bytes = tokenizer.max_piece_bytes if tokenizer is not None else 256
 
     def health(self) -> EngineHealth:
         binary, model = self.options.binary, self.options.model_path
@@ -193,13 +217,18 @@ class PicoLMEngine:
             return EngineHealth(True, f"picolm ({binary}); prompt reuse off: {reuse_fault}")
         return EngineHealth(True, f"picolm ({binary})")
 
+    def budget(self, request: GenerationRequest) -> int:
+        """``max_tokens`` within what the context can hold: past it PicoLM's C ints
+        overflow (2^31 and up gives an empty reply), and the context ends a reply first."""
+        return min(request.max_tokens, self.context_length)
+
     def command(self, request: GenerationRequest) -> list[str]:
         """The argv for one generation. The prompt is not in it: it goes on stdin."""
         args = [
             str(self.options.binary),
             str(self.options.model_path),
             # PicoLM generates N+1 tokens for -n N.
-            "-n", str(max(request.max_tokens - 1, 0)),
+            "-n", str(max(self.budget(request) - 1, 0)),
             "-t", f"{request.temperature:.4f}",
             "-k", f"{request.top_p:.4f}",
             "-c", str(self.context_length),
@@ -211,12 +240,28 @@ class PicoLMEngine:
             args.append("--json")
         return args
 
+    async def admit(self, request: GenerationRequest) -> GenerationRequest:
+        """Tokenize the prompt and refuse it if it does not fit (before any slot is taken);
+        the request is returned with its tokens."""
+        if self.tokenizer is None or request.prompt_tokens is not None:
+            return request
+        size = len(request.prompt.encode("utf-8"))
+        floor = self.tokenizer.min_prompt_tokens(size)
+        if floor >= self.context_length:
+            raise context_exceeded(floor, self.context_length, at_least=True)
+        encode = functools.partial(self.tokenizer.encode, request.prompt)
+        if size <= _SMALL_PROMPT_BYTES:
+            tokens = await asyncio.to_thread(encode)
+        else:
+            tokens = await asyncio.get_running_loop().run_in_executor(self._long_prompts, encode)
+        if len(tokens) >= self.context_length:
+            raise context_exceeded(len(tokens), self.context_length)
+        return replace(request, prompt_tokens=tuple(tokens))
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         tokens: list[int] | None = None
         if self.tokenizer is not None:
-            tokens = await asyncio.to_thread(self.tokenizer.encode, request.prompt)
-            if len(tokens) >= self.context_length:
-                raise context_exceeded(len(tokens), self.context_length)
+            tokens = list((await self.admit(request)).prompt_tokens or ())
         cache = self.prompt_cache if self._cache_usable else None
         lease = None
         if cache is not None and tokens:
@@ -259,13 +304,6 @@ class PicoLMEngine:
         tokenizer = self.tokenizer
         assert tokenizer is not None
         return functools.partial(craft_prompt, tokenizer, tokens)
-
-    def _running_count(self, text: str, reads: int) -> int:
-        """Tokens generated so far, for a reply cut short by a stop string (PicoLM then
-        never prints its count): the reply re-tokenized, as reads can merge tokens."""
-        if self.tokenizer is None:
-            return reads
-        return max(self.tokenizer.count(text, bos=False), 1)
 
     async def _prepare_shared_prefix(
         self, cache: PromptCache, request: GenerationRequest, tokens: list[int]
@@ -347,30 +385,49 @@ class PicoLMEngine:
                 raise context_exceeded(report.prompt_tokens, self.context_length)
             yield PromptAccepted(report.prompt_tokens, report.cached_tokens)
 
+            budget = self.budget(request)
             trailer = TrailerFilter(self.eos_text)
-            reads = 0
-            released = ""
+            # Tokens generated so far, for a reply cut short by a stop string (PicoLM then
+            # never prints its count): the reply re-tokenized, as reads can merge tokens.
+            counter = self.tokenizer.reply_counter() if self.tokenizer is not None else None
+            # PicoLM prints at most budget + 1 tokens (EOS included) and one newline.
+            most_bytes = (budget + 1) * self._piece_bytes + 1
+            reads = read_bytes = 0
             assert process.stdout is not None
             while data := await process.stdout.read(_READ_SIZE):
                 reads += 1
+                read_bytes += len(data)
+                if read_bytes > most_bytes:
+                    logger.warning(
+                        "picolm (pid %d) wrote over %d bytes for %d tokens: stopped",
+                        process.pid,
+                        most_bytes,
+                        budget,
+                    )
+                    raise EngineError(
+                        "The PicoLM engine wrote more output than the token budget allows; "
+                        "it was stopped."
+                    )
                 text = trailer.feed(data)
                 if text:
-                    released += text
-                    running = self._running_count(released, reads)
-                    yield TextDelta(text, min(running, request.max_tokens))
+                    running = max(counter.feed(text), 1) if counter is not None else reads
+                    yield TextDelta(text, min(running, budget))
+                # Reads of an engine that floods stdout never wait: give the event loop
+                # (time limits, other requests, /health) its turn.
+                await asyncio.sleep(0)
             rest, ended_by_eos = trailer.finish()
             await stderr_task
             returncode = await process.wait()
             if returncode != 0:
-                raise EngineError(self._exit_message(returncode, report))
+                raise EngineError(self._exit_message(process.pid, returncode, report))
             if run is not None:
                 run.clean = True
             generated = report.generated_tokens if report.generated_tokens is not None else reads
-            completion_tokens = min(generated - (1 if ended_by_eos else 0), request.max_tokens)
+            completion_tokens = min(generated - (1 if ended_by_eos else 0), budget)
             if rest:
                 yield TextDelta(rest, completion_tokens)
             hit_limit = (
-                completion_tokens >= request.max_tokens
+                completion_tokens >= budget
                 or report.prompt_tokens + generated >= self.context_length
             )
             reason: FinishReason = "length" if hit_limit and not ended_by_eos else "stop"
@@ -411,23 +468,40 @@ class PicoLMEngine:
             prompt_seen.cancel()
         if report.prompt_tokens is None:
             returncode = await process.wait()
-            raise EngineError(self._exit_message(returncode, report))
+            raise EngineError(self._exit_message(process.pid, returncode, report))
 
     @staticmethod
     async def _read_stderr(process: asyncio.subprocess.Process, report: _StderrReport) -> None:
+        """Parse stderr line by line; a line is cut at _STDERR_LINE_CHARS (an engine that
+        writes one endless line or endless lines costs the server bounded work per read)."""
         assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            logger.debug("picolm: %s", line)
-            report.add(line)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        partial = ""
+        while data := await process.stderr.read(_READ_SIZE):
+            *lines, partial = (partial + decoder.decode(data)).split("\n")
+            partial = partial[:_STDERR_LINE_CHARS]
+            for line in lines:
+                line = line[:_STDERR_LINE_CHARS]
+                logger.debug("picolm: %s", line)
+                report.add(line)
+            await asyncio.sleep(0)
+        if partial:
+            report.add(partial)
 
     @staticmethod
-    def _exit_message(returncode: int, report: _StderrReport) -> str:
+    def _exit_message(pid: int, returncode: int, report: _StderrReport) -> str:
+        """What the client is told: how the process ended, never what it wrote (stderr
+        can hold paths and prompt text); the log gets its last lines."""
         if returncode < 0:
-            how = f"was killed by signal {signal.Signals(-returncode).name}"
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = f"signal {-returncode}"
+            how = f"was killed by {name}"
         else:
             how = f"exited with status {returncode}"
-        return f"The PicoLM engine {how}: {report.last_words()}"
+        logger.warning("picolm (pid %d) %s; its last stderr lines: %s", pid, how, report.tail())
+        return f"The PicoLM engine {how}."
 
     @staticmethod
     async def _stop(process: asyncio.subprocess.Process, stderr_task: asyncio.Future[None]) -> None:

@@ -61,6 +61,7 @@ vocabulary because it builds an object per array element.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import mmap
 import platform
@@ -69,7 +70,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PicoLMTokenizer", "default_signed_char", "prompt_bytes"]
+__all__ = ["PicoLMTokenizer", "ReplyTokenCounter", "default_signed_char", "prompt_bytes"]
 
 # UTF-8 of U+2581, SentencePiece's space marker.
 _SPACE_MARKER = b"\xe2\x96\x81"
@@ -79,6 +80,9 @@ _SCORE_FLOOR = struct.unpack("<f", struct.pack("<f", -1e30))[0]
 
 # `char merged[256]; if (l1 + l2 >= (int)sizeof(merged)) continue;`
 _MERGE_BUF = 256
+
+# never_merged_across remembers this many junctions (a few bytes each) before starting over.
+_MAX_JUNCTIONS = 65536
 
 _GGUF_MAGIC = 0x46554747
 
@@ -321,6 +325,8 @@ class PicoLMTokenizer:
         self._lookup = _findable_ids(strs, signed_char=self.signed_char)
         # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
         self._byte_ids = [self._lookup.get(b"<0x%02X>" % b, -1) for b in range(256)]
+        # never_merged_across's answers, by junction bytes.
+        self._junctions: dict[bytes, bool] = {}
 
     @classmethod
     def from_gguf(cls, path: Path, *, signed_char: bool | None = None) -> PicoLMTokenizer:
@@ -372,12 +378,65 @@ class PicoLMTokenizer:
         """``len(self.encode(text, bos=bos))``."""
         return len(self.encode(text, bos=bos))
 
+    # ---- bounds and running counts ----
+
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The longest text one generated token can print (its vocabulary string)."""
+        return max((len(s) for s in self._strs), default=1) or 1
+
+    @functools.cached_property
+    def _max_prompt_token_bytes(self) -> int | None:
+        """The most prompt bytes one prompt token can stand for, or None when a prompt
+        token can stand for any number (a byte without a byte token is dropped)."""
+        if min(self._byte_ids) < 0:
+            return None
+        # Every token is a findable entry and stands for at most its string's bytes
+        # (a space is 3 bytes of "\u2581", a byte token 6); a merge's string is under
+        # 256 bytes.
+        longest = max((len(s) for s in self._lookup), default=1)
+        return max(min(longest, _MERGE_BUF - 1), 1)
+
+    def min_prompt_tokens(self, prompt_byte_length: int) -> int:
+        """A lower bound of ``count(prompt)`` (BOS included) for any prompt of that many
+        UTF-8 bytes without NUL: exact arithmetic, no tokenizing, so a prompt that
+        cannot fit a context is refused at the cost of its length."""
+        per_token = self._max_prompt_token_bytes
+        if per_token is None or prompt_byte_length <= 0:
+            return 1
+        return 1 + -(-prompt_byte_length // per_token)
+
+    def reply_counter(self) -> ReplyTokenCounter:
+        """A running ``count(reply, bos=False)`` over a reply that grows piece by piece."""
+        return ReplyTokenCounter(self)
+
+    def never_merged_across(self, left: int, right: int) -> bool:
+        """Whether no merge can ever join a symbol ending in token ``left`` with one
+        starting with token ``right``: no findable string contains the junction."""
+        junction = self._strs[left][-3:] + self._strs[right][:3]
+        known = self._junctions.get(junction)
+        if known is None:
+            if len(self._junctions) >= _MAX_JUNCTIONS:
+                self._junctions.clear()
+            known = self._junctions[junction] = junction not in self._findable_blob
+        return known
+
+    @functools.cached_property
+    def _findable_blob(self) -> bytes:
+        # Entries never contain NUL (cut at it), so NUL separates them.
+        return b"\0".join(self._lookup)
+
     def _initial_tokens(self, data: bytes) -> list[int]:
         """Step 1 of tokenizer_encode: normalise, then one token per character/byte."""
-        norm = _SPACE_MARKER + data.replace(b" ", _SPACE_MARKER)
+        return self.initial_symbols(_SPACE_MARKER + data.replace(b" ", _SPACE_MARKER))[0]
+
+    def initial_symbols(self, norm: bytes) -> tuple[list[int], list[int]]:
+        """One token per character/byte of already normalised bytes, and the offset at
+        which each token ends."""
         lookup = self._lookup
         byte_ids = self._byte_ids
         out: list[int] = []
+        ends: list[int] = []
         i, n = 0, len(norm)
         while i < n:
             c = norm[i]
@@ -386,11 +445,17 @@ class PicoLMTokenizer:
             if tok >= 0:
                 out.append(tok)
                 i += clen
+                ends.append(i)
             else:
+                i += 1
                 if byte_ids[c] >= 0:
                     out.append(byte_ids[c])
-                i += 1
-        return out
+                    ends.append(i)
+        return out, ends
+
+    def merged_length(self, symbols: list[int]) -> int:
+        """How many tokens the merges leave of ``symbols`` (initial tokens)."""
+        return len(self._merge(symbols))
 
     def _merge(self, toks: list[int]) -> list[int]:
         """Step 2 of tokenizer_encode (greedy best-score merges), with a heap."""
@@ -444,6 +509,53 @@ class PicoLMTokenizer:
             out.append(tok[i])
             i = nxt[i]
         return out
+
+
+class ReplyTokenCounter:
+    """``tokenizer.count(reply, bos=False)`` of a reply fed piece by piece, exactly, in
+    time linear in the reply when it has boundaries no merge can cross.
+
+    Merges never cross a junction of two symbols whose bytes no findable string holds
+    (``never_merged_across``), and on each side of such a junction they happen as they
+    would on that side alone. So the reply splits there into a settled part, counted
+    once, and a tail (usually the last word) that is tokenized again at each piece. A
+    reply without such a junction has its whole tail recounted at each piece: the
+    engine bounds how much a reply can be.
+    """
+
+    def __init__(self, tokenizer: PicoLMTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._settled = 0  # tokens of the settled part
+        self._length = 0  # bytes of the reply up to its first NUL (prompt_bytes)
+        self._tail = _SPACE_MARKER  # normalised bytes after the settled part
+        self._ended = False  # a NUL ended the text PicoLM's tokenizer would see
+
+    def feed(self, text: str) -> int:
+        """Add ``text`` to the reply; the count of the whole reply so far."""
+        tokenizer = self._tokenizer
+        if not self._ended:
+            data = text.encode("utf-8")
+            nul = data.find(b"\0")
+            if nul >= 0:
+                data, self._ended = data[:nul], True
+            self._length += len(data)
+            self._tail += data.replace(b" ", _SPACE_MARKER)
+        symbols, ends = tokenizer.initial_symbols(self._tail)
+        for k in range(len(symbols) - 1, 0, -1):
+            cut = ends[k - 1]
+            # Only between whole characters: a lone lead byte would be looked up clipped.
+            if 0x80 <= self._tail[cut] < 0xC0:
+                continue
+            if tokenizer.never_merged_across(symbols[k - 1], symbols[k]):
+                self._settled += tokenizer.merged_length(symbols[:k])
+                self._tail = self._tail[cut:]
+                symbols = symbols[k:]
+                break
+        if not self._length:
+            return 0
+        total = self._settled + tokenizer.merged_length(symbols)
+        # picolm.c keeps at most strlen + 3 tokens, BOS included.
+        return min(total, self._length + 2)
 
 
 def _c_lookup(strs: list[bytes], order: list[int], query: bytes, *, signed_char: bool) -> int:
