@@ -21,14 +21,20 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
+# How an engine holds a reply to an OutputConstraint (the core reads it in one place):
+# "grammar": it follows ``gbnf`` (and so the schema the grammar was built from);
+# "schema": it writes JSON matching ``json_schema`` exactly, without a grammar;
+# "json": it only keeps the reply well-formed JSON, and the server validates the rest.
+OutputControl = Literal["grammar", "schema", "json"]
+
 
 @dataclass(frozen=True)
 class OutputConstraint:
     """Restrict the output to JSON.
 
-    ``json_schema`` None means any JSON object. ``gbnf`` is an optional ready-made
-    grammar for engines that take one (llama.cpp); engines that cannot enforce a schema
-    (PicoLM's ``--json``) only keep the output well formed, and the server validates.
+    ``json_schema`` is the schema of the whole reply (a tool call's envelope included);
+    None means any JSON object. ``gbnf`` is an optional ready-made grammar for engines
+    that take one (llama.cpp). What an engine does with them is its ``output_control``.
     """
 
     json_schema: dict[str, Any] | None = None
@@ -102,6 +108,7 @@ class Engine(Protocol):
     """An inference backend. ``generate`` is the whole of the work."""
 
     model: ModelInfo
+    output_control: OutputControl
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Run one generation; closing the iterator early must stop it."""

@@ -35,6 +35,7 @@ from .base import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    OutputControl,
     PromptAccepted,
     TextDelta,
 )
@@ -56,7 +57,7 @@ _END = object()
 
 class LlamaCppEngine:
     # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf).
-    accepts_grammar = True
+    output_control: OutputControl = "grammar"
 
     def __init__(self, options: LlamaCppOptions) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed

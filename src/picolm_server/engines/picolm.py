@@ -37,9 +37,11 @@ from .base import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    OutputControl,
     PromptAccepted,
     TextDelta,
 )
+from .picolm_json import generate_schema_json
 from .picolm_tokenizer import PicoLMTokenizer
 from .prompt_cache import CacheLease, PromptCache, craft_prompt
 
@@ -152,7 +154,10 @@ class PicoLMEngine:
     With ``tokenizer`` (the exact reproduction of PicoLM's), prompts that do not fit are
     refused before a process starts; with ``prompt_cache`` too, each run starts from the
     longest saved state that is a token prefix of its prompt (see ``prompt_cache``).
+    A reply held to a JSON schema is written piece by piece (see ``picolm_json``).
     """
+
+    output_control: OutputControl = "schema"
 
     def __init__(
         self,
@@ -202,6 +207,34 @@ class PicoLMEngine:
         return args
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        constraint = request.constraint
+        if constraint is None or constraint.json_schema is None:
+            async for event in self._generate_text(request):
+                yield event
+            return
+        prompt_tokens = None
+        if self.tokenizer is not None:
+            prompt_tokens = len(await asyncio.to_thread(self.tokenizer.encode, request.prompt))
+            if prompt_tokens >= self.context_length:
+                raise context_exceeded(prompt_tokens, self.context_length)
+        async for event in generate_schema_json(
+            self._generate_text,
+            request,
+            constraint.json_schema,
+            prompt_tokens=prompt_tokens,
+            count_tokens=self._reply_tokens,
+            keeps_state=self._cache_usable,
+        ):
+            yield event
+
+    def _reply_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.encode("utf-8")) // 3 + 1
+        return self.tokenizer.count(text, bos=False)
+
+    async def _generate_text(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
         tokens: list[int] | None = None
         if self.tokenizer is not None:
             tokens = await asyncio.to_thread(self.tokenizer.encode, request.prompt)
