@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse", choices=["both", "on", "off"], default="both")
     args = parser.parse_args()
     if not args.binary:
         parser.error("--binary or PICOLM_BINARY is required")
@@ -160,7 +161,7 @@ def main() -> None:
     print(f"model {model}, prompt {tokens} tokens, max_tokens {args.max_tokens}")
     modes = {"plain --json": OutputConstraint(), "schema": OutputConstraint(json_schema=schema)}
     results: dict[tuple[str, bool], list[tuple[float, int, str]]] = {}
-    for reuse in (False, True):
+    for reuse in {"both": (False, True), "on": (True,), "off": (False,)}[args.reuse]:
         engines = {
             name: make_engine(
                 binary, model, args.threads, workdir / f"cache-{index}" if reuse else None

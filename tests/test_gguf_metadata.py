@@ -12,9 +12,7 @@ from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 def test_constants_are_the_gguf_formats() -> None:
     assert GGUF_MAGIC == gguf.GGUF_MAGIC
-    assert {t.name: t.value for t in GGUFValueType} == {
-        t.name: t.value for t in gguf.GGUFValueType
-    }
+    assert {t.name: t.value for t in GGUFValueType} == {t.name: t.value for t in gguf.GGUFValueType}
 
 
 def test_reads_what_the_gguf_package_reads(tmp_path: Path) -> None:

@@ -152,7 +152,7 @@ class RandomModel:
 
 
 def write(schema: dict[str, Any], model: Any, max_tokens: int = 200, run_tokens: int = 1000) -> str:
-    limits = Limits(max_tokens=max_tokens, string_cap=40, array_cap=5, run_tokens=run_tokens)
+    limits = Limits(max_tokens=max_tokens, string_cap=40, array_cap=5, first_run_tokens=run_tokens)
     writer = JSONWriter(schema, model.start, limits, lambda text: len(text) // 3)
     return asyncio.run(writer.write())
 
@@ -221,11 +221,12 @@ def test_a_tool_call_union_is_chosen_by_the_name() -> None:
     assert model.starts == [""]
 
 
-def test_runs_that_end_on_their_budget_are_continued() -> None:
+def test_a_run_that_ends_on_its_budget_is_continued() -> None:
     target = '{"city": "A very long city name", "unit": "celsius"}'
     model = MeaningModel(target)
     assert write(WEATHER, model, run_tokens=5) == target
-    assert len(model.starts) > 3
+    # The first run is asked for 5 tokens, the next one for the rest of the budget.
+    assert model.starts == ['{"city": "', '{"city": "A ver']
 
 
 @pytest.mark.parametrize("max_tokens", [0, 3, 12])

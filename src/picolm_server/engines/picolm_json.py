@@ -6,8 +6,11 @@ saved state and computes only the new tokens. PicoLM saves a run's prompt state 
 when the run ends by itself, so a run the writer no longer needs is either stopped at
 once or left to finish, whichever costs less: finishing costs the tokens it still may
 generate, stopping costs recomputing the tokens it had to compute for its prompt (the
-next run then starts from an older state). Runs are asked for at most ``RUN_TOKENS``
-tokens when states are saved, which bounds what finishing a run can cost.
+next run then starts from an older state). Only the first run of a reply may have a long
+prompt to compute (the conversation, when no saved state covers it): it is asked for at
+most ``FIRST_RUN_TOKENS`` tokens when states are saved, which bounds what letting it
+finish can cost; later runs compute only reply tokens, so stopping them is cheap and
+they are asked for the rest of the budget.
 
 The reply is sent as one piece once it is complete (the serving layer releases JSON
 replies and tool calls only when whole anyway), so a number the writer had to move
@@ -33,8 +36,8 @@ from .base import Finished, GenerationEvent, GenerationRequest, PromptAccepted, 
 
 logger = logging.getLogger("picolm_server.engine.picolm_json")
 
-# The most tokens one run is asked for when runs save their prompt state.
-RUN_TOKENS = 16
+# The most tokens the first run of a reply is asked for when runs save their prompt state.
+FIRST_RUN_TOKENS = 16
 
 GenerateText = Callable[[GenerationRequest], AsyncGenerator[GenerationEvent, None]]
 
@@ -138,7 +141,7 @@ async def generate_schema_json(
         max_tokens=request.max_tokens,
         string_cap=caps.string,
         array_cap=caps.array,
-        run_tokens=RUN_TOKENS if keeps_state else request.max_tokens,
+        first_run_tokens=FIRST_RUN_TOKENS if keeps_state else request.max_tokens,
     )
     first_accepted: asyncio.Future[PromptAccepted] = asyncio.get_running_loop().create_future()
     opened: list[AsyncGenerator[GenerationEvent, None]] = []

@@ -83,7 +83,8 @@ class Limits:
     max_tokens: int
     string_cap: int
     array_cap: int
-    run_tokens: int  # the most tokens one run is asked for
+    # The most tokens the first run is asked for (later runs: the rest of the budget).
+    first_run_tokens: int
 
 
 class _Option:
@@ -154,7 +155,9 @@ class JSONWriter:
             if self._run is None:
                 if not start or self._out_of_budget():
                     return None
-                budget = min(self.limits.run_tokens, self._remaining_tokens())
+                budget = self._remaining_tokens()
+                if not self.runs:
+                    budget = min(self.limits.first_run_tokens, budget)
                 self._run = await self._start_run(self.text, max(budget, 1))
                 self.runs += 1
                 started_at = len(self.text)
