@@ -209,23 +209,26 @@ class PicoLMEngine:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         constraint = request.constraint
         if constraint is None or constraint.json_schema is None:
-            async for event in self._generate_text(request):
-                yield event
+            async with contextlib.aclosing(self._generate_text(request)) as events:
+                async for event in events:
+                    yield event
             return
         prompt_tokens = None
         if self.tokenizer is not None:
             prompt_tokens = len(await asyncio.to_thread(self.tokenizer.encode, request.prompt))
             if prompt_tokens >= self.context_length:
                 raise context_exceeded(prompt_tokens, self.context_length)
-        async for event in generate_schema_json(
+        guided = generate_schema_json(
             self._generate_text,
             request,
             constraint.json_schema,
             prompt_tokens=prompt_tokens,
             count_tokens=self._reply_tokens,
             keeps_state=self._cache_usable,
-        ):
-            yield event
+        )
+        async with contextlib.aclosing(guided) as events:
+            async for event in events:
+                yield event
 
     def _reply_tokens(self, text: str) -> int:
         if self.tokenizer is None:
@@ -242,8 +245,9 @@ class PicoLMEngine:
                 raise context_exceeded(len(tokens), self.context_length)
         cache = self.prompt_cache if self._cache_usable else None
         if cache is None or not tokens:
-            async for event in self._run(request, request.prompt.encode("utf-8")):
-                yield event
+            async with contextlib.aclosing(self._run(request, request.prompt.encode())) as events:
+                async for event in events:
+                    yield event
             return
         await self._prepare_shared_prefix(cache, request, tokens)
         lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
@@ -252,16 +256,20 @@ class PicoLMEngine:
             stdin = lease.prompt if lease.prompt is not None else request.prompt.encode("utf-8")
             run = _Run(lease=lease, expected_prompt_tokens=len(tokens))
             try:
-                async for event in self._run(request, stdin, run):
-                    if isinstance(event, Finished) and run.clean:
-                        committed = await asyncio.to_thread(cache.commit, lease, tokens)
-                    yield event
+                # aclosing: a generation closed early stops its process before it returns.
+                async with contextlib.aclosing(self._run(request, stdin, run)) as events:
+                    async for event in events:
+                        if isinstance(event, Finished) and run.clean:
+                            committed = await asyncio.to_thread(cache.commit, lease, tokens)
+                        yield event
             except _CacheNotHonoured as exc:
                 # Nothing was sent yet: run again on the true prompt without the cache.
                 self._cache_usable = False
                 logger.warning("prompt cache turned off: %s", exc)
-                async for event in self._run(request, request.prompt.encode("utf-8")):
-                    yield event
+                retry = self._run(request, request.prompt.encode("utf-8"))
+                async with contextlib.aclosing(retry) as events:
+                    async for event in events:
+                        yield event
         finally:
             if not committed:
                 with anyio.CancelScope(shield=True):
