@@ -7,6 +7,8 @@ SentencePiece-style one padded with unreachable entries to the vocabulary size, 
 output head has a real model's cost. Its output is gibberish.
 
     python bench/random_llama_gguf.py /tmp/tinyllama-shape-q4_0.gguf --layers 22
+
+``--embd``, ``--ff``, ``--heads`` and ``--kv-heads`` make a narrower model.
 """
 
 from __future__ import annotations
@@ -109,8 +111,20 @@ def main() -> None:
     parser.add_argument("path", type=Path)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q8_0", "F16", "F32"])
+    parser.add_argument("--embd", type=int, default=2048, help="n_embd")
+    parser.add_argument("--ff", type=int, default=5632, help="n_ff")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=4)
     args = parser.parse_args()
-    build(args.path, layers=args.layers, quant=args.quant)
+    build(
+        args.path,
+        layers=args.layers,
+        quant=args.quant,
+        n_embd=args.embd,
+        n_ff=args.ff,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+    )
     print(args.path)
 
 

@@ -7,7 +7,8 @@ whether each streamed reply reassembles to exactly the non-streamed one.
 
     .venv/bin/python bench/tool_calls_eval.py [--base-url http://127.0.0.1:8080/v1]
 
-Without --base-url it starts the server with the embedded model itself.
+Without --base-url it starts the server with the embedded model itself; with it,
+``--model`` names the model that server serves.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url")
     parser.add_argument("--max-tokens", type=int, default=120)
+    parser.add_argument("--model", default=MODEL)
     args = parser.parse_args()
     calls_total = calls_valid = forced_total = forced_called = 0
     stream_total = stream_same = errors = 0
@@ -186,7 +188,7 @@ def main() -> int:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
         for number, case in enumerate(cases(), 1):
             params: dict[str, Any] = {
-                "model": MODEL,
+                "model": args.model,
                 "messages": [{"role": "user", "content": case["q"]}],
                 "tools": case["tools"],
                 "tool_choice": case["choice"],

@@ -2,21 +2,42 @@
 chat template.
 
 ``gguf.GGUFReader`` maps every tensor and array into numpy views before answering, which
-takes over a second for a 100 MB model here (far more on a Raspberry Pi). The server only
-needs the metadata block at the head of the file, so this module walks that block
-itself, using the ``gguf`` package's constants for the format, and decodes the large
-arrays (the vocabulary) only when asked for them by name.
+takes over a second for a 100 MB model here (far more on a Raspberry Pi), and importing
+the ``gguf`` package loads numpy (about 18 MiB of the server's memory for two constants).
+The server only needs the metadata block at the head of the file, so this module walks
+that block itself, with the format's constants from the GGUF specification, and decodes
+the large arrays (the vocabulary) only when asked for them by name.
 """
 
 from __future__ import annotations
 
+import enum
 import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUF_MAGIC, GGUFValueType
+GGUF_MAGIC = 0x46554747  # "GGUF", little-endian
+
+
+class GGUFValueType(enum.IntEnum):
+    """Metadata value types, numbered as in the GGUF specification."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",

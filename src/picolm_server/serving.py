@@ -70,6 +70,7 @@ from .tool_calls import (
     make_plan,
     prompt_messages,
 )
+from .tool_calls.reply_schema import reply_schema
 
 SYSTEM_FINGERPRINT = "fp_picolm_server"
 
@@ -261,8 +262,9 @@ def shared_prefix(
 
 
 def engine_accepts_grammar(engine: Engine) -> bool:
-    """Whether the engine enforces a GBNF grammar (llama.cpp) or only balanced JSON."""
-    return bool(getattr(engine, "accepts_grammar", False))
+    """Whether the engine enforces a GBNF grammar (llama.cpp), or holds replies to a
+    schema (or only to balanced JSON) without one (PicoLM)."""
+    return engine.output_control == "grammar"
 
 
 def output_constraint(plan: OutputPlan | None, engine: Engine) -> OutputConstraint | None:
@@ -280,7 +282,7 @@ def output_constraint(plan: OutputPlan | None, engine: Engine) -> OutputConstrai
             grammar = build_grammar(plan, exact_schemas=False)
         return OutputConstraint(json_schema=plan.response_schema, gbnf=grammar.gbnf)
     if plan.uses_json_mode:
-        return OutputConstraint(json_schema=plan.response_schema)
+        return OutputConstraint(json_schema=reply_schema(plan))
     return None
 
 

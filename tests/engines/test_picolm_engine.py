@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from picolm_server.bootstrap import kv_shape
 from picolm_server.engines.base import (
     Finished,
     GenerationEvent,
@@ -18,10 +19,11 @@ from picolm_server.engines.base import (
 )
 from picolm_server.engines.picolm import PicoLMEngine, PicoLMOptions, TrailerFilter
 from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
+from picolm_server.engines.prompt_cache import PromptCache
 from picolm_server.errors import ContextLengthExceededError, EngineError
 from picolm_server.gguf_metadata import read_gguf_metadata
 from tests.support.fake_picolm import LOG_ENV, read_history, reply_pieces
-from tests.support.picolm_setup import PicoLMFiles, wait_until_gone
+from tests.support.picolm_setup import PicoLMFiles, process_gone, wait_until_gone
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 REAL_BINARY = os.environ.get("PICOLM_BINARY")
@@ -171,6 +173,34 @@ def test_closing_early_ends_the_process_and_its_children(
     (run_,) = read_history(log)
     assert run_.child_pids
     wait_until_gone([run_.pid, *run_.child_pids], timeout=5)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["no-reuse", "reuse"])
+def test_the_process_is_gone_when_aclose_returns(
+    picolm_files: PicoLMFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reuse: bool
+) -> None:
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    metadata = read_gguf_metadata(picolm_files.model, arrays=frozenset({"tokenizer.ggml.tokens"}))
+    options = PicoLMOptions(picolm_files.binary, picolm_files.model, "m", 1, 512)
+    tokenizer = PicoLMTokenizer.from_gguf(picolm_files.model)
+    cache = None
+    if reuse:
+        shape = kv_shape(metadata)
+        assert shape is not None
+        cache = PromptCache(tmp_path / "c", max_bytes=1 << 30, model_identity="m", shape=shape)
+    engine = PicoLMEngine(options, metadata, tokenizer=tokenizer, prompt_cache=cache)
+
+    async def scenario() -> list[int]:
+        events = engine.generate(GenerationRequest("hello [[slow:0.05]]", 1000, 0.0, 0.9))
+        async for event in events:
+            if isinstance(event, TextDelta):
+                break
+        await events.aclose()
+        # Still inside the event loop: nothing was left for a finalizer to do later.
+        return [run_.pid for run_ in read_history(log) if not process_gone(run_.pid)]
+
+    assert asyncio.run(scenario()) == []
 
 
 # ---- the real PicoLM (PICOLM_BINARY) ------------------------------------------------------

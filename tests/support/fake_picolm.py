@@ -18,7 +18,9 @@ Behaviour directives (anywhere in the prompt; the last one wins):
 
 ``[[reply:TEXT]]``
     The reply is TEXT, as word tokens (``" word"``, see :func:`reply_pieces`); when TEXT
-    ends within the budget the EOS token follows.
+    ends within the budget the EOS token follows. A prompt that already ends with the
+    start of TEXT (a reply being continued) gets the rest of TEXT, as a model that
+    means to write TEXT would write it (see :func:`continued_reply`).
 ``[[eos-now]]``
     EOS is the first token (an empty reply).
 ``[[crash]]``
@@ -151,6 +153,21 @@ def reply_pieces(text: str) -> list[bytes]:
         if run:
             pieces.append(run.encode())
     return pieces
+
+
+def continued_reply(prompt: str, text: str) -> list[bytes]:
+    """The pieces of ``[[reply:TEXT]]`` for a prompt: when the prompt ends with the
+    first K characters of TEXT (the longest such K), the rest of TEXT, joined exactly
+    (no leading space: it continues a word); otherwise all of it."""
+    for length in range(len(text), 0, -1):
+        if prompt.endswith(text[:length]):
+            rest = text[length:]
+            if not rest:
+                return []
+            pieces = reply_pieces(rest)
+            pieces[0] = pieces[0][1:]  # reply_pieces joins to " " + rest
+            return [piece for piece in pieces if piece]
+    return reply_pieces(text)
 
 
 def default_pieces(token_ids: list[int], seed: int | None, count: int) -> list[bytes]:
@@ -573,7 +590,7 @@ def main(argv: list[str]) -> int:
     steps = max(0, total_steps - first_sampling_pos)
     seed = options.seed if options.temperature > 0 else None
     if script.behaviour == "reply":
-        pieces = [*reply_pieces(script.reply), EOS_TEXT]
+        pieces = [*continued_reply(prompt.decode("utf-8", "replace"), script.reply), EOS_TEXT]
     elif script.behaviour == "eos-now":
         pieces = [EOS_TEXT]
     elif script.behaviour == "garbage":

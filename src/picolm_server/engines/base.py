@@ -27,14 +27,20 @@ from ..prompt_tokens import SplitPrompt
 
 FinishReason = Literal["stop", "length"]
 
+# How an engine holds a reply to an OutputConstraint (the core reads it in one place):
+# "grammar": it follows ``gbnf`` (and so the schema the grammar was built from);
+# "schema": it writes JSON matching ``json_schema`` exactly, without a grammar;
+# "json": it only keeps the reply well-formed JSON, and the server validates the rest.
+OutputControl = Literal["grammar", "schema", "json"]
+
 
 @dataclass(frozen=True)
 class OutputConstraint:
     """Restrict the output to JSON.
 
-    ``json_schema`` None means any JSON object. ``gbnf`` is an optional ready-made
-    grammar for engines that take one (llama.cpp); engines that cannot enforce a schema
-    (PicoLM's ``--json``) only keep the output well formed, and the server validates.
+    ``json_schema`` is the schema of the whole reply (a tool call's envelope included);
+    None means any JSON object. ``gbnf`` is an optional ready-made grammar for engines
+    that take one (llama.cpp). What an engine does with them is its ``output_control``.
     """
 
     json_schema: dict[str, Any] | None = None
@@ -115,6 +121,7 @@ class Engine(Protocol):
     """An inference backend. ``generate`` is the whole of the work."""
 
     model: ModelInfo
+    output_control: OutputControl
     # Whether a NUL character in the prompt reaches the model. Where it does not (PicoLM
     # reads its prompt as a C string, which ends at the first NUL), the server refuses
     # such a prompt rather than let the model see only part of it.

@@ -36,6 +36,7 @@ from .base import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    OutputControl,
     PromptAccepted,
     TextDelta,
 )
@@ -57,7 +58,7 @@ _END = object()
 
 class LlamaCppEngine:
     # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf).
-    accepts_grammar = True
+    output_control: OutputControl = "grammar"
     # The prompt goes to llama_tokenize with its length: a NUL is a character like any.
     prompt_accepts_nul = True
 

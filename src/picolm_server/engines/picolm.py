@@ -44,9 +44,11 @@ from .base import (
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
+    OutputControl,
     PromptAccepted,
     TextDelta,
 )
+from .picolm_json import generate_schema_json
 from .picolm_tokenizer import PicoLMTokenizer
 from .prompt_cache import CacheLease, PromptCache, craft_prompt
 
@@ -172,8 +174,10 @@ class PicoLMEngine:
     With ``tokenizer`` (the exact reproduction of PicoLM's), prompts that do not fit are
     refused before a process starts; with ``prompt_cache`` too, each run starts from the
     longest saved state that is a token prefix of its prompt (see ``prompt_cache``).
+    A reply held to a JSON schema is written piece by piece (see ``picolm_json``).
     """
 
+    output_control: OutputControl = "schema"
     # PicoLM reads all of stdin, then tokenizes it as a C string: a NUL ends the prompt.
     prompt_accepts_nul = False
 
@@ -259,6 +263,36 @@ class PicoLMEngine:
         return replace(request, prompt_tokens=tuple(tokens))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        constraint = request.constraint
+        if constraint is None or constraint.json_schema is None:
+            async with contextlib.aclosing(self._generate_text(request)) as events:
+                async for event in events:
+                    yield event
+            return
+        prompt_tokens = None
+        if self.tokenizer is not None:
+            request = await self.admit(request)
+            prompt_tokens = len(request.prompt_tokens or ())
+        guided = generate_schema_json(
+            self._generate_text,
+            request,
+            constraint.json_schema,
+            prompt_tokens=prompt_tokens,
+            count_tokens=self._reply_tokens,
+            keeps_state=self._cache_usable,
+        )
+        async with contextlib.aclosing(guided) as events:
+            async for event in events:
+                yield event
+
+    def _reply_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.encode("utf-8")) // 3 + 1
+        return self.tokenizer.count(text, bos=False)
+
+    async def _generate_text(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationEvent, None]:
         tokens: list[int] | None = None
         if self.tokenizer is not None:
             tokens = list((await self.admit(request)).prompt_tokens or ())
@@ -269,20 +303,23 @@ class PicoLMEngine:
             # None while the state directory is unusable: run without reuse.
             lease = await asyncio.to_thread(cache.lease, tokens, self._crafter(tokens))
         if cache is None or tokens is None or lease is None:
-            async for event in self._run(request, request.prompt.encode("utf-8")):
-                yield event
+            async with contextlib.aclosing(self._run(request, request.prompt.encode())) as events:
+                async for event in events:
+                    yield event
             return
         committed = False
         try:
             stdin = lease.prompt if lease.prompt is not None else request.prompt.encode("utf-8")
             run = _Run(lease=lease, expected_prompt_tokens=len(tokens))
             try:
-                async for event in self._run(request, stdin, run):
-                    if isinstance(event, PromptAccepted):
-                        self._cache_strikes = 0
-                    if isinstance(event, Finished) and run.clean:
-                        committed = await asyncio.to_thread(cache.commit, lease, tokens)
-                    yield event
+                # aclosing: a generation closed early stops its process before it returns.
+                async with contextlib.aclosing(self._run(request, stdin, run)) as events:
+                    async for event in events:
+                        if isinstance(event, PromptAccepted):
+                            self._cache_strikes = 0
+                        if isinstance(event, Finished) and run.clean:
+                            committed = await asyncio.to_thread(cache.commit, lease, tokens)
+                        yield event
             except _CacheNotHonoured as exc:
                 # Nothing was sent yet: run again on the true prompt without the cache.
                 # A prompt read otherwise than planned turns reuse off for good; a saved
@@ -293,8 +330,10 @@ class PicoLMEngine:
                     logger.warning("prompt cache turned off: %s", exc)
                 else:
                     logger.info("prompt cache not used for one request: %s", exc)
-                async for event in self._run(request, request.prompt.encode("utf-8")):
-                    yield event
+                retry = self._run(request, request.prompt.encode("utf-8"))
+                async with contextlib.aclosing(retry) as events:
+                    async for event in events:
+                        yield event
         finally:
             if not committed:
                 with anyio.CancelScope(shield=True):
