@@ -72,6 +72,16 @@ def parse_size(value: object) -> int:
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _split_origins(value: object) -> object:
+    """``"*"`` or ``"https://a, https://b"`` as well as a YAML list."""
+    if isinstance(value, str):
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+    return value
+
+
+OriginList = Annotated[list[str], BeforeValidator(_split_origins)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -83,6 +93,12 @@ class ServerSection(_Section):
     max_concurrent: int = Field(default=1, ge=1)
     max_queue: int = Field(default=16, ge=0)
     max_body: ByteSize = Field(default=4 * MIB, ge=1024)
+    # Browser origins allowed to call the API ("*" for any); none by default.
+    cors_origins: OriginList = Field(default_factory=list)
+    metrics_public: bool = False  # /metrics without the key
+    ui: bool = True  # the chat page at /
+    # SSE comment sent when a stream has been quiet this long (0 = never).
+    sse_ping_seconds: float = Field(default=10.0, ge=0.0)
 
 
 class GenerationDefaults(_Section):

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from .errors import InvalidRequestError, ModelNotFoundError
 from .protocol import ChatCompletionRequest, Model, ModelList
+from .request_log import observer_of
 from .serving import ChatService
 
 T = TypeVar("T")
@@ -117,14 +118,15 @@ async def create_chat_completion(request: Request) -> Response:
     except ValidationError as exc:
         raise _validation_error(exc) from None
     service = _service(request)
+    observer = observer_of(request.scope)
     if parsed.stream:
-        events = await until_disconnected(request, service.open_stream(parsed))
+        events = await until_disconnected(request, service.open_stream(parsed, observer))
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    completion = await until_disconnected(request, service.complete(parsed))
+    completion = await until_disconnected(request, service.complete(parsed, observer))
     return Response(completion.model_dump_json(), media_type="application/json")
 
 

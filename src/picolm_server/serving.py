@@ -37,6 +37,7 @@ from .errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
+from .observation import NO_OBSERVER, GenerationObserver
 from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -313,6 +314,7 @@ class Generation:
     outcome: GenerationOutcome = field(default_factory=GenerationOutcome)
     # Tools or a JSON response format: the reply text is read by a ReplyDecoder.
     plan: OutputPlan | None = None
+    observer: GenerationObserver = NO_OBSERVER
 
     def __post_init__(self) -> None:
         self._events: AsyncGenerator[GenerationEvent, None] = self.engine.generate(self.request)
@@ -330,11 +332,16 @@ class Generation:
             with anyio.fail_after(max(remaining, 0.001)):
                 return await self._events.__anext__()
         except TimeoutError:
-            raise EngineTimeoutError(
+            error: APIError = EngineTimeoutError(
                 f"The generation did not finish within {self.timeout_seconds:g} seconds."
-            ) from None
+            )
         except StopAsyncIteration:
-            raise EngineError("The engine ended without finishing the generation.") from None
+            error = EngineError("The engine ended without finishing the generation.")
+        except APIError as exc:
+            self.observer.engine_failed(exc)
+            raise
+        self.observer.engine_failed(error)
+        raise error
 
     async def start(self) -> None:
         self._deadline = time.monotonic() + self.timeout_seconds
@@ -343,12 +350,15 @@ class Generation:
             raise EngineError("The engine did not report the prompt.")
         self.outcome.prompt_tokens = event.prompt_tokens
         self.outcome.cached_tokens = event.cached_tokens
+        self.observer.prompt_accepted(event.prompt_tokens, event.cached_tokens)
 
     async def text(self) -> AsyncIterator[str]:
         """Reply text as it can be sent: the stop string and anything after it never are."""
         while True:
             event = await self._next_event()
             if isinstance(event, TextDelta):
+                if self._at_start:
+                    self.observer.first_token()
                 self.outcome.completion_tokens = event.completion_tokens
                 piece = event.text
                 if self._at_start and piece:
@@ -401,6 +411,7 @@ class Generation:
         # task is being cancelled (client gone, server shutting down).
         with anyio.CancelScope(shield=True):
             await self._events.aclose()
+        self.observer.generation_ended(self.outcome.completion_tokens)
 
 
 # ---- the service ------------------------------------------------------------------------
@@ -417,8 +428,11 @@ class ChatService:
     def model_id(self) -> str:
         return self.engine.model.id
 
-    def prepare(self, request: ChatCompletionRequest) -> Generation:
+    def prepare(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> Generation:
         """Validate and convert; raises 4xx errors before any engine work."""
+        observer.request_parsed(request.model)
         if request.model != self.model_id:
             raise ModelNotFoundError(request.model)
         refuse_unsupported(request)
@@ -447,10 +461,13 @@ class ChatService:
             stops=stop_strings(request, self.template),
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,
+            observer=observer,
         )
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        generation = self.prepare(request)
+    async def complete(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> ChatCompletion:
+        generation = self.prepare(request, observer)
         calls: list[ParsedCall] = []
         async with self.scheduler.slot():
             try:
@@ -482,11 +499,13 @@ class ChatService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    async def open_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> AsyncIterator[bytes]:
         """Start a streamed completion: errors before the first token raise here, so the
         route can still answer with a proper status; the returned iterator yields SSE
         events and owns the scheduler slot and the engine until it is closed."""
-        generation = self.prepare(request)
+        generation = self.prepare(request, observer)
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         slot = self.scheduler.slot()
         await slot.__aenter__()
