@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "chat-page.png"
-REPLY_TIMEOUT_MS = 60_000
+# A generous bound for a reply on a busy machine, not a speed requirement.
+REPLY_TIMEOUT_MS = 240_000
 
 
 @pytest.fixture(scope="module")
@@ -40,30 +40,28 @@ def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"needs Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
-    with sync_api.sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
-        context = playwright.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1000, "height": 720},
+    # Playwright starts Chromium with an empty profile directory of its own.
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         try:
-            yield context
+            yield browser
         finally:
-            context.close()
+            browser.close()
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    page = browser.new_page()
+    """A page in a context of its own: nothing kept in the browser by another test."""
+    context = browser.new_context(viewport={"width": 1000, "height": 720})
+    page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
         yield page
     finally:
-        # A fresh conversation and no key for the next test (same origin, new port).
-        page.close()
+        context.close()
     assert not errors, f"the page's script failed: {errors}"
 
 
@@ -145,8 +143,8 @@ def test_the_page_asks_for_the_key(page: Any, picolm_server: PicoLMServer) -> No
 
 
 def test_the_page_renders_tool_calls(page: Any, llama_server: RunningServer) -> None:
-    """SmolLM2 through llama.cpp, with a named tool: the call is drawn with its name and
-    pretty-printed arguments."""
+    """SmolLM2 through llama.cpp, with a tool it is required to call: the call is drawn
+    with its name and pretty-printed arguments."""
     page.goto(llama_server.base_url + "/")
     wait_for_model(page, "SmolLM2-135M-Instruct")
     page.click("#options summary")
@@ -157,10 +155,10 @@ def test_the_page_renders_tool_calls(page: Any, llama_server: RunningServer) -> 
     )
     page.fill("#tools", tools)
     page.fill("#temperature", "0")
-    reply = send(page, "What is the weather in Paris? Use the get_weather tool.")
+    page.select_option("#tool-choice", "required")
+    reply = send(page, "What is the weather in Paris?")
     call = reply.locator(".tool-call")
-    if call.count() == 0:
-        pytest.skip("the model answered in text this time (tool_choice auto)")
+    assert call.count() == 1
     assert call.locator(".name").inner_text().endswith("get_weather")
     arguments = call.locator("pre").inner_text()
     assert arguments.startswith("{\n") and '"city"' in arguments
@@ -173,12 +171,12 @@ def test_a_real_model_in_the_page(page: Any, llama_server: RunningServer) -> Non
     page.click("#options summary")
     page.fill("#system", "You are a helpful assistant.")
     page.fill("#temperature", "0")
+    page.fill("#max-tokens", "40")
     page.click("#options summary")  # closed again, for the screenshot
-    reply = send(page, "What is the capital of France?")
-    assert "Paris" in reply.locator(".content").inner_text()
-    assert "tokens/s" in reply.locator(".meta").inner_text()
-    reply = send(page, "And of Italy?")
+    reply = send(page, "Write a haiku about a small computer.")
     assert reply.locator(".content").inner_text().strip()
+    meta = reply.locator(".meta").inner_text()
+    assert "first token" in meta and "tokens/s" in meta
     if os.environ.get("PICOLM_DOCS_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
