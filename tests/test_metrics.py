@@ -95,6 +95,9 @@ def test_counters_move_by_what_was_served(metrics_server: PicoLMServer) -> None:
     )
     usages.append(json.loads(sse_payloads(streamed.text)[-2])["usage"])
     assert chat(metrics_server, {"model": "nope", "messages": user("hi")}).status_code == 404
+    # Refused before routing, counted under the route it asked for.
+    assert httpx.get(f"{metrics_server.base_url}/v1/models").status_code == 401
+    assert httpx.get(f"{metrics_server.base_url}/no/such/path", headers=AUTH).status_code == 404
     after = scrape(metrics_server)
 
     def moved(name: str, **labels: str) -> float:
@@ -103,6 +106,8 @@ def test_counters_move_by_what_was_served(metrics_server: PicoLMServer) -> None:
     requests = "picolm_http_requests_total"
     assert moved(requests, route=CHAT_ROUTE, status="200") == 3
     assert moved(requests, route=CHAT_ROUTE, status="404") == 1
+    assert moved(requests, route="/v1/models", status="401") == 1
+    assert moved(requests, route="unmatched", status="404") == 1
     # The scrape before this one, counted once its response was complete.
     assert moved(requests, route="/metrics", status="200") == 1
     assert moved("picolm_tokens_total", kind="prompt") == sum(u["prompt_tokens"] for u in usages)

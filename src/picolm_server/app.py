@@ -186,6 +186,6 @@ def create_app(
         RequestLogMiddleware,
         metrics=app.state.metrics,
         log_requests=log_requests,
-        routes=app.router.routes,
+        routes=[*router.routes, *metrics_router.routes, *(ui_router.routes if ui else [])],
     )
     return app
