@@ -134,5 +134,5 @@ def test_browser_and_metrics_keys(tmp_path: Path) -> None:
     assert server.cors_origins == ["http://a.example", "http://b.example"]
     assert (server.metrics_public, server.ui, server.sse_ping_seconds) == (True, False, 2.5)
     assert load_settings(overrides={"server": {"cors_origins": ["*"]}}).server.cors_origins == ["*"]
-    with pytest.raises(ConfigError, match="server.sse_ping_seconds"):
+    with pytest.raises(ConfigError, match=r"server\.sse_ping_seconds"):
         load_settings(overrides={"server": {"sse_ping_seconds": -1}})
