@@ -111,3 +111,28 @@ def test_env_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PICOLM_SERVER__MAX_CONCURRENT", "0")
     with pytest.raises(ConfigError, match=r"server\.max_concurrent"):
         load_settings()
+
+
+def test_browser_and_metrics_keys(tmp_path: Path) -> None:
+    defaults = load_settings().server
+    assert defaults.cors_origins == []
+    assert (defaults.metrics_public, defaults.ui, defaults.sse_ping_seconds) == (False, True, 10.0)
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {
+                    "cors_origins": "http://a.example, http://b.example",
+                    "metrics_public": True,
+                    "ui": False,
+                    "sse_ping_seconds": 2.5,
+                }
+            }
+        )
+    )
+    server = load_settings(path).server
+    assert server.cors_origins == ["http://a.example", "http://b.example"]
+    assert (server.metrics_public, server.ui, server.sse_ping_seconds) == (True, False, 2.5)
+    assert load_settings(overrides={"server": {"cors_origins": ["*"]}}).server.cors_origins == ["*"]
+    with pytest.raises(ConfigError, match=r"server\.sse_ping_seconds"):
+        load_settings(overrides={"server": {"sse_ping_seconds": -1}})

@@ -173,7 +173,7 @@ def test_missing_api_key(picolm_server: PicoLMServer) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", [f"Bearer {TEST_API_KEY}x", "Bearer", TEST_API_KEY, f"bearer {TEST_API_KEY}"]
+    "header", [f"Bearer {TEST_API_KEY}x", "Bearer", TEST_API_KEY, f"Basic {TEST_API_KEY}"]
 )
 def test_wrong_api_key(picolm_server: PicoLMServer, header: str) -> None:
     response = httpx.get(f"{picolm_server.base_url}/v1/models", headers={"Authorization": header})

@@ -1,16 +1,18 @@
 """The ASGI application: routes, OpenAI-style error responses and the middleware that
-guards them (API key, body size, request log)."""
+guards them (request id and log, CORS, gzip, API key, body size)."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
-import time
+from collections.abc import Iterable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .drain import DrainMiddleware
@@ -21,14 +23,27 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
 )
+from .http_manners import (
+    HeadAsGetMiddleware,
+    SSEPingMiddleware,
+    UnexpectedErrorMiddleware,
+    allow_header,
+    bearer_token,
+)
 from .limits import BodyDeadlineMiddleware
+from .metrics import ServerMetrics
+from .metrics import router as metrics_router
+from .request_log import REQUEST_ID_HEADER, RequestLogMiddleware
 from .routes import ClientDisconnected, router
 from .serving import ChatService
+from .ui import CHAT_PAGE_PATH
+from .ui import router as ui_router
 
 logger = logging.getLogger("picolm_server")
-access_logger = logging.getLogger("picolm_server.access")
 
 OPEN_PATHS = frozenset({"/health"})
+# Responses smaller than this are not worth compressing.
+GZIP_MINIMUM_BYTES = 1024
 
 
 def error_response(error: APIError) -> Response:
@@ -80,22 +95,20 @@ class BodyLimitMiddleware:
 class AuthMiddleware:
     """Bearer-token check for every path but the open ones, in constant time."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, open_paths: Iterable[str] = OPEN_PATHS) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
+        self.open_paths = frozenset(open_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        supplied = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                supplied = value
-        if not hmac.compare_digest(supplied, self.expected):
+        supplied = bearer_token(scope["headers"])
+        if supplied is None or not hmac.compare_digest(supplied, self.expected):
             message = (
                 "Incorrect API key provided."
-                if supplied
+                if supplied is not None
                 else "You didn't provide an API key. Provide it in the Authorization header "
                 "as a Bearer token (Authorization: Bearer YOUR_KEY)."
             )
@@ -120,15 +133,14 @@ def _register_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(NotFoundError(f"Invalid URL ({where})", code="unknown_url"))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowedError(f"Method not allowed ({where})"))
+            return error_response(
+                MethodNotAllowedError(
+                    f"Method not allowed ({where})", headers=allow_header(exc.headers)
+                )
+            )
         error = APIError(str(exc.detail))
         error.status_code = exc.status_code
         return error_response(error)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        logger.exception("unexpected error while handling a request")
-        return error_response(APIError(f"The server had an error: {type(exc).__name__}."))
 
 
 def create_app(
@@ -138,6 +150,11 @@ def create_app(
     max_body: int = 4 * 1024 * 1024,
     log_requests: bool = True,
     body_timeout: float = 60.0,
+    engine_name: str = "",
+    cors_origins: Sequence[str] = (),
+    metrics_public: bool = False,
+    ui: bool = True,
+    sse_ping_seconds: float = 10.0,
 ) -> FastAPI:
     app = FastAPI(
         title="picolm-server",
@@ -146,52 +163,41 @@ def create_app(
         openapi_url=None,
     )
     app.state.chat_service = service
+    app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
     app.include_router(router)
+    app.include_router(metrics_router)
+    if ui:
+        app.include_router(ui_router)
     _register_error_handlers(app)
+    open_paths = set(OPEN_PATHS)
+    if metrics_public:
+        open_paths.add("/metrics")
+    if ui:
+        open_paths.add(CHAT_PAGE_PATH)  # the page itself asks for the key
     # add_middleware wraps outside-in: the last added runs first.
     if api_key:
-        app.add_middleware(AuthMiddleware, api_key=api_key)
+        app.add_middleware(AuthMiddleware, api_key=api_key, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
     app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
     app.add_middleware(DrainMiddleware, drain=service.drain)
-    if log_requests:
-        app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)  # never SSE
+    app.add_middleware(SSEPingMiddleware, interval=sse_ping_seconds)
+    if cors_origins:
+        # Outside the key check: a preflight carries no key and is answered here.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER.decode(), "Retry-After", "x-should-retry"],
+            max_age=600,
+        )
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(
+        RequestLogMiddleware,
+        metrics=app.state.metrics,
+        log_requests=log_requests,
+        routes=[*router.routes, *metrics_router.routes, *(ui_router.routes if ui else [])],
+    )
     return app
-
-
-class AccessLogMiddleware:
-    """One log line per request: method, path, status and time to the end of the body."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            access_logger.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed_ms, 1),
-                },
-            )

@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         max_body=settings.server.max_body,
         log_requests=settings.logging.log_requests,
         body_timeout=settings.server.body_timeout,
+        engine_name=settings.resolved_engine(),
+        cors_origins=settings.server.cors_origins,
+        metrics_public=settings.server.metrics_public,
+        ui=settings.server.ui,
+        sse_ping_seconds=settings.server.sse_ping_seconds,
     )
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
     serve(app, settings.server, service.drain)

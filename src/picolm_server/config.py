@@ -72,6 +72,16 @@ def parse_size(value: object) -> int:
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
+def _split_origins(value: object) -> object:
+    """``"*"`` or ``"https://a, https://b"`` as well as a YAML list."""
+    if isinstance(value, str):
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+    return value
+
+
+OriginList = Annotated[list[str], BeforeValidator(_split_origins)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -90,6 +100,12 @@ class ServerSection(_Section):
     body_timeout: float = Field(default=60.0, gt=0.0)
     keep_alive_timeout: int = Field(default=5, ge=1)
     shutdown_timeout: float = Field(default=30.0, ge=0.0)
+    # Browser origins allowed to call the API ("*" for any); none by default.
+    cors_origins: OriginList = Field(default_factory=list)
+    metrics_public: bool = False  # /metrics without the key
+    ui: bool = True  # the chat page at /
+    # SSE comment sent when a stream has been quiet this long (0 = never).
+    sse_ping_seconds: float = Field(default=10.0, ge=0.0)
 
 
 class GenerationDefaults(_Section):

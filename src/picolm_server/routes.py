@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from .errors import InvalidRequestError, ModelNotFoundError
 from .json_text import escape_line_separators
 from .protocol import ChatCompletionRequest, Model, ModelList
+from .request_log import observer_of
 from .serving import ChatService
 
 T = TypeVar("T")
@@ -122,14 +123,15 @@ async def create_chat_completion(request: Request) -> Response:
     except ValidationError as exc:
         raise _validation_error(exc) from None
     service = _service(request)
+    observer = observer_of(request.scope)
     if parsed.stream:
-        events = await until_disconnected(request, service.open_stream(parsed))
+        events = await until_disconnected(request, service.open_stream(parsed, observer))
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    completion = await until_disconnected(request, service.complete(parsed))
+    completion = await until_disconnected(request, service.complete(parsed, observer))
     json_text = escape_line_separators(completion.model_dump_json())
     return Response(json_text, media_type="application/json")
 

@@ -39,6 +39,7 @@ from .errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
+from .observation import NO_OBSERVER, GenerationObserver
 from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -347,6 +348,7 @@ class Generation:
     plan: OutputPlan | None = None
     # Server shutdown: ends a wait for the engine once the drain is over.
     drain: Drain = field(default_factory=Drain)
+    observer: GenerationObserver = NO_OBSERVER
 
     def __post_init__(self) -> None:
         self._generator: AsyncGenerator[GenerationEvent, None] | None = None
@@ -375,13 +377,19 @@ class Generation:
             with self.drain.guard(), anyio.fail_after(max(remaining, 0.001)):
                 event = await self._events.__anext__()
         except TimeoutError:
-            raise self._timed_out() from None
+            error: APIError = self._timed_out()
         except StopAsyncIteration:
-            raise EngineError("The engine ended without finishing the generation.") from None
-        if time.monotonic() > self._deadline:
+            error = EngineError("The engine ended without finishing the generation.")
+        except APIError as exc:
+            self.observer.engine_failed(exc)
+            raise
+        else:
+            if time.monotonic() <= self._deadline:
+                return event
             # An engine whose events are always ready never lets the timer cancel it.
-            raise self._timed_out()
-        return event
+            error = self._timed_out()
+        self.observer.engine_failed(error)
+        raise error
 
     def _timed_out(self) -> EngineTimeoutError:
         return EngineTimeoutError(
@@ -395,12 +403,15 @@ class Generation:
             raise EngineError("The engine did not report the prompt.")
         self.outcome.prompt_tokens = event.prompt_tokens
         self.outcome.cached_tokens = event.cached_tokens
+        self.observer.prompt_accepted(event.prompt_tokens, event.cached_tokens)
 
     async def text(self) -> AsyncIterator[str]:
         """Reply text as it can be sent: the stop string and anything after it never are."""
         while True:
             event = await self._next_event()
             if isinstance(event, TextDelta):
+                if self._at_start:
+                    self.observer.first_token()
                 self.outcome.completion_tokens = event.completion_tokens
                 piece = event.text
                 if self._at_start and piece:
@@ -455,6 +466,7 @@ class Generation:
             return
         with anyio.CancelScope(shield=True):
             await self._generator.aclose()
+        self.observer.generation_ended(self.outcome.completion_tokens)
 
 
 # ---- the service ------------------------------------------------------------------------
@@ -472,8 +484,11 @@ class ChatService:
     def model_id(self) -> str:
         return self.engine.model.id
 
-    def prepare(self, request: ChatCompletionRequest) -> Generation:
+    def prepare(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> Generation:
         """Validate and convert; raises 4xx errors before any engine work."""
+        observer.request_parsed(request.model)
         if request.model != self.model_id:
             raise ModelNotFoundError(request.model)
         refuse_unsupported(request)
@@ -506,6 +521,7 @@ class ChatService:
             timeout_seconds=self.defaults.timeout_seconds,
             plan=plan,
             drain=self.drain,
+            observer=observer,
         )
 
     @asynccontextmanager
@@ -519,8 +535,10 @@ class ChatService:
         finally:
             await slot.__aexit__(None, None, None)
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        generation = self.prepare(request)
+    async def complete(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> ChatCompletion:
+        generation = self.prepare(request, observer)
         await generation.admit()
         calls: list[ParsedCall] = []
         async with self._slot():
@@ -553,11 +571,13 @@ class ChatService:
             system_fingerprint=SYSTEM_FINGERPRINT,
         )
 
-    async def open_stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self, request: ChatCompletionRequest, observer: GenerationObserver = NO_OBSERVER
+    ) -> AsyncIterator[bytes]:
         """Start a streamed completion: errors before the first token raise here, so the
         route can still answer with a proper status; the returned iterator yields SSE
         events and owns the scheduler slot and the engine until it is closed."""
-        generation = self.prepare(request)
+        generation = self.prepare(request, observer)
         await generation.admit()
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         slot = self._slot()

@@ -1,0 +1,139 @@
+"""Prometheus metrics: what the server counts, and ``GET /metrics`` to read them.
+
+Each app owns its registry (never prometheus-client's global default one), so several
+apps in one process keep separate counts. Requests are counted when their response is
+complete, from the :class:`~.observation.RequestRecord` the request log fills in; the
+scheduler's running and queued counts are read at scrape time. Every series carries an
+``engine`` label (``picolm`` or ``llama_cpp``) so that several servers' metrics can be
+put side by side.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from .observation import RequestRecord
+from .scheduler import Scheduler
+
+# Seconds. A tiny model answers in well under a second; PicoLM on a small board can
+# take minutes, up to the default 300 s time limit.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, float("inf"))
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+class ServerMetrics:
+    def __init__(self, engine: str, scheduler: Scheduler) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.engine = engine
+        registry = self.registry
+        ProcessCollector(registry=registry)
+        self._requests = Counter(
+            "picolm_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["engine", "route", "status"],
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "picolm_http_requests_in_flight",
+            "HTTP requests being handled now.",
+            ["engine"],
+            registry=registry,
+        ).labels(engine)
+        running = Gauge(
+            "picolm_generations_running",
+            "Generations holding a slot now.",
+            ["engine"],
+            registry=registry,
+        )
+        running.labels(engine).set_function(lambda: scheduler.running)
+        queued = Gauge(
+            "picolm_requests_queued",
+            "Requests waiting for a generation slot now.",
+            ["engine"],
+            registry=registry,
+        )
+        queued.labels(engine).set_function(lambda: scheduler.queued)
+        self._rejected = Counter(
+            "picolm_requests_rejected",
+            "Requests refused with 429 because the queue was full.",
+            ["engine"],
+            registry=registry,
+        ).labels(engine)
+        self._duration = Histogram(
+            "picolm_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template.",
+            ["engine", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._ttft = Histogram(
+            "picolm_time_to_first_token_seconds",
+            "Time from a chat request's arrival to the reply's first token.",
+            ["engine"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(engine)
+        tokens = Counter(
+            "picolm_tokens",
+            "Tokens processed: prompt, completion, and the prompt tokens reused from "
+            "saved state (cached, also counted in prompt).",
+            ["engine", "kind"],
+            registry=registry,
+        )
+        self._prompt_tokens = tokens.labels(engine, "prompt")
+        self._completion_tokens = tokens.labels(engine, "completion")
+        self._cached_tokens = tokens.labels(engine, "cached")
+        failures = Counter(
+            "picolm_engine_failures",
+            "Generations the engine failed (error) or that ran past their time limit (timeout).",
+            ["engine", "reason"],
+            registry=registry,
+        )
+        self._engine_errors = failures.labels(engine, "error")
+        self._engine_timeouts = failures.labels(engine, "timeout")
+
+    def request_started(self) -> None:
+        self._in_flight.inc()
+
+    def request_finished(self, record: RequestRecord) -> None:
+        """Count a request whose response is complete (or abandoned); called once."""
+        self._in_flight.dec()
+        route = record.route or UNMATCHED_ROUTE
+        self._requests.labels(self.engine, route, str(record.status)).inc()
+        if record.duration_seconds is not None:
+            self._duration.labels(self.engine, route).observe(record.duration_seconds)
+        if record.status == 429:
+            self._rejected.inc()
+        if record.ttft_seconds is not None:
+            self._ttft.observe(record.ttft_seconds)
+        if record.prompt_tokens is not None:
+            self._prompt_tokens.inc(record.prompt_tokens)
+            self._cached_tokens.inc(record.cached_tokens or 0)
+            self._completion_tokens.inc(record.completion_tokens or 0)
+        if record.engine_error == "error":
+            self._engine_errors.inc()
+        elif record.engine_error == "timeout":
+            self._engine_timeouts.inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    server_metrics: ServerMetrics = request.app.state.metrics
+    return Response(server_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

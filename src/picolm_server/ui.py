@@ -1,0 +1,37 @@
+"""The chat page at ``/``: one static HTML file shipped in the package (no build step,
+nothing fetched from elsewhere). It talks to the API like any other client; turned off
+with ``server.ui: false``."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+CHAT_PAGE_PATH = "/"
+
+# The page's script and style are inline and it calls only this server.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter()
+
+
+@cache
+def chat_page() -> bytes:
+    return resources.files("picolm_server").joinpath("static/chat.html").read_bytes()
+
+
+@router.get(CHAT_PAGE_PATH)
+async def chat() -> Response:
+    return Response(chat_page(), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
