@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from .affinity import SESSION_HEADER, session_id
 from .errors import InvalidRequestError, ModelNotFoundError
 from .protocol import ChatCompletionRequest, Model, ModelList
 from .serving import ChatService
@@ -117,15 +118,17 @@ async def create_chat_completion(request: Request) -> Response:
     except ValidationError as exc:
         raise _validation_error(exc) from None
     service = _service(request)
+    # Returned so that clients behind a load balancer can send it back (docs/deploy.md).
+    session = {SESSION_HEADER: session_id(parsed, request.headers.get(SESSION_HEADER))}
     if parsed.stream:
         events = await until_disconnected(request, service.open_stream(parsed))
         return StreamingResponse(
             events,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **session},
         )
     completion = await until_disconnected(request, service.complete(parsed))
-    return Response(completion.model_dump_json(), media_type="application/json")
+    return Response(completion.model_dump_json(), media_type="application/json", headers=session)
 
 
 def _model(service: ChatService) -> Model:
