@@ -8,7 +8,7 @@ tag="${1:-picolm-base:bookworm}"
 docker="${DOCKER:-docker}"
 command -v debootstrap >/dev/null || { echo "needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
 root="$(mktemp -d)"
-trap 'rm -rf "$root"' EXIT
+trap 'rm -rf --one-file-system "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$root"
 # Package lists, cached packages and documentation: not needed to run anything.
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
