@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from .affinity import SESSION_HEADER, session_id
 from .errors import InvalidRequestError, ModelNotFoundError
 from .json_text import escape_line_separators
 from .protocol import ChatCompletionRequest, Model, ModelList
@@ -124,16 +125,18 @@ async def create_chat_completion(request: Request) -> Response:
         raise _validation_error(exc) from None
     service = _service(request)
     observer = observer_of(request.scope)
+    # Returned so that clients behind a load balancer can send it back (docs/deploy.md).
+    session = {SESSION_HEADER: session_id(parsed, request.headers.get(SESSION_HEADER))}
     if parsed.stream:
         events = await until_disconnected(request, service.open_stream(parsed, observer))
         return StreamingResponse(
             events,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **session},
         )
     completion = await until_disconnected(request, service.complete(parsed, observer))
     json_text = escape_line_separators(completion.model_dump_json())
-    return Response(json_text, media_type="application/json")
+    return Response(json_text, media_type="application/json", headers=session)
 
 
 def _model(service: ChatService) -> Model:
