@@ -31,7 +31,12 @@ pytestmark = [pytest.mark.llama, requires_llama]
 MODEL_ID = "SmolLM2-135M-Instruct"
 # With the GGUF's own default system prompt SmolLM2 rambles; with this one it answers.
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
-FRANCE = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+# "Answer in English." keeps the first token clear of a near-tie ("La" against "The",
+# 0.1 apart without it) that CPU kernels of different machines resolve differently.
+FRANCE = [
+    SYSTEM,
+    {"role": "user", "content": "What is the capital of France? Answer in English."},
+]
 # Greedy SmolLM2 does not stop on this one for well over a thousand tokens.
 ENDLESS = [SYSTEM, {"role": "user", "content": "Write a very long story about a dragon."}]
 # Far more than any test waits for; each test uses its own so its log line is its own.
