@@ -64,6 +64,7 @@ def test_an_error_response_carries_the_cors_headers(cors_server: PicoLMServer) -
     assert response.headers["access-control-allow-origin"] == ORIGIN
     exposed = response.headers["access-control-expose-headers"].lower()
     assert "x-request-id" in exposed and "retry-after" in exposed
+    assert "x-session-id" in exposed  # what a balancer keys conversations on
 
 
 def test_an_allowed_origin_gets_the_answer(cors_server: PicoLMServer) -> None:

@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .affinity import SESSION_HEADER
 from .drain import DrainMiddleware
 from .errors import (
     APIError,
@@ -190,7 +191,12 @@ def create_app(
             allow_origins=list(cors_origins),
             allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=[REQUEST_ID_HEADER.decode(), "Retry-After", "x-should-retry"],
+            expose_headers=[
+                REQUEST_ID_HEADER.decode(),
+                SESSION_HEADER,
+                "Retry-After",
+                "x-should-retry",
+            ],
             max_age=600,
         )
     app.add_middleware(HeadAsGetMiddleware)
