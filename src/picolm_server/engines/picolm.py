@@ -57,6 +57,8 @@ logger = logging.getLogger("picolm_server.engine.picolm")
 _PROMPT_LINE = re.compile(r"^Prompt: (\d+) tokens")
 _CACHED_LINE = re.compile(r"^Skipping (\d+) cached prompt tokens")
 _GENERATED_LINE = re.compile(r"^Generation: (\d+) tokens")
+# How long a stopped engine's stdout may take to reach its end.
+_DRAIN_SECONDS = 5.0
 _READ_SIZE = 4096
 # Prompts up to this many bytes tokenize in a few milliseconds: they never wait behind a
 # long one, which gets the single worker thread of its own.
@@ -547,6 +549,13 @@ class PicoLMEngine:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+        # asyncio's wait() returns only once every pipe has closed, and a stdout pipe whose
+        # reading was paused (a full buffer: an engine that flooded it) never reports its
+        # end: read what is left, now that nothing writes to it any more.
+        if process.stdout is not None:
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                while await process.stdout.read(_READ_SIZE):
+                    pass
         await process.wait()
         stderr_task.cancel()
         await asyncio.gather(stderr_task, return_exceptions=True)
