@@ -37,12 +37,12 @@ def render(source: str, **context: object) -> str:
         "{{ 'a'.ljust(10**9) }}",
         "{{ '1'.zfill(10**9) }}",
         "{{ ('\\t' * 1000).expandtabs(10**6) }}",
-        "{{ ('a' * 1000).replace('a', 'b' * 2000) }}",
+        "{{ ('a' * 1000).replace('a', 'b' * 20000) }}",
         "{{ 'a'|center(10**9) }}",
         "{{ 'x'|indent(10**9) }}",
-        "{{ ('a' * 1000)|replace('a', 'b' * 2000) }}",
-        "{{ range(10000)|join('a' * 1000) }}",
-        "{{ ('a' * 1000).join(range(10000)|map('string')) }}",
+        "{{ ('a' * 1000).replace('a', 'b' * 20000) }}",
+        "{{ range(10000)|join('a' * 2000) }}",
+        "{{ ('a' * 2000).join(range(10000)|map('string')) }}",
         "{{ '%0999999999d' % 1 }}",
         "{{ '%*d' % (10**9, 1) }}",
         "{{ '%0999999999d'|format(1) }}",
@@ -60,7 +60,7 @@ def test_huge_values_are_refused(source: str) -> None:
 
 def test_limits_are_what_they_say() -> None:
     assert len(render("{{ 'a' * n }}", n=MAX_TEMPLATE_VALUE)) == MAX_TEMPLATE_VALUE
-    with pytest.raises(TemplateLimitError, match="at most 1000000"):
+    with pytest.raises(TemplateLimitError, match=f"at most {MAX_TEMPLATE_VALUE}"):
         render("{{ 'a' * n }}", n=MAX_TEMPLATE_VALUE + 1)
     assert render("{{ range(n)|length }}", n=MAX_TEMPLATE_RANGE) == str(MAX_TEMPLATE_RANGE)
     text = "a" * (MAX_TEMPLATE_OUTPUT // 2)

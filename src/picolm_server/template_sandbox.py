@@ -29,9 +29,11 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-# One string or list a template builds: ample for any real template (they build
-# separators and indentation), far from the gigabytes a hostile one would ask for.
-MAX_TEMPLATE_VALUE = 1_000_000
+# One string or list a template builds. Templates join message text with their markers
+# (`'<|user|>' + content`), so a value must hold the largest message a request body can
+# carry: the same bound as the whole prompt, far from the gigabytes a hostile template
+# would ask for.
+MAX_TEMPLATE_VALUE = 16 * 1024 * 1024
 # Numbers in one range(): templates loop over messages and tools, never over 10,000
 # anything (Jinja's own sandbox allows 100,000).
 MAX_TEMPLATE_RANGE = 10_000

@@ -154,6 +154,10 @@ async def generate_schema_json(
             max_tokens=max_tokens,
             constraint=None,
             shared_prefix=request.shared_prefix if first else None,
+            # The request's own tokens and template split describe its prompt only: a run
+            # that continues a reply has a longer prompt, tokenized afresh.
+            prompt_tokens=request.prompt_tokens if not text else None,
+            split_prompt=request.split_prompt if not text else None,
         )
         events = generate_text(sub_request)
         opened.append(events)
