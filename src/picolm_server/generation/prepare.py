@@ -135,59 +135,81 @@ class Prepared:
     drop_result_echo: bool = False
 
 
+@dataclass(frozen=True)
+class PromptText:
+    """The prompt as the engine gets it: the text, how it splits into template text and
+    request text, and the prefix conversations of one application share."""
+
+    prompt: str
+    split: SplitPrompt
+    shared_prefix: str | None = None
+
+
+def render_conversation(
+    conversation: Conversation,
+    plan: OutputPlan | None,
+    template: ChatTemplate,
+    abilities: EngineAbilities,
+    *,
+    hermes: bool,
+) -> PromptText:
+    """The chat template's rendering, with the tools and output format put in."""
+    messages, tools = prompt_messages(
+        [dict(turn) for turn in conversation.messages],
+        plan,
+        template_renders_tools=template.renders_tools,
+        call_format="hermes" if hermes and abilities.grammar else "json",
+    )
+    split = template.render_split(messages, tools=tools)
+    prefix = shared_prefix(template, messages, tools, split.whole)
+    return PromptText(split.whole, split, prefix)
+
+
+def raw_text(raw: RawPrompt, plan: OutputPlan | None) -> PromptText:
+    if plan is not None and plan.mode != "json":
+        raise InvalidRequestError(
+            "Tools need a conversation: a raw prompt cannot hold them.", param="tools"
+        )
+    if raw.split is not None and raw.split.whole != raw.text:
+        raise ValueError("RawPrompt.split must be the split of RawPrompt.text")
+    return PromptText(raw.text, raw.split or raw_split(raw.text, raw.parse_special))
+
+
 def prepare(
     spec: GenerationSpec, engine: Engine, template: ChatTemplate, defaults: GenerationDefaults
 ) -> Prepared:
     """Validate and convert; raises 4xx errors before any engine work."""
     abilities = engine.abilities
-    budget = max_tokens(spec, defaults)
-    conversation = isinstance(spec.prompt, Conversation)
-    hermes = conversation and is_hermes_template(template.source)
+    conversation = spec.prompt if isinstance(spec.prompt, Conversation) else None
+    hermes = conversation is not None and is_hermes_template(template.source)
     plan = make_plan(
         spec.output,
         hermes_template=hermes,
         grammar_engine=abilities.grammar,
-        max_tokens=budget,
+        max_tokens=max_tokens(spec, defaults),
     )
-    prefix: str | None = None
-    if isinstance(spec.prompt, Conversation):
-        messages, tools = prompt_messages(
-            [dict(turn) for turn in spec.prompt.messages],
-            plan,
-            template_renders_tools=template.renders_tools,
-            call_format="hermes" if hermes and abilities.grammar else "json",
-        )
-        split = template.render_split(messages, tools=tools)
-        prompt = split.whole
+    if conversation is not None:
+        text = render_conversation(conversation, plan, template, abilities, hermes=hermes)
+        # The template's end markers end a reply too (PicoLM prints them as text).
         stops = [*spec.stop, *template.stop_strings]
     else:
-        if plan is not None and plan.mode != "json":
-            raise InvalidRequestError(
-                "Tools need a conversation: a raw prompt cannot hold them.", param="tools"
-            )
-        prompt = spec.prompt.text
-        if spec.prompt.split is not None and spec.prompt.split.whole != prompt:
-            raise ValueError("RawPrompt.split must be the split of RawPrompt.text")
+        assert isinstance(spec.prompt, RawPrompt)
+        text = raw_text(spec.prompt, plan)
         stops = list(spec.stop)
     if not abilities.prompt_accepts_nul:
-        refuse_nul(prompt, _nul_param(spec))
+        refuse_nul(text.prompt, _nul_param(spec))
     constraint = output_constraint(plan, abilities, engine.grammar_error)
-    request = sampled_request(spec, prompt, defaults, abilities, constraint)
-    if isinstance(spec.prompt, Conversation):
-        prefix = shared_prefix(template, messages, tools, prompt)
-        request = replace(request, shared_prefix=prefix, split_prompt=split)
-    else:
-        split = spec.prompt.split or raw_split(prompt, spec.prompt.parse_special)
-        request = replace(request, split_prompt=split)
-    has_results = isinstance(spec.prompt, Conversation) and any(
-        turn.get("role") == "tool" for turn in spec.prompt.messages
+    request = sampled_request(spec, text.prompt, defaults, abilities, constraint)
+    request = replace(request, shared_prefix=text.shared_prefix, split_prompt=text.split)
+    has_results = conversation is not None and any(
+        turn.get("role") == "tool" for turn in conversation.messages
     )
     return Prepared(
         request,
         plan,
         stops,
         frozenset(spec.stop),
-        strip_leading_space=conversation,
+        strip_leading_space=conversation is not None,
         drop_result_echo=has_results,
     )
 
