@@ -29,6 +29,7 @@ from .http_manners import (
     SSEPingMiddleware,
     UnexpectedErrorMiddleware,
     allow_header,
+    api_key_header,
     bearer_token,
 )
 from .limits import BodyDeadlineMiddleware
@@ -94,7 +95,8 @@ class BodyLimitMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer-token check for every path but the open ones, in constant time."""
+    """API key check for every path but the open ones, in constant time: the key as a
+    Bearer token (OpenAI's clients) or in ``x-api-key`` (Anthropic's)."""
 
     def __init__(self, app: ASGIApp, api_key: str, open_paths: Iterable[str] = OPEN_PATHS) -> None:
         self.app = app
@@ -105,13 +107,18 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        supplied = bearer_token(scope["headers"])
-        if supplied is None or not hmac.compare_digest(supplied, self.expected):
+        supplied = [
+            key
+            for key in (bearer_token(scope["headers"]), api_key_header(scope["headers"]))
+            if key is not None
+        ]
+        if not any(hmac.compare_digest(key, self.expected) for key in supplied):
             message = (
                 "Incorrect API key provided."
-                if supplied is not None
+                if supplied
                 else "You didn't provide an API key. Provide it in the Authorization header "
-                "as a Bearer token (Authorization: Bearer YOUR_KEY)."
+                "as a Bearer token (Authorization: Bearer YOUR_KEY) or in the x-api-key "
+                "header."
             )
             await error_response(AuthenticationError(message))(scope, receive, send)
             return

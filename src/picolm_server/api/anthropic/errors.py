@@ -71,16 +71,21 @@ def _location(parts: tuple[int | str, ...]) -> Iterator[str]:
 
 def validation_error(exc: ValidationError) -> InvalidRequestError:
     """A pydantic error as Anthropic words one: ``messages.0.content.1.type: ...``."""
-    error = exc.errors()[0]
+    errors = exc.errors()
+    for error in errors:
+        # Content given as blocks fails as a string too: the block's own error says more.
+        path = ".".join(_location(tuple(error["loc"])))
+        context: dict[str, Any] = dict(error.get("ctx") or {})
+        if error["type"] == "union_tag_invalid" and ".content" in f".{path}":
+            return unsupported_block(path, str(context.get("tag")))
+        if error["type"] == "literal_error" and _is_block(path):
+            return unsupported_block(path.rsplit(".", 1)[0], str(error.get("input")))
+    error = next((e for e in errors if "str" not in e["loc"]), errors[0])
     path = ".".join(_location(tuple(error["loc"])))
     kind = error["type"]
-    context: dict[str, Any] = dict(error.get("ctx") or {})
+    context = dict(error.get("ctx") or {})
     if kind == "missing":
         return InvalidRequestError(f"{path}: Field required", param=path)
-    if kind == "union_tag_invalid" and ".content" in f".{path}":
-        return unsupported_block(path, str(context.get("tag")))
-    if kind == "literal_error" and _is_block(path):
-        return unsupported_block(path.rsplit(".", 1)[0], str(error.get("input")))
     if kind == "union_tag_invalid":
         message = (
             f"{path}: type {context.get('tag')!r} is not one of {context.get('expected_tags')}"
