@@ -16,6 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
+from .api.anthropic.errors import AnthropicErrorMiddleware
 from .api.routers import ROUTERS
 from .drain import DrainMiddleware
 from .errors import (
@@ -192,6 +193,7 @@ def create_app(
     app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
     app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(AnthropicErrorMiddleware)  # every error answer on its paths
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)  # never SSE
     app.add_middleware(SSEPingMiddleware, interval=sse_ping_seconds)
     if cors_origins:

@@ -1,9 +1,9 @@
 """HTTP manners that browsers, proxies and curl expect of any server.
 
 ``HEAD`` answered wherever ``GET`` is, ``Allow`` on a 405, the ``Bearer`` scheme in any
-case (or the key in ``x-api-key``), comment pings on a quiet event stream, and an unexpected exception answered in the
-OpenAI error envelope by a middleware that sits inside CORS and the request log, so that
-even that answer carries their headers.
+case (or the key in ``x-api-key``), comment pings on a quiet event stream, and an
+unexpected exception answered in the OpenAI error envelope by a middleware that sits
+inside CORS and the request log, so that even that answer carries their headers.
 """
 
 from __future__ import annotations
