@@ -40,6 +40,15 @@ def test_system_string_and_blocks() -> None:
     assert turns_of(system=[])[0]["role"] == "user"
 
 
+def test_system_message_mid_conversation() -> None:
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": [{"type": "text", "text": "Now be formal."}]},
+        {"role": "user", "content": "b"},
+    ]
+    assert turns_of(messages=messages)[1] == {"role": "system", "content": "Now be formal."}
+
+
 def test_tool_use_and_tool_results() -> None:
     messages = [
         {"role": "user", "content": "Weather?"},
@@ -172,6 +181,15 @@ def test_count_spec_has_no_limits() -> None:
                 ]
             },
             "messages.1.content.0.type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "system", "content": [{"type": "tool_result", "tool_use_id": "t"}]},
+                    {"role": "user", "content": "b"},
+                ]
+            },
+            "messages.0.content.0.type",
         ),
     ],
 )

@@ -438,7 +438,7 @@ BASE: dict[str, Any] = {"model": PICOLM_MODEL, "max_tokens": 10, "messages": use
         ({**BASE, "max_tokens": "10"}, "max_tokens"),
         ({**BASE, "temperature": 1.5}, "temperature"),
         ({**BASE, "messages": []}, "messages"),
-        ({**BASE, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        ({**BASE, "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         (
             {**BASE, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
             "'image'",

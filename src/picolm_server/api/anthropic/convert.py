@@ -104,9 +104,17 @@ def _wrong_role(index: int, block_index: int, block_type: str, role: str) -> Inv
 
 def message_turns(message: MessageParam, index: int) -> list[Turn]:
     """One Anthropic message as template turns: a user message's tool results are tool
-    turns (in order, with its text as user turns between them)."""
+    turns (in order, with its text as user turns between them); a system message (in
+    the middle of a conversation) is a system turn."""
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
+    if message.role == "system":
+        lines: list[str] = []
+        for block_index, block in enumerate(message.content):
+            if not isinstance(block, TextBlockParam):
+                raise _wrong_role(index, block_index, block.type, "system")
+            lines.append(block.text)
+        return [{"role": "system", "content": "\n".join(lines)}]
     if message.role == "assistant":
         texts: list[str] = []
         calls: list[dict[str, Any]] = []

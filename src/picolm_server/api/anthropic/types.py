@@ -46,7 +46,8 @@ SUPPORTED_BLOCK_TYPES = ("text", "tool_use", "tool_result")
 
 
 class MessageParam(_Request):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: an instruction between turns (Claude Code sends them).
+    role: Literal["user", "assistant", "system"]
     content: str | list[InputBlock]
 
 
