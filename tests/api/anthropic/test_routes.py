@@ -416,16 +416,10 @@ def test_missing_or_wrong_key_is_authentication_error(
 # ---- errors ----------------------------------------------------------------------------------
 
 
-def post(
-    server: PicoLMServer, body: Any, path: str = "/v1/messages", **kwargs: Any
-) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}{path}",
-        headers={"x-api-key": KEY},
-        timeout=60,
-        **kwargs,
-        **({"content": body} if isinstance(body, bytes) else {"json": body}),
-    )
+def post(server: PicoLMServer, body: Any, path: str = "/v1/messages") -> httpx.Response:
+    """``body`` as JSON, or as raw bytes (malformed JSON)."""
+    payload = {"content": body} if isinstance(body, bytes) else {"json": body}
+    return httpx.post(f"{server.base_url}{path}", headers={"x-api-key": KEY}, timeout=60, **payload)
 
 
 BASE: dict[str, Any] = {"model": PICOLM_MODEL, "max_tokens": 10, "messages": user("hi")}
