@@ -16,6 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
+from .api.anthropic.errors import AnthropicErrorMiddleware
 from .api.routers import ROUTERS
 from .drain import DrainMiddleware
 from .errors import (
@@ -31,6 +32,7 @@ from .http_manners import (
     SSEPingMiddleware,
     UnexpectedErrorMiddleware,
     allow_header,
+    api_key_header,
     bearer_token,
 )
 from .limits import BodyDeadlineMiddleware
@@ -95,7 +97,8 @@ class BodyLimitMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer-token check for every path but the open ones, in constant time."""
+    """API key check for every path but the open ones, in constant time: the key as a
+    Bearer token (OpenAI's clients) or in ``x-api-key`` (Anthropic's)."""
 
     def __init__(self, app: ASGIApp, api_key: str, open_paths: Iterable[str] = OPEN_PATHS) -> None:
         self.app = app
@@ -106,13 +109,18 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        supplied = bearer_token(scope["headers"])
-        if supplied is None or not hmac.compare_digest(supplied, self.expected):
+        supplied = [
+            key
+            for key in (bearer_token(scope["headers"]), api_key_header(scope["headers"]))
+            if key is not None
+        ]
+        if not any(hmac.compare_digest(key, self.expected) for key in supplied):
             message = (
                 "Incorrect API key provided."
-                if supplied is not None
+                if supplied
                 else "You didn't provide an API key. Provide it in the Authorization header "
-                "as a Bearer token (Authorization: Bearer YOUR_KEY)."
+                "as a Bearer token (Authorization: Bearer YOUR_KEY) or in the x-api-key "
+                "header."
             )
             await error_response(AuthenticationError(message))(scope, receive, send)
             return
@@ -185,6 +193,7 @@ def create_app(
     app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
     app.add_middleware(DrainMiddleware, drain=service.drain)
     app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(AnthropicErrorMiddleware)  # every error answer on its paths
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)  # never SSE
     app.add_middleware(SSEPingMiddleware, interval=sse_ping_seconds)
     if cors_origins:

@@ -1,9 +1,9 @@
 """HTTP manners that browsers, proxies and curl expect of any server.
 
 ``HEAD`` answered wherever ``GET`` is, ``Allow`` on a 405, the ``Bearer`` scheme in any
-case, comment pings on a quiet event stream, and an unexpected exception answered in the
-OpenAI error envelope by a middleware that sits inside CORS and the request log, so that
-even that answer carries their headers.
+case (or the key in ``x-api-key``), comment pings on a quiet event stream, and an
+unexpected exception answered in the OpenAI error envelope by a middleware that sits
+inside CORS and the request log, so that even that answer carries their headers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
         if name == b"authorization":
             scheme, _, token = value.strip().partition(b" ")
             return token.strip() if scheme.lower() == b"bearer" else b""
+    return None
+
+
+def api_key_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The ``x-api-key`` header (Anthropic's clients send the key there), or None."""
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.strip()
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from .anthropic.routes import router as anthropic_router
 from .chat.routes import router as chat_router
 
-ROUTERS: tuple[APIRouter, ...] = (chat_router,)
+ROUTERS: tuple[APIRouter, ...] = (chat_router, anthropic_router)

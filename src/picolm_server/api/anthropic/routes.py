@@ -1,0 +1,64 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: parse, check, hand the
+spec to the core, shape the answer. Errors on these paths are Anthropic's envelope
+(:class:`~.errors.AnthropicErrorMiddleware` rewrites every error answer there)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from ...json_text import escape_line_separators
+from ...request_log import observer_of
+from ...routes import core_of, parse_body, until_disconnected
+from .convert import count_spec, generation_spec
+from .errors import validation_error
+from .respond import message_events, reply_message
+from .types import CountTokensRequest, MessagesRequest, TokensCount
+
+router = APIRouter()
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+async def _parsed(request: Request, kind: type[RequestT]) -> RequestT:
+    body = await parse_body(request)
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(escape_line_separators(model.model_dump_json()), media_type="application/json")
+
+
+@router.post("/v1/messages")
+async def create_message(request: Request) -> Response:
+    parsed = await _parsed(request, MessagesRequest)
+    core = core_of(request)
+    observer = observer_of(request.scope)
+    observer.request_parsed(parsed.model)
+    core.check_model(parsed.model)
+    spec = generation_spec(parsed)
+    if parsed.stream:
+        stream = await until_disconnected(request, core.open(spec, observer))
+        return StreamingResponse(
+            message_events(stream, core.model_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    reply = await until_disconnected(request, core.complete(spec, observer))
+    return _json(reply_message(reply, core.model_id))
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    parsed = await _parsed(request, CountTokensRequest)
+    core = core_of(request)
+    core.check_model(parsed.model)
+    # The prompt's tokens as a generation of the same request counts them.
+    count = await until_disconnected(request, core.count_prompt_tokens(count_spec(parsed)))
+    return _json(TokensCount(input_tokens=count))
