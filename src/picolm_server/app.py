@@ -16,6 +16,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
+from .api.routers import ROUTERS
 from .drain import DrainMiddleware
 from .errors import (
     APIError,
@@ -24,6 +25,7 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
 )
+from .generation import GenerationCore
 from .http_manners import (
     HeadAsGetMiddleware,
     SSEPingMiddleware,
@@ -36,7 +38,6 @@ from .metrics import ServerMetrics
 from .metrics import router as metrics_router
 from .request_log import REQUEST_ID_HEADER, RequestLogMiddleware
 from .routes import ClientDisconnected, router
-from .serving import ChatService
 from .ui import CHAT_PAGE_PATH
 from .ui import router as ui_router
 
@@ -145,7 +146,7 @@ def _register_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    service: ChatService,
+    service: GenerationCore,
     *,
     api_key: str = "",
     max_body: int = 4 * 1024 * 1024,
@@ -163,9 +164,11 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.chat_service = service
+    app.state.core = service
     app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
     app.include_router(router)
+    for api_router in ROUTERS:
+        app.include_router(api_router)
     app.include_router(metrics_router)
     if ui:
         app.include_router(ui_router)
@@ -204,6 +207,11 @@ def create_app(
         RequestLogMiddleware,
         metrics=app.state.metrics,
         log_requests=log_requests,
-        routes=[*router.routes, *metrics_router.routes, *(ui_router.routes if ui else [])],
+        routes=[
+            *router.routes,
+            *(route for api_router in ROUTERS for route in api_router.routes),
+            *metrics_router.routes,
+            *(ui_router.routes if ui else []),
+        ],
     )
     return app
