@@ -5,5 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from .chat.routes import router as chat_router
+from .completions.routes import router as completions_router
+from .embeddings.routes import router as embeddings_router
+from .tokenize import router as tokenize_router
 
-ROUTERS: tuple[APIRouter, ...] = (chat_router,)
+ROUTERS: tuple[APIRouter, ...] = (
+    chat_router,
+    completions_router,
+    embeddings_router,
+    tokenize_router,
+)
