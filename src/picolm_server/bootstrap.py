@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .chat_template import ChatTemplate, TemplateSetupError, load_chat_template
 from .config import ConfigError, GenerationDefaults, PicoLMSection, Settings
@@ -23,6 +24,9 @@ from .engines.state_dir import StateDirRefused, default_state_dir
 from .generation import GenerationCore
 from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
 from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .engines.llama_embeddings import LlamaEmbedder
 
 logger = logging.getLogger("picolm_server")
 
@@ -201,14 +205,16 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
         model_id = llama_section.model_id or EMBEDDED_MODEL_ID
     from .engines.llama_cpp import LlamaCppEngine, LlamaCppOptions
 
+    threads = llama_section.threads or os.cpu_count() or 1
     try:
         llama_engine = LlamaCppEngine(
             LlamaCppOptions(
                 model_path=model_path,
                 model_id=model_id,
                 context_length=llama_section.context_length,
-                threads=llama_section.threads or os.cpu_count() or 1,
-            )
+                threads=threads,
+            ),
+            embedder=_llama_embedder(settings, model_path, metadata, threads),
         )
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"llama_cpp.model_path: {model_path}: cannot load ({exc})") from None
@@ -218,6 +224,27 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
     )
     logger.info("engine: llama.cpp in-process, model file: %s", model_path)
     return BuiltEngine(llama_engine, template, llama_section)
+
+
+def _llama_embedder(
+    settings: Settings, served_path: Path, served_metadata: GGUFMetadata, threads: int
+) -> LlamaEmbedder:
+    """The /v1/embeddings model: ``llama_cpp.embedding_model_path`` when set, else the
+    served model; loaded on first use, in an embedding context of its own."""
+    from .engines.llama_embeddings import LlamaEmbedder, LlamaEmbeddingOptions
+
+    section = settings.llama_cpp
+    path, metadata = served_path, served_metadata
+    if section.embedding_model_path:
+        path, metadata = _read_model("llama_cpp.embedding_model_path", section.embedding_model_path)
+    options = LlamaEmbeddingOptions.for_model(
+        path,
+        metadata,
+        context_length=section.context_length,
+        threads=threads,
+        max_waiting=settings.server.max_queue,
+    )
+    return LlamaEmbedder(options)
 
 
 # One factory per engine, by the name the settings resolve to.

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="model_path",
         help="GGUF model for the engine in use (picolm.model_path or llama_cpp.model_path)",
     )
+    flag(
+        "embedding-model-path",
+        dest="embedding_model_path",
+        help="GGUF model for /v1/embeddings (llama_cpp.embedding_model_path)",
+    )
     flag("log-level", dest="log_level", help="debug, info, warning or error (logging.level)")
     flag("version", action="version", version=f"picolm-server {__version__}")
     return parser
@@ -60,6 +65,7 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     put("server", "api_key", args.api_key)
     put("picolm", "binary", args.binary)
     put("logging", "level", args.log_level)
+    put("llama_cpp", "embedding_model_path", args.embedding_model_path)
     if args.engine is not None:
         overrides["engine"] = args.engine
     if args.model_path is not None:

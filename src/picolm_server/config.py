@@ -134,6 +134,8 @@ class LlamaCppSection(GenerationDefaults):
     """The in-process llama.cpp engine; an empty ``model_path`` means the embedded model."""
 
     threads: int = Field(default=0, ge=0)  # 0: every core
+    # /v1/embeddings: a dedicated embedding GGUF; empty means the served model itself.
+    embedding_model_path: str = ""
 
 
 class LoggingSection(_Section):

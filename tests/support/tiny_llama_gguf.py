@@ -48,6 +48,7 @@ import numpy as np
 __all__ = [
     "BOS_ID",
     "EOS_ID",
+    "FIM_TOKENS",
     "N_BYTE_TOKENS",
     "UNK_ID",
     "VOCABS",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 SPACE_MARKER = "\u2581"  # SentencePiece's "▁"
+# Fill-in-the-middle control tokens (prefix, suffix, middle), for build_tiny_llama_gguf(fim=True).
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 
 N_EMBD = 64
 N_LAYERS = 2
@@ -335,6 +338,7 @@ def build_tiny_llama_gguf(
     seed: int = 0,
     context_length: int = 512,
     vocab: str = "default",
+    fim: bool = False,
 ) -> Path:
     """Write a tiny random LLaMA GGUF to ``path`` and return ``path``.
 
@@ -343,9 +347,16 @@ def build_tiny_llama_gguf(
     ``seed`` picks the random weights (the vocabulary does not depend on it).
     ``context_length`` is ``llama.context_length`` (PicoLM's max_seq_len).
     ``vocab`` is one of ``VOCABS``.
+    ``fim`` appends the control tokens of a model trained to fill in the middle
+    (``FIM_TOKENS``, ids ``len(vocab)`` and up), named by the GGUF's ``fim_*`` keys.
     """
     path = Path(path)
     tokens, scores, types = tiny_vocab(vocab)
+    first_fim = len(tokens)
+    if fim:
+        tokens += FIM_TOKENS
+        scores += (0.0,) * len(FIM_TOKENS)
+        types += (int(gguf.TokenType.CONTROL),) * len(FIM_TOKENS)
     tensors = _random_weights(len(tokens), seed=seed, stop_at_once=stop_at_once)
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -374,6 +385,9 @@ def build_tiny_llama_gguf(
     writer.add_add_eos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if fim:
+        for offset, part in enumerate(("pre", "suf", "mid")):
+            writer.add_uint32(f"tokenizer.ggml.fim_{part}_token_id", first_fim + offset)
 
     for name, array in tensors.items():
         writer.add_tensor(name, array)

@@ -6,5 +6,14 @@ from fastapi import APIRouter
 
 from .anthropic.routes import router as anthropic_router
 from .chat.routes import router as chat_router
+from .completions.routes import router as completions_router
+from .embeddings.routes import router as embeddings_router
+from .tokenize import router as tokenize_router
 
-ROUTERS: tuple[APIRouter, ...] = (chat_router, anthropic_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    chat_router,
+    anthropic_router,
+    completions_router,
+    embeddings_router,
+    tokenize_router,
+)

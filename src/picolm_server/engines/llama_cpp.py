@@ -42,6 +42,7 @@ from .base import (
     PromptAccepted,
     TextDelta,
 )
+from .llama_embeddings import LlamaEmbedder
 from .picolm import context_exceeded
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
@@ -59,7 +60,7 @@ _END = object()
 
 
 class LlamaCppEngine:
-    def __init__(self, options: LlamaCppOptions) -> None:
+    def __init__(self, options: LlamaCppOptions, embedder: LlamaEmbedder | None = None) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed
 
         self._llama_cpp = llama_cpp
@@ -89,7 +90,10 @@ class LlamaCppEngine:
             top_k=True,
             tokenize=True,
             fim_tokens=(fim[0], fim[1], fim[2]) if min(fim) >= 0 else None,
+            # A context of its own, in embedding mode (llama_embeddings.py).
+            embeddings=embedder is not None,
         )
+        self._embedder = embedder
         # Marker text becomes a control token only where the chat template wrote it.
         self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
         # n_ctx 0 means "the model's own"; report what was actually allocated.
@@ -137,7 +141,9 @@ class LlamaCppEngine:
         return len(self.prompt_tokens(request))
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
-        raise EmbeddingsUnsupportedError("llama.cpp")
+        if self._embedder is None:
+            raise EmbeddingsUnsupportedError("llama.cpp")
+        return await self._embedder.embed(inputs)
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
@@ -276,6 +282,8 @@ class LlamaCppEngine:
         return grammar_class.from_json_schema(json.dumps(schema), verbose=False)
 
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
         self._tokenizer_thread.shutdown(wait=True)
         self._worker.shutdown(wait=True)
         self.llama.close()

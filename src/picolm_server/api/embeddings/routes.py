@@ -1,0 +1,47 @@
+"""``POST /v1/embeddings``: parse, check the model, embed through the core (off the event
+loop; abandoned when the client goes away or the time limit passes)."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from ...engines.base import EmbeddingInput, Embeddings
+from ...errors import EngineTimeoutError
+from ...generation import GenerationCore
+from ...json_text import escape_line_separators
+from ...routes import core_of, parse_body, until_disconnected, validation_error
+from .convert import embedding_inputs, embedding_list, refuse_dimensions
+from .types import EmbeddingRequest
+
+router = APIRouter()
+
+
+async def _embed(core: GenerationCore, inputs: list[EmbeddingInput]) -> Embeddings:
+    timeout = core.defaults.timeout_seconds
+    try:
+        with anyio.fail_after(timeout):
+            return await core.embed(inputs)
+    except TimeoutError:
+        raise EngineTimeoutError(
+            f"The embeddings were not computed within {timeout:g} seconds."
+        ) from None
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(request: Request) -> Response:
+    body = await parse_body(request)
+    try:
+        parsed = EmbeddingRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    core = core_of(request)
+    core.check_model(parsed.model)
+    inputs = embedding_inputs(parsed.input)
+    result = await until_disconnected(request, _embed(core, inputs))
+    if result.vectors:
+        refuse_dimensions(parsed, len(result.vectors[0]))
+    reply = embedding_list(result, parsed.model, parsed.encoding_format)
+    return Response(escape_line_separators(reply.model_dump_json()), media_type="application/json")
