@@ -7,20 +7,21 @@ import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .affinity import SESSION_HEADER, session_id
 from .errors import InvalidRequestError, ModelNotFoundError
 from .json_text import escape_line_separators
 from .protocol import ChatCompletionRequest, Model, ModelList
 from .request_log import observer_of
+from .routing import Routes
 from .serving import ChatService
 
 T = TypeVar("T")
 
-router = APIRouter()
+router = Routes()
 
 
 def _service(request: Request) -> ChatService:
