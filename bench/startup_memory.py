@@ -1,28 +1,33 @@
 """Start-to-ready time and idle memory of the server, for each engine, and where they go.
 
 Starts the real server (``python -m picolm_server -config FILE``) ``--runs`` times per
-engine (alternating engines, so that the machine's load falls on both alike) on a free
-port and measures, for each start: the time from starting the process to the first
-``200`` from ``GET /health`` (polled every 5 ms), the CPU time the server used until then
-(which a busy machine inflates less than the wall time), and, after ``--idle`` seconds of
-idling, the server's resident memory (VmRSS) and its peak (VmHWM) from ``/proc``. With
-``--after-request`` it then sends one short chat completion and reads VmRSS again (what
-is loaded on first use shows there). It prints the median and the range of each, in MiB
-and in MB, as a Markdown table.
+engine (alternating engines, and versions with ``--compare``, so that the machine's load
+falls on all alike) on a free port and measures, for each start: the time from starting
+the process to the first ``200`` from ``GET /health`` (polled every 5 ms), the CPU time
+the server used until then (which a busy machine inflates less than the wall time), and,
+after ``--idle`` seconds of idling, the server's resident memory (VmRSS) and its peak
+(VmHWM) from ``/proc``. With ``--after-request`` it then sends one short chat completion
+and reads VmRSS again (what is loaded on first use shows there). It prints the median
+and the range of each, in MiB and in MB, as a Markdown table.
 
 With ``--imports N`` it also says where the start goes, per top-level package, for each
-engine: the CPU time of each package's own module bodies (``python -X importtime``, the
-median of N runs) and the resident memory each adds (the modules the server loads are
-imported again in a fresh process in the order they finished loading, so that each
-package is charged for its own modules only, and VmRSS is read after each), then what
-building the service (engine, tokenizer, chat template, app) adds.
+engine: the time spent in each package's own module bodies (``python -X importtime``,
+wall-clock time, which a busy machine inflates; the median of N runs) and the resident
+memory each adds (every module's loading is wrapped: what VmRSS grows by while it loads,
+less what the modules it imports add, is charged to its package), then what building
+the service (engine, tokenizer, chat template, app) adds. Memory grows in pages and
+allocator arenas, so a small package's figure can be off by a fraction of a MiB, one
+way or the other; the sums hold.
 
     .venv/bin/python bench/startup_memory.py --runs 7 --imports 3 --after-request \\
-        --picolm-binary /path/to/picolm --picolm-model /path/to/model.gguf
+        --picolm-binary /path/to/picolm --picolm-model /path/to/model.gguf \\
+        --compare before=/path/to/older/checkout/src
 
 The llama.cpp engine is measured on its embedded model when the ``llama`` extra is
 installed (``--skip-llama`` to leave it out). PicoLM runs no process until a request
-comes, so the PicoLM figures are the server alone.
+comes, so the PicoLM figures are the server alone. The server runs with Python's
+bytecode cache on (as after ``pip install``, even where ``PYTHONDONTWRITEBYTECODE`` is
+set for development), after one start per engine that is not counted.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ from tests.support.server import free_port
 
 MIB = 1024 * 1024
 MB = 1000 * 1000
+
+# An installed package has its bytecode compiled; a server that compiled its own
+# modules at every start would be measured doing work it does not do in use.
+CHILD_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
 
 
 def health_status(port: int) -> int | None:
@@ -111,7 +120,9 @@ def one_request(port: int) -> None:
     response.raise_for_status()
 
 
-def one_start(config: dict[str, Any], workdir: Path, idle: float, after_request: bool) -> Sample:
+def one_start(
+    config: dict[str, Any], env: dict[str, str], workdir: Path, idle: float, after_request: bool
+) -> Sample:
     port = free_port()
     config_path = write_config(config, workdir, port)
     log = (workdir / "server.log").open("wb")
@@ -121,6 +132,7 @@ def one_start(config: dict[str, Any], workdir: Path, idle: float, after_request:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
     try:
         while True:
@@ -202,14 +214,15 @@ print(json.dumps(charged))
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def import_times(config_path: Path) -> tuple[int, dict[str, float]]:
-    """How many modules load, and the CPU seconds of each top-level package's own module
-    bodies, from one ``-X importtime`` run."""
+def import_times(config_path: Path, env: dict[str, str]) -> tuple[int, dict[str, float]]:
+    """How many modules load, and the seconds (wall clock) spent in each top-level
+    package's own module bodies, from one ``-X importtime`` run."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", BUILD, str(config_path)],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     modules = 0
     seconds: collections.Counter[str] = collections.Counter()
@@ -221,31 +234,37 @@ def import_times(config_path: Path) -> tuple[int, dict[str, float]]:
     return modules, dict(seconds)
 
 
-def memory_by_package(config_path: Path) -> dict[str, int]:
+def memory_by_package(config_path: Path, env: dict[str, str]) -> dict[str, int]:
     """Resident bytes each top-level package's own modules add while loading."""
     result = subprocess.run(
         [sys.executable, "-c", BUILD, str(config_path), "memory"],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     charged: dict[str, int] = json.loads(result.stdout.splitlines()[-1])
     return charged
 
 
-def import_breakdown(name: str, config: dict[str, Any], workdir: Path, runs: int) -> None:
+def import_breakdown(
+    name: str, config: dict[str, Any], env: dict[str, str], workdir: Path, runs: int
+) -> None:
     config_path = write_config(config, workdir, free_port())
     times: dict[str, list[float]] = collections.defaultdict(list)
     modules = 0
     for _ in range(runs):
-        modules, seconds = import_times(config_path)
+        modules, seconds = import_times(config_path, env)
         for package, value in seconds.items():
             times[package].append(value)
-    added = memory_by_package(config_path)
+    added = memory_by_package(config_path, env)
     total_time = sum(statistics.median(values) for values in times.values())
     print(f"\n### {name}: where the start goes\n")
-    print(f"{modules} modules loaded; import CPU time {total_time:.3f} s (sum of medians).\n")
-    print("| package | + RSS, MiB | import self time, ms (median) |")
+    print(
+        f"{modules} modules loaded; time in module bodies {total_time:.3f} s "
+        "(wall clock, sum of medians).\n"
+    )
+    print("| package | + RSS, MiB | own modules' import time, ms (median) |")
     print("| --- | ---: | ---: |")
     rows = sorted(added.items(), key=lambda item: -item[1])
     shown = 0.0
@@ -282,6 +301,14 @@ def main() -> None:
     parser.add_argument("--picolm-binary", default=os.environ.get("PICOLM_BINARY", ""))
     parser.add_argument("--picolm-model", default=os.environ.get("PICOLM_MODEL", ""))
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=SRC",
+        help="also measure the picolm_server package in SRC (e.g. another commit's src "
+        "directory, put first on PYTHONPATH), interleaved with this one",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="startup-bench-"))
     engines: dict[str, dict[str, Any]] = {}
@@ -299,11 +326,22 @@ def main() -> None:
         engines["llama_cpp"] = {"engine": "llama_cpp", "logging": {"level": "warning"}}
     if not engines:
         parser.error("nothing to measure: give --picolm-binary and --picolm-model")
+    versions: dict[str, dict[str, str]] = {"": CHILD_ENV}
+    for item in args.compare:
+        label, _, src = item.partition("=")
+        versions[f" ({label})"] = {**CHILD_ENV, "PYTHONPATH": str(Path(src).resolve())}
+    setups = {
+        engine + label: (config, env)
+        for engine, config in engines.items()
+        for label, env in versions.items()
+    }
     load_before = os.getloadavg()
-    samples: dict[str, list[Sample]] = {name: [] for name in engines}
+    samples: dict[str, list[Sample]] = {name: [] for name in setups}
+    for config, env in setups.values():  # warm-up: the bytecode cache, the page cache
+        one_start(config, env, workdir, 0.0, after_request=False)
     for run in range(args.runs):
-        for name, config in engines.items():  # interleaved: noise falls on both alike
-            sample = one_start(config, workdir, args.idle, args.after_request)
+        for name, (config, env) in setups.items():  # interleaved: noise falls on all alike
+            sample = one_start(config, env, workdir, args.idle, args.after_request)
             samples[name].append(sample)
             after = (
                 f", after a request {sample.rss_after_request / MIB:.1f} MiB"
@@ -334,8 +372,8 @@ def main() -> None:
         ]
         print("| " + " | ".join(cells) + " |")
     if args.imports:
-        for name, config in engines.items():
-            import_breakdown(name, config, workdir, args.imports)
+        for name, (config, env) in setups.items():
+            import_breakdown(name, config, env, workdir, args.imports)
     print(
         f"\n{platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"load average {load_before} at the start, {os.getloadavg()} at the end"
