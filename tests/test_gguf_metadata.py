@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gguf
 
-from picolm_server.gguf_metadata import GGUF_MAGIC, GGUFValueType, read_gguf_metadata
+from picolm_server.gguf_metadata import GGUF_MAGIC, TOKENS_KEY, GGUFValueType, read_gguf_metadata
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 
@@ -28,3 +28,17 @@ def test_reads_what_the_gguf_package_reads(tmp_path: Path) -> None:
             assert ours.values[key] == [field.contents(i) for i in range(len(field.data))]
         else:
             assert ours.values[key] == field.contents()
+
+
+def test_without_the_vocabulary_the_special_tokens_are_still_known(tmp_path: Path) -> None:
+    path = build_tiny_llama_gguf(tmp_path / "m.gguf")
+    full = read_gguf_metadata(path, arrays=frozenset({TOKENS_KEY}))
+    light = full.without_vocabulary()
+    assert TOKENS_KEY not in light.values
+    assert light.array_lengths[TOKENS_KEY] == len(full.values[TOKENS_KEY])
+    assert {key: value for key, value in full.values.items() if key != TOKENS_KEY} == light.values
+    for name in ("bos", "eos", "unk", "pad"):
+        assert light.token_text(name) == full.token_text(name)
+    assert light.token_text("eos") not in (None, "")
+    # A name the file does not have stays unknown, as with the whole vocabulary.
+    assert light.token_text("mask") is None is full.token_text("mask")

@@ -7,12 +7,14 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
@@ -127,30 +129,28 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def _register_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> Response:
-        return error_response(exc)
+async def _api_error(_: Request, exc: APIError) -> Response:
+    return error_response(exc)
 
-    @app.exception_handler(ClientDisconnected)
-    async def client_gone(_: Request, __: ClientDisconnected) -> Response:
-        # Nobody reads this; 499 is the conventional log entry for "client closed".
-        return Response(status_code=499)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        where = f"{request.method} {request.url.path}"
-        if exc.status_code == 404:
-            return error_response(NotFoundError(f"Invalid URL ({where})", code="unknown_url"))
-        if exc.status_code == 405:
-            return error_response(
-                MethodNotAllowedError(
-                    f"Method not allowed ({where})", headers=allow_header(exc.headers)
-                )
+async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
+    # Nobody reads this; 499 is the conventional log entry for "client closed".
+    return Response(status_code=499)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return error_response(NotFoundError(f"Invalid URL ({where})", code="unknown_url"))
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowedError(
+                f"Method not allowed ({where})", headers=allow_header(exc.headers)
             )
-        error = APIError(str(exc.detail))
-        error.status_code = exc.status_code
-        return error_response(error)
+        )
+    error = APIError(str(exc.detail))
+    error.status_code = exc.status_code
+    return error_response(error)
 
 
 def create_app(
@@ -165,22 +165,23 @@ def create_app(
     metrics_public: bool = False,
     ui: bool = True,
     sse_ping_seconds: float = 10.0,
-) -> FastAPI:
-    app = FastAPI(
-        title="picolm-server",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
+) -> Starlette:
+    # Plain Starlette routes (routing.py): FastAPI would add nothing the handlers use.
+    routes = [
+        *router.routes,
+        *(route for api_routes in ROUTERS for route in api_routes.routes),
+        *metrics_router.routes,
+        *(ui_router.routes if ui else []),
+    ]
+    # Each handler gets only the exceptions of its class (Starlette types them loosely).
+    exception_handlers: dict[Any, Any] = {
+        APIError: _api_error,
+        ClientDisconnected: _client_gone,
+        StarletteHTTPException: _http_error,
+    }
+    app = Starlette(routes=routes, exception_handlers=exception_handlers)
     app.state.core = service
     app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
-    app.include_router(router)
-    for api_router in ROUTERS:
-        app.include_router(api_router)
-    app.include_router(metrics_router)
-    if ui:
-        app.include_router(ui_router)
-    _register_error_handlers(app)
     open_paths = set(OPEN_PATHS)
     if metrics_public:
         open_paths.add("/metrics")
@@ -216,11 +217,6 @@ def create_app(
         RequestLogMiddleware,
         metrics=app.state.metrics,
         log_requests=log_requests,
-        routes=[
-            *router.routes,
-            *(route for api_router in ROUTERS for route in api_router.routes),
-            *metrics_router.routes,
-            *(ui_router.routes if ui else []),
-        ],
+        routes=routes,
     )
     return app

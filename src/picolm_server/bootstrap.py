@@ -22,7 +22,7 @@ from .engines.picolm_tokenizer import PicoLMTokenizer
 from .engines.prompt_cache import KVShape, PromptCache
 from .engines.state_dir import StateDirRefused, default_state_dir
 from .generation import GenerationCore
-from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
+from .gguf_metadata import TOKENS_KEY, GGUFError, GGUFMetadata, read_gguf_metadata
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _read_model(key: str, path_text: str) -> tuple[Path, GGUFMetadata]:
     if not path.is_file():
         raise ConfigError(f"{key}: {path_text}: not a file")
     try:
-        metadata = read_gguf_metadata(path, arrays=frozenset({"tokenizer.ggml.tokens"}))
+        metadata = read_gguf_metadata(path, arrays=frozenset({TOKENS_KEY}))
     except GGUFError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     return path.resolve(), metadata
@@ -168,6 +168,13 @@ def build_picolm(settings: Settings) -> BuiltEngine:
         raise ConfigError("picolm.model_path: required when engine is picolm")
     binary = _find_binary(section.binary)
     model_path, metadata = _read_model("picolm.model_path", section.model_path)
+    template = _template(
+        "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
+    )
+    # Nothing else needs the metadata's copy of the vocabulary (the tokenizer reads
+    # its own): dropped before the tokenizer is built, its memory is reused for it
+    # instead of staying behind as holes in the heap (about 2 MiB; footprint.py).
+    metadata = metadata.without_vocabulary()
     tokenizer = _picolm_tokenizer(model_path)
     cache = _prompt_cache(section, model_path, metadata) if tokenizer is not None else None
     engine = PicoLMEngine(
@@ -181,9 +188,6 @@ def build_picolm(settings: Settings) -> BuiltEngine:
         metadata,
         tokenizer=tokenizer,
         prompt_cache=cache,
-    )
-    template = _template(
-        "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
     )
     logger.info("engine: picolm (%s), model file: %s", binary, model_path)
     return BuiltEngine(engine, template, section)

@@ -17,6 +17,7 @@ from . import __version__
 from .app import create_app
 from .bootstrap import build_service
 from .config import ConfigError, Settings, load_settings
+from .footprint import release_startup_memory
 from .logging_setup import configure_logging
 from .runner import serve
 
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ui=settings.server.ui,
         sse_ping_seconds=settings.server.sse_ping_seconds,
     )
+    release_startup_memory()
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
     serve(app, settings.server, service.drain)
     return 0

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 GGUF_MAGIC = 0x46554747  # "GGUF", little-endian
+TOKENS_KEY = "tokenizer.ggml.tokens"
+_SPECIAL_ID_PREFIX, _SPECIAL_ID_SUFFIX = "tokenizer.ggml.", "_token_id"
 
 
 class GGUFValueType(enum.IntEnum):
@@ -65,6 +67,8 @@ class GGUFMetadata:
     path: Path
     values: dict[str, Any] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)
+    # The special tokens' texts, by name ("eos"), kept when the vocabulary is dropped.
+    special_token_texts: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -89,12 +93,34 @@ class GGUFMetadata:
         return str(self.values.get("tokenizer.ggml.model", ""))
 
     def token_text(self, key: str) -> str | None:
-        """The text of a special token, e.g. ``token_text("eos")``; needs the tokens array."""
+        """The text of a special token, e.g. ``token_text("eos")``; needs the tokens array
+        (or to have been kept by :meth:`without_vocabulary`)."""
+        if key in self.special_token_texts:
+            return self.special_token_texts[key]
         token_id = self.values.get(f"tokenizer.ggml.{key}_token_id")
-        tokens = self.values.get("tokenizer.ggml.tokens")
+        tokens = self.values.get(TOKENS_KEY)
         if token_id is None or not isinstance(tokens, list) or not 0 <= token_id < len(tokens):
             return None
         return str(tokens[token_id])
+
+    def without_vocabulary(self) -> GGUFMetadata:
+        """A copy without the tokens array (tens of thousands of strings) in which
+        :meth:`token_text` still answers for every special token the file names."""
+        names = [
+            key[len(_SPECIAL_ID_PREFIX) : -len(_SPECIAL_ID_SUFFIX)]
+            for key in self.values
+            if key.startswith(_SPECIAL_ID_PREFIX) and key.endswith(_SPECIAL_ID_SUFFIX)
+        ]
+        lengths = dict(self.array_lengths)
+        tokens = self.values.get(TOKENS_KEY)
+        if isinstance(tokens, list):
+            lengths[TOKENS_KEY] = len(tokens)
+        return GGUFMetadata(
+            self.path,
+            {key: value for key, value in self.values.items() if key != TOKENS_KEY},
+            lengths,
+            {**self.special_token_texts, **{name: self.token_text(name) for name in names}},
+        )
 
 
 class _Cursor:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError

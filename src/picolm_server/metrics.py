@@ -10,8 +10,6 @@ put side by side.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,8 +19,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from starlette.requests import Request
+from starlette.responses import Response
 
 from .observation import RequestRecord
+from .routing import Routes
 from .scheduler import Scheduler
 
 # Seconds. A tiny model answers in well under a second; PicoLM on a small board can
@@ -130,7 +131,7 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-router = APIRouter()
+router = Routes()
 
 
 @router.get("/metrics")

@@ -8,18 +8,19 @@ import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from .errors import InvalidRequestError, ModelNotFoundError
 from .generation import GenerationCore
 from .json_text import escape_line_separators
 from .protocol import Model, ModelList
+from .routing import Routes
 
 T = TypeVar("T")
 
-router = APIRouter()
+router = Routes()
 
 
 def core_of(request: Request) -> GenerationCore:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .routing import Routes
 
 CHAT_PAGE_PATH = "/"
 
@@ -24,7 +26,7 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-router = APIRouter()
+router = Routes()
 
 
 @cache
@@ -33,5 +35,5 @@ def chat_page() -> bytes:
 
 
 @router.get(CHAT_PAGE_PATH)
-async def chat() -> Response:
+async def chat(_: Request) -> Response:
     return Response(chat_page(), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-
+from ..routing import Routes
 from .anthropic.routes import router as anthropic_router
 from .chat.routes import router as chat_router
 from .completions.routes import router as completions_router
 from .embeddings.routes import router as embeddings_router
 from .tokenize import router as tokenize_router
 
-ROUTERS: tuple[APIRouter, ...] = (
+ROUTERS: tuple[Routes, ...] = (
     chat_router,
     anthropic_router,
     completions_router,

@@ -13,15 +13,16 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ..engines.base import Engine
 from ..json_text import escape_line_separators
 from ..routes import core_of, parse_body, validation_error
+from ..routing import Routes
 
-router = APIRouter()
+router = Routes()
 
 
 class TokenizeRequest(BaseModel):

@@ -55,7 +55,6 @@ from .base import (
     PromptAccepted,
     TextDelta,
 )
-from .picolm_json import generate_schema_json
 from .picolm_tokenizer import PicoLMTokenizer
 from .prompt_cache import CacheLease, PromptCache, craft_prompt
 
@@ -328,6 +327,9 @@ class PicoLMEngine:
         if self.tokenizer is not None:
             request = await self.admit(request)
             prompt_tokens = len(request.prompt_tokens or ())
+        # Loaded with the first reply held to a schema (README, "What the server loads").
+        from .picolm_json import generate_schema_json
+
         guided = generate_schema_json(
             self._generate_text,
             request,

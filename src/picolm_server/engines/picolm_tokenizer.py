@@ -61,12 +61,14 @@ vocabulary because it builds an object per array element.
 
 from __future__ import annotations
 
+import array
 import functools
 import heapq
 import mmap
 import platform
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +152,7 @@ class _GGUFVocab:
     """What PicoLM's parse_gguf keeps for its tokenizer."""
 
     tokens: list[bytes]
-    scores: list[float]
+    scores: Sequence[float]
     vocab_size: int
     bos_id: int
     eos_id: int
@@ -174,6 +176,16 @@ class _Reader:
 
     def u32(self) -> int:
         return int(self.unpack("<I")[0])
+
+    def float32_array(self, n: int) -> array.array[float]:
+        # Straight from the file's bytes: no float object per element, even for a while.
+        if self.pos + 4 * n > len(self.buf):
+            raise ValueError("truncated GGUF file")
+        values = array.array("f", self.buf[self.pos : self.pos + 4 * n])
+        if sys.byteorder == "big":
+            values.byteswap()
+        self.pos += 4 * n
+        return values
 
     def u64(self) -> int:
         return int(self.unpack("<Q")[0])
@@ -234,7 +246,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
         vocab_size = 0
         bos_id, eos_id = 1, 2
         tokens: list[bytes] = []
-        scores: list[float] = []
+        scores: Sequence[float] = ()
         tokenizer_model: str | None = None
         for _ in range(n_kv):
             key = r.string()
@@ -262,7 +274,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
                 # PicoLM copies n raw float32 values whatever arr_type says.
                 if arr_type != _T_FLOAT32:
                     raise ValueError(f"{path}: tokenizer.ggml.scores is not a float32 array")
-                scores = [float(x) for x in r.unpack(f"<{n}f")]
+                scores = r.float32_array(n)
             else:
                 r.value(vtype)
 
@@ -295,7 +307,7 @@ class PicoLMTokenizer:
     def __init__(
         self,
         tokens: list[bytes],
-        scores: list[float],
+        scores: Sequence[float],
         *,
         bos_id: int = 1,
         eos_id: int = 2,
@@ -313,8 +325,9 @@ class PicoLMTokenizer:
         # missing ones empty; missing scores 0.0.
         strs = [t.split(b"\0", 1)[0] for t in tokens[:vs]]
         strs += [b""] * (vs - len(strs))
-        sc = [float(s) for s in scores[:vs]]
-        sc += [0.0] * (vs - len(sc))
+        # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
+        sc = array.array("f", scores[:vs])
+        sc.extend([0.0] * (vs - len(sc)))
         self._strs = strs
         self._scores = sc
         self.bos_id = bos_id

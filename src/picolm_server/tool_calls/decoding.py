@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema.exceptions
-
 from .json_stream import JSONPieces
 from .plan import CALL_CLOSE, CALL_OPEN, InvalidModelOutputError, OutputPlan, ToolSpec
 from .schemas import validator
@@ -37,6 +35,8 @@ ReplyEvent = ContentPiece | ParsedCall
 
 def schema_error(schema: dict[str, Any], instance: Any) -> str | None:
     """Why ``instance`` does not match ``schema``, or None when it does."""
+    import jsonschema.exceptions  # loaded with the first schema (schemas.py)
+
     try:
         error = jsonschema.exceptions.best_match(validator(schema).iter_errors(instance))
     except RecursionError:

@@ -17,22 +17,22 @@ server request a URL or read a local file and quote it back in an error. Here:
   recurse forever. Recursion through a property or an item (a tree) is accepted.
 
 Every walk here is iterative, so a deeply nested schema cannot exhaust the stack.
+jsonschema and referencing are imported by the functions that use them, when the first
+schema arrives: a server that is never sent one does not load them (about 2 MiB and a
+good share of the start-up time; README, "What the server loads").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
-
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.protocols
-import jsonschema.validators
-import referencing
-import referencing.exceptions
-import referencing.jsonschema
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    import jsonschema.protocols
+    import referencing
 
 # Nesting of JSON objects and arrays in one schema document. A property nested in a
 # property costs two levels ({"properties": {"name": {...}}}), so this allows 15 levels
@@ -67,20 +67,26 @@ _NESTED_MAP = ("properties", "patternProperties", "$defs", "definitions")
 
 
 def _refuse_retrieval(uri: str) -> referencing.Resource[Any]:
+    import referencing.exceptions
+
     raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
-# The only registry client schemas are ever resolved in: it can retrieve nothing.
-# (referencing's attrs classes take these keywords; mypy cannot see through them.)
-NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry(
-    retrieve=_refuse_retrieval  # type: ignore[call-arg]
-)
+@cache
+def no_retrieval() -> referencing.Registry[Any]:
+    """The only registry client schemas are ever resolved in: it can retrieve nothing."""
+    import referencing
+
+    # referencing's attrs classes take these keywords; mypy cannot see through them.
+    return referencing.Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
 
 
 def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     """A validator for a checked client schema that cannot fetch anything."""
+    import jsonschema.validators
+
     validator_class = jsonschema.validators.validator_for(schema)
-    return validator_class(schema, registry=NO_RETRIEVAL)
+    return validator_class(schema, registry=no_retrieval())
 
 
 def check_client_schema(schema: Any, param: str) -> int:
@@ -88,6 +94,9 @@ def check_client_schema(schema: Any, param: str) -> int:
     JSON values, which the caller adds up over the request."""
     if not isinstance(schema, dict):
         raise InvalidRequestError(f"Invalid schema for '{param}': must be an object.", param=param)
+    import jsonschema.exceptions
+    import jsonschema.validators
+
     validator_class = _dialect(schema, param)
     legacy_id = validator_class in (
         jsonschema.validators.Draft3Validator,
@@ -174,6 +183,8 @@ def _check_dialect(dialect: Any, param: str) -> None:
     unknown one could name a metaschema to fetch."""
     if not isinstance(dialect, str):
         raise _invalid(param, "$schema must be a string")
+    import referencing.jsonschema
+
     try:
         referencing.jsonschema.specification_with(dialect)
     except referencing.jsonschema.UnknownDialect:
@@ -183,6 +194,9 @@ def _check_dialect(dialect: Any, param: str) -> None:
 
 
 def _dialect(schema: dict[str, Any], param: str) -> type[jsonschema.protocols.Validator]:
+    import jsonschema.exceptions
+    import jsonschema.validators
+
     if "$schema" in schema:
         _check_dialect(schema["$schema"], param)
     try:
@@ -221,10 +235,13 @@ def _subschemas(node: dict[str, Any]) -> Iterator[tuple[Any, bool]]:
 
 
 def _check_references(schema: dict[str, Any], param: str) -> None:
+    import referencing.exceptions
+    import referencing.jsonschema
+
     specification = referencing.jsonschema.specification_with(
         schema.get("$schema", ""), default=referencing.jsonschema.DRAFT202012
     )
-    resolver = NO_RETRIEVAL.resolver_with_root(specification.create_resource(schema))
+    resolver = no_retrieval().resolver_with_root(specification.create_resource(schema))
     # Every subschema, with the schemas that apply to the same instance as it does.
     in_place: dict[int, list[dict[str, Any]]] = {}
     stack: list[Any] = [schema]

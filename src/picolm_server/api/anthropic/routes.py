@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
 from ...routes import core_of, parse_body, until_disconnected
+from ...routing import Routes
 from .convert import count_spec, generation_spec
 from .errors import validation_error
 from .respond import message_events, reply_message
 from .types import CountTokensRequest, MessagesRequest, TokensCount
 
-router = APIRouter()
+router = Routes()
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 

@@ -3,9 +3,9 @@ reply. Errors are OpenAI's envelope (the app's handler for ``APIError``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from ...affinity import SESSION_HEADER, session_id
 from ...generation import GenerationCore
@@ -13,10 +13,11 @@ from ...json_text import escape_line_separators
 from ...protocol import ChatCompletionRequest
 from ...request_log import observer_of
 from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routing import Routes
 from .convert import chat_spec
 from .respond import chat_completion, chunk_events
 
-router = APIRouter()
+router = Routes()
 
 
 @router.post("/v1/chat/completions")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from ...generation import Usage
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
 from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routing import Routes
 from .convert import (
     FimMarkers,
     completion_spec,
@@ -30,7 +31,7 @@ from .respond import (
 )
 from .types import Completion, CompletionRequest
 
-router = APIRouter()
+router = Routes()
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -4,19 +4,20 @@ loop; abandoned when the client goes away or the time limit passes)."""
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ...engines.base import EmbeddingInput, Embeddings
 from ...errors import EngineTimeoutError
 from ...generation import GenerationCore
 from ...json_text import escape_line_separators
 from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routing import Routes
 from .convert import embedding_inputs, embedding_list, refuse_dimensions
 from .types import EmbeddingRequest
 
-router = APIRouter()
+router = Routes()
 
 
 async def _embed(core: GenerationCore, inputs: list[EmbeddingInput]) -> Embeddings:
