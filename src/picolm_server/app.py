@@ -16,6 +16,9 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
+from .api.responses.routes import router as responses_router
+from .api.responses.service import ResponsesService
+from .api.responses.store import ResponseStore
 from .drain import DrainMiddleware
 from .errors import (
     APIError,
@@ -156,6 +159,7 @@ def create_app(
     metrics_public: bool = False,
     ui: bool = True,
     sse_ping_seconds: float = 10.0,
+    response_store: ResponseStore | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="picolm-server",
@@ -165,7 +169,11 @@ def create_app(
     )
     app.state.chat_service = service
     app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
+    # Opened on first use: an app that never serves /v1/responses makes no file.
+    store = response_store or ResponseStore(None)
+    app.state.responses_service = ResponsesService(service, store)
     app.include_router(router)
+    app.include_router(responses_router)
     app.include_router(metrics_router)
     if ui:
         app.include_router(ui_router)
@@ -189,7 +197,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=[
                 REQUEST_ID_HEADER.decode(),
@@ -204,6 +212,11 @@ def create_app(
         RequestLogMiddleware,
         metrics=app.state.metrics,
         log_requests=log_requests,
-        routes=[*router.routes, *metrics_router.routes, *(ui_router.routes if ui else [])],
+        routes=[
+            *router.routes,
+            *responses_router.routes,
+            *metrics_router.routes,
+            *(ui_router.routes if ui else []),
+        ],
     )
     return app

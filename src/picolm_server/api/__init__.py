@@ -1,0 +1,1 @@
+"""The wire APIs other than chat completions, one package each."""
