@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 
 class _Request(BaseModel):
@@ -200,6 +206,13 @@ class FormatJSONSchema(_Object):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("description") is None:
+            data.pop("description", None)  # a string in the spec, never null
+        return data
+
 
 class TextConfig(_Object):
     format: FormatText | FormatJSONObject | FormatJSONSchema = Field(default_factory=FormatText)
@@ -263,6 +276,15 @@ class ResponseObject(_Object):
     metadata: dict[str, str] = Field(default_factory=dict)
     background: bool = False
     service_tier: Literal["default"] = "default"
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The spec has no null for these: absent until known (usage), or not given.
+        data: dict[str, Any] = handler(self)
+        for key in ("usage", "user"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class DeletedResponse(_Object):
