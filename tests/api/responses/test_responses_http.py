@@ -208,7 +208,12 @@ def test_tool_round_trip_with_previous_response_id(target: Target) -> None:
     )
     assert second.previous_response_id == first.id
     assert second.output_text
+    listed = httpx.get(
+        f"{target.server.openai_base_url}/responses/{second.id}/input_items?order=asc"
+    ).json()
+    check_schema(listed, "ResponseItemList")
     items = client.responses.input_items.list(second.id, order="asc")
+    assert [item.id for item in items.data] == [item["id"] for item in listed["data"]]
     assert [item.type for item in items.data] == [
         "message",
         "function_call",
