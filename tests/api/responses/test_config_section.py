@@ -22,5 +22,5 @@ def test_defaults_and_a_configured_store(tmp_path: Path) -> None:
 def test_a_too_small_limit_is_refused_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("responses:\n  store_max_bytes: 10\n")
-    with pytest.raises(ConfigError, match="responses.store_max_bytes"):
+    with pytest.raises(ConfigError, match=r"responses\.store_max_bytes"):
         load_settings(config)
