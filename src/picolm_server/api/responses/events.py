@@ -55,6 +55,7 @@ class ResponseWriter:
         self.response = response
         self._sequence = 0
         self._message: OutputMessage | None = None  # the message text is going into
+        self._call: FunctionCall | None = None  # the call arguments are going into
 
     def _event(self, kind: str, **fields: Any) -> Event:
         event = {"type": kind, **fields, "sequence_number": self._sequence}
@@ -131,41 +132,65 @@ class ResponseWriter:
             self._event("response.output_item.done", output_index=index, item=message.model_dump()),
         ]
 
-    def call(self, call_id: str, name: str, arguments: str, fragments: list[str]) -> list[Event]:
-        """A whole function call, its arguments sent as ``fragments`` (they join to them)."""
+    def call_start(self, call_id: str, name: str) -> list[Event]:
+        """A function call begins (its arguments follow in pieces)."""
         events = self._close_message("completed")
         call = FunctionCall(
             id=new_id("fc"), call_id=call_id, name=name, arguments="", status="in_progress"
         )
-        index = len(self.response.output)
+        self._call = call
         events.append(
-            self._event("response.output_item.added", output_index=index, item=call.model_dump())
-        )
-        for fragment in fragments:
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=call.id,
-                    output_index=index,
-                    delta=fragment,
-                )
+            self._event(
+                "response.output_item.added",
+                output_index=len(self.response.output),
+                item=call.model_dump(),
             )
+        )
+        self.response.output.append(call)
+        return events
+
+    def call_arguments(self, fragment: str) -> list[Event]:
+        """A piece of the open call's arguments."""
+        call = self._open_call()
+        call.arguments += fragment
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=call.id,
+                output_index=len(self.response.output) - 1,
+                delta=fragment,
+            )
+        ]
+
+    def call_done(self, arguments: str) -> list[Event]:
+        """The open call is complete; ``arguments`` is the whole of its pieces."""
+        call = self._open_call()
+        self._call = None
         call.arguments = arguments
         call.status = "completed"
-        self.response.output.append(call)
-        events.append(
+        index = len(self.response.output) - 1
+        return [
             self._event(
                 "response.function_call_arguments.done",
                 item_id=call.id,
-                name=name,
+                name=call.name,
                 output_index=index,
                 arguments=arguments,
-            )
-        )
-        events.append(
-            self._event("response.output_item.done", output_index=index, item=call.model_dump())
-        )
-        return events
+            ),
+            self._event("response.output_item.done", output_index=index, item=call.model_dump()),
+        ]
+
+    def _open_call(self) -> FunctionCall:
+        if self._call is None:
+            raise ValueError("no function call is open")
+        return self._call
+
+    def call(self, call_id: str, name: str, arguments: str, fragments: list[str]) -> list[Event]:
+        """A whole function call, its arguments sent as ``fragments`` (they join to them)."""
+        events = self.call_start(call_id, name)
+        for fragment in fragments:
+            events += self.call_arguments(fragment)
+        return events + self.call_done(arguments)
 
     def finish(self, cut_by_max_tokens: bool, usage: ResponseUsage) -> list[Event]:
         """The generation ended: close what is open and complete the response. A reply
@@ -187,9 +212,10 @@ class ResponseWriter:
     def fail(self, error: APIError) -> list[Event]:
         """The generation failed after the stream began: say why, then that it failed."""
         events = [self._event("error", code=error.code, message=error.message, param=error.param)]
-        if self._message is not None:
-            self._message.status = "incomplete"
-            self._message = None
+        for item in (self._message, self._call):
+            if item is not None:
+                item.status = "incomplete"
+        self._message = self._call = None
         self.response.status = "failed"
         self.response.error = ResponseError(code="server_error", message=error.message)
         events.append(self._snapshot("response.failed"))
