@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from picolm_server.api.chat.convert import chat_plan, template_messages
+from picolm_server.api.chat.respond import call_deltas
 from picolm_server.chat_template import ChatTemplate, builtin_template_source
 from picolm_server.errors import InvalidRequestError
 from picolm_server.protocol import ChatCompletionRequest
-from picolm_server.serving import call_deltas, template_messages
 from picolm_server.tool_calls import (
     ARRAY_CAP,
     CALL_OPEN,
@@ -26,7 +27,6 @@ from picolm_server.tool_calls import (
     argument_fragments,
     build_grammar,
     decode_all,
-    make_plan,
     new_call_id,
     prompt_messages,
     schema_error,
@@ -69,7 +69,7 @@ def request(**fields: Any) -> ChatCompletionRequest:
 
 
 def plan_for(grammar: bool = True, hermes: bool = True, **fields: Any) -> OutputPlan:
-    plan = make_plan(request(**fields), hermes_template=hermes, grammar_engine=grammar)
+    plan = chat_plan(request(**fields), hermes_template=hermes, grammar_engine=grammar)
     assert plan is not None
     return plan
 
@@ -83,10 +83,10 @@ def hermes_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def test_no_tools_and_text_format_need_no_plan() -> None:
-    assert make_plan(request(), hermes_template=True, grammar_engine=True) is None
+    assert chat_plan(request(), hermes_template=True, grammar_engine=True) is None
     fmt = {"type": "text"}
     assert (
-        make_plan(request(response_format=fmt), hermes_template=True, grammar_engine=True) is None
+        chat_plan(request(response_format=fmt), hermes_template=True, grammar_engine=True) is None
     )
 
 
@@ -100,7 +100,7 @@ def test_modes() -> None:
     assert named.mode == "named"
     assert [tool.name for tool in named.tools] == ["send_email"]
     assert (
-        make_plan(
+        chat_plan(
             request(tools=[WEATHER], tool_choice="none"), hermes_template=True, grammar_engine=True
         )
         is None
@@ -162,7 +162,7 @@ def test_missing_parameters_mean_no_arguments() -> None:
 )
 def test_invalid_requests_name_the_param(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        make_plan(request(**fields), hermes_template=True, grammar_engine=True)
+        chat_plan(request(**fields), hermes_template=True, grammar_engine=True)
     assert caught.value.param == param
     assert caught.value.status_code == 400
 

@@ -16,9 +16,8 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
-from .api.responses.routes import router as responses_router
-from .api.responses.service import ResponsesService
 from .api.responses.store import ResponseStore
+from .api.routers import ROUTERS
 from .drain import DrainMiddleware
 from .errors import (
     APIError,
@@ -27,6 +26,7 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
 )
+from .generation import GenerationCore
 from .http_manners import (
     HeadAsGetMiddleware,
     SSEPingMiddleware,
@@ -39,7 +39,6 @@ from .metrics import ServerMetrics
 from .metrics import router as metrics_router
 from .request_log import REQUEST_ID_HEADER, RequestLogMiddleware
 from .routes import ClientDisconnected, router
-from .serving import ChatService
 from .ui import CHAT_PAGE_PATH
 from .ui import router as ui_router
 
@@ -148,7 +147,7 @@ def _register_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    service: ChatService,
+    service: GenerationCore,
     *,
     api_key: str = "",
     max_body: int = 4 * 1024 * 1024,
@@ -167,13 +166,13 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.chat_service = service
+    app.state.core = service
     app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
     # Opened on first use: an app that never serves /v1/responses makes no file.
-    store = response_store or ResponseStore(None)
-    app.state.responses_service = ResponsesService(service, store)
+    app.state.response_store = response_store or ResponseStore(None)
     app.include_router(router)
-    app.include_router(responses_router)
+    for api_router in ROUTERS:
+        app.include_router(api_router)
     app.include_router(metrics_router)
     if ui:
         app.include_router(ui_router)
@@ -214,7 +213,7 @@ def create_app(
         log_requests=log_requests,
         routes=[
             *router.routes,
-            *responses_router.routes,
+            *(route for api_router in ROUTERS for route in api_router.routes),
             *metrics_router.routes,
             *(ui_router.routes if ui else []),
         ],

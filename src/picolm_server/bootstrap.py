@@ -1,5 +1,6 @@
-"""From settings to a running service: pick the engine, check its files, load the model
-and its chat template. Every problem becomes a one-line :class:`ConfigError`."""
+"""From settings to a running service: pick the engine's factory from a table, check its
+files, load the model and its chat template. Every problem becomes a one-line
+:class:`ConfigError`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .chat_template import ChatTemplate, TemplateSetupError, load_chat_template
@@ -17,9 +20,9 @@ from .engines.picolm import PicoLMEngine, PicoLMOptions
 from .engines.picolm_tokenizer import PicoLMTokenizer
 from .engines.prompt_cache import KVShape, PromptCache
 from .engines.state_dir import StateDirRefused, default_state_dir
+from .generation import GenerationCore
 from .gguf_metadata import GGUFError, GGUFMetadata, read_gguf_metadata
 from .scheduler import Scheduler
-from .serving import ChatService
 
 logger = logging.getLogger("picolm_server")
 
@@ -143,35 +146,47 @@ def _prompt_cache(
     return cache
 
 
-def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDefaults]:
-    if settings.resolved_engine() == "picolm":
-        section = settings.picolm
-        if not section.binary:
-            raise ConfigError("picolm.binary: required when engine is picolm")
-        if not section.model_path:
-            raise ConfigError("picolm.model_path: required when engine is picolm")
-        binary = _find_binary(section.binary)
-        model_path, metadata = _read_model("picolm.model_path", section.model_path)
-        tokenizer = _picolm_tokenizer(model_path)
-        cache = _prompt_cache(section, model_path, metadata) if tokenizer is not None else None
-        engine = PicoLMEngine(
-            PicoLMOptions(
-                binary=binary,
-                model_path=model_path,
-                model_id=section.model_id,
-                threads=section.threads,
-                context_length=section.context_length,
-            ),
-            metadata,
-            tokenizer=tokenizer,
-            prompt_cache=cache,
-        )
-        template = _template(
-            "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
-        )
-        logger.info("engine: picolm (%s), model file: %s", binary, model_path)
-        return engine, template, section
+@dataclass(frozen=True)
+class BuiltEngine:
+    """An engine with the chat template and defaults its settings section gives it."""
 
+    engine: Engine
+    template: ChatTemplate
+    defaults: GenerationDefaults
+
+
+def build_picolm(settings: Settings) -> BuiltEngine:
+    """PicoLM: the user's binary and GGUF, its tokenizer and prompt-state cache."""
+    section = settings.picolm
+    if not section.binary:
+        raise ConfigError("picolm.binary: required when engine is picolm")
+    if not section.model_path:
+        raise ConfigError("picolm.model_path: required when engine is picolm")
+    binary = _find_binary(section.binary)
+    model_path, metadata = _read_model("picolm.model_path", section.model_path)
+    tokenizer = _picolm_tokenizer(model_path)
+    cache = _prompt_cache(section, model_path, metadata) if tokenizer is not None else None
+    engine = PicoLMEngine(
+        PicoLMOptions(
+            binary=binary,
+            model_path=model_path,
+            model_id=section.model_id,
+            threads=section.threads,
+            context_length=section.context_length,
+        ),
+        metadata,
+        tokenizer=tokenizer,
+        prompt_cache=cache,
+    )
+    template = _template(
+        "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
+    )
+    logger.info("engine: picolm (%s), model file: %s", binary, model_path)
+    return BuiltEngine(engine, template, section)
+
+
+def build_llama_cpp(settings: Settings) -> BuiltEngine:
+    """llama.cpp in-process: the configured GGUF, or the embedded SmolLM2."""
     llama_section = settings.llama_cpp
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError(
@@ -202,20 +217,32 @@ def build_engine(settings: Settings) -> tuple[Engine, ChatTemplate, GenerationDe
         "llama_cpp.chat_template", llama_section.chat_template, metadata, engine_adds_bos=adds_bos
     )
     logger.info("engine: llama.cpp in-process, model file: %s", model_path)
-    return llama_engine, template, llama_section
+    return BuiltEngine(llama_engine, template, llama_section)
 
 
-def build_service(settings: Settings) -> ChatService:
-    engine, template, defaults = build_engine(settings)
+# One factory per engine, by the name the settings resolve to.
+ENGINE_FACTORIES: Mapping[str, Callable[[Settings], BuiltEngine]] = {
+    "picolm": build_picolm,
+    "llama_cpp": build_llama_cpp,
+}
+
+
+def build_engine(settings: Settings) -> BuiltEngine:
+    return ENGINE_FACTORIES[settings.resolved_engine()](settings)
+
+
+def build_service(settings: Settings) -> GenerationCore:
+    built = build_engine(settings)
+    engine, template = built.engine, built.template
     logger.info(
         "model id %r, context %d tokens, chat template %s",
         engine.model.id,
         engine.model.context_length,
         template.name,
     )
-    return ChatService(
+    return GenerationCore(
         engine=engine,
         template=template,
-        defaults=defaults,
+        defaults=built.defaults,
         scheduler=Scheduler(settings.server.max_concurrent, settings.server.max_queue),
     )

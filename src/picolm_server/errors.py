@@ -148,3 +148,23 @@ class TooManyConnectionsError(APIError):
     status_code = 503
     error_type = "server_error"
     default_code = "too_many_connections"
+
+
+class EngineCannotError(InvalidRequestError):
+    """400: the request needs something the serving engine cannot do (embeddings on
+    PicoLM, top_k where sampling has no such cut): ``param`` names what asked for it."""
+
+    default_code = "unsupported_by_engine"
+
+
+class EmbeddingsUnsupportedError(EngineCannotError):
+    """400: the engine cannot compute embeddings."""
+
+    default_code = "embeddings_not_supported"
+
+    def __init__(self, engine: str, *, param: str | None = "model") -> None:
+        super().__init__(
+            f"The {engine} engine cannot compute embeddings: serve the model with the "
+            "llama.cpp engine to use /v1/embeddings.",
+            param=param,
+        )

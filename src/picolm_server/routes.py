@@ -1,4 +1,5 @@
-"""HTTP routes: thin handlers that parse, authorise and hand over to the serving layer."""
+"""HTTP routes shared by every API (models, health) and the helpers their handlers use:
+body parsing, validation errors, the client-disconnect guard, the generation core."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from .affinity import SESSION_HEADER, session_id
 from .errors import InvalidRequestError, ModelNotFoundError
+from .generation import GenerationCore
 from .json_text import escape_line_separators
-from .protocol import ChatCompletionRequest, Model, ModelList
-from .request_log import observer_of
-from .serving import ChatService
+from .protocol import Model, ModelList
 
 T = TypeVar("T")
 
 router = APIRouter()
 
 
-def _service(request: Request) -> ChatService:
-    service: ChatService = request.app.state.chat_service
-    return service
+def core_of(request: Request) -> GenerationCore:
+    """The generation core serving this app."""
+    core: GenerationCore = request.app.state.core
+    return core
 
 
 # pydantic names the member of a union it tried (``str``, ``list[str]``,
@@ -44,7 +44,7 @@ def _param_path(location: tuple[int | str, ...]) -> str:
     return path
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequestError:
+def validation_error(exc: ValidationError) -> InvalidRequestError:
     error = exc.errors()[0]
     param = _param_path(tuple(error["loc"]))
     message = error["msg"]
@@ -116,43 +116,20 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
-@router.post("/v1/chat/completions")
-async def create_chat_completion(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
-    service = _service(request)
-    observer = observer_of(request.scope)
-    # Returned so that clients behind a load balancer can send it back (docs/deploy.md).
-    session = {SESSION_HEADER: session_id(parsed, request.headers.get(SESSION_HEADER))}
-    if parsed.stream:
-        events = await until_disconnected(request, service.open_stream(parsed, observer))
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **session},
-        )
-    completion = await until_disconnected(request, service.complete(parsed, observer))
-    json_text = escape_line_separators(completion.model_dump_json())
-    return Response(json_text, media_type="application/json", headers=session)
-
-
-def _model(service: ChatService) -> Model:
+def _model(service: GenerationCore) -> Model:
     info = service.engine.model
     return Model(id=info.id, created=info.created, owned_by=info.owned_by)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    models = ModelList(data=[_model(_service(request))])
+    models = ModelList(data=[_model(core_of(request))])
     return Response(escape_line_separators(models.model_dump_json()), media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(request: Request, model_id: str) -> Response:
-    service = _service(request)
+    service = core_of(request)
     if model_id != service.model_id:
         raise ModelNotFoundError(model_id)
     json_text = escape_line_separators(_model(service).model_dump_json())
@@ -161,7 +138,7 @@ async def retrieve_model(request: Request, model_id: str) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    service = _service(request)
+    service = core_of(request)
     state = service.engine.health()
     body = {
         "status": "ok" if state.ok else "unavailable",

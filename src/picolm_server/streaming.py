@@ -21,6 +21,8 @@ class StopScanner:
         self.stops = tuple(dict.fromkeys(stop for stop in stops if stop))
         self._pending = ""
         self.stopped = False
+        # The stop string found (the first in the text; the longest at one position).
+        self.matched: str | None = None
 
     def feed(self, text: str) -> str:
         """Add text; return what can be sent now. After a stop string is found, nothing."""
@@ -43,8 +45,12 @@ class StopScanner:
         return "" if self.stopped else released
 
     def _first_stop(self) -> int | None:
-        positions = [index for stop in self.stops if (index := self._pending.find(stop)) >= 0]
-        return min(positions) if positions else None
+        found = [(index, -len(stop), stop) for stop in self.stops
+                 if (index := self._pending.find(stop)) >= 0]  # fmt: skip
+        if not found:
+            return None
+        index, _, self.matched = min(found)
+        return index
 
     def _held_back_length(self) -> int:
         """Length of the longest end of the pending text that begins some stop string."""

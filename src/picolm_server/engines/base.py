@@ -10,6 +10,10 @@ Before a request waits for a generation slot, :meth:`Engine.admit` checks that i
 prompt fits (tokenizing it off the event loop, at a bounded cost): a request that cannot
 run never holds a slot.
 
+What an engine can do beyond generating is declared once, in its
+:class:`EngineAbilities`; the generation core reads them in one place and never probes
+an engine for a method.
+
 Event order: exactly one :class:`PromptAccepted`, then any number of :class:`TextDelta`,
 then one :class:`Finished`. An engine raises :class:`~picolm_server.errors.APIError`
 subclasses for failures: ``ContextLengthExceededError`` before ``PromptAccepted``,
@@ -18,7 +22,7 @@ subclasses for failures: ``ContextLengthExceededError`` before ``PromptAccepted`
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -54,6 +58,8 @@ class GenerationRequest:
     temperature: float
     top_p: float
     seed: int | None = None
+    # 0: no top-k cut (only engines whose abilities say ``top_k`` are given another).
+    top_k: int = 0
     constraint: OutputConstraint | None = None
     # The text every conversation of an application starts with (its system prompt and
     # tools, rendered without a generation prompt), when it is a text prefix of
@@ -111,6 +117,52 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class EngineAbilities:
+    """What an engine can do beyond generating text, read by the core in one place.
+
+    ``output_control``: how it holds a reply to an :class:`OutputConstraint` (see
+    :data:`OutputControl`). ``prompt_accepts_nul``: whether a NUL character in the prompt
+    reaches the model (PicoLM reads its prompt as a C string, which ends at the first
+    NUL: the server refuses such a prompt rather than let the model see part of it).
+    ``top_k``: it honours :attr:`GenerationRequest.top_k`. ``tokenize``: ``tokenize`` and
+    ``detokenize`` use the model's exact tokenizer. ``embeddings``: ``embed`` works.
+    ``prompt_reuse``: it keeps computed prompt state between requests.
+    ``fim_tokens``: the model's fill-in-the-middle control tokens (prefix, suffix,
+    middle), None when it has none or the engine cannot feed control tokens.
+    """
+
+    output_control: OutputControl
+    prompt_accepts_nul: bool
+    top_k: bool = False
+    tokenize: bool = False
+    embeddings: bool = False
+    prompt_reuse: bool = False
+    fim_tokens: tuple[int, int, int] | None = None
+
+    @property
+    def grammar(self) -> bool:
+        """It enforces a GBNF grammar (see :meth:`Engine.grammar_error`)."""
+        return self.output_control == "grammar"
+
+    @property
+    def schema_exact(self) -> bool:
+        """It writes JSON matching a schema exactly, without a grammar."""
+        return self.output_control == "schema"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input, in order, and the tokens the inputs held in all."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_tokens: int
+
+
+# An embedding input: text, or token ids as the model's tokenizer gives them.
+EmbeddingInput = str | Sequence[int]
+
+
+@dataclass(frozen=True)
 class EngineHealth:
     ok: bool
     detail: str
@@ -121,11 +173,7 @@ class Engine(Protocol):
     """An inference backend. ``generate`` is the whole of the work."""
 
     model: ModelInfo
-    output_control: OutputControl
-    # Whether a NUL character in the prompt reaches the model. Where it does not (PicoLM
-    # reads its prompt as a C string, which ends at the first NUL), the server refuses
-    # such a prompt rather than let the model see only part of it.
-    prompt_accepts_nul: bool
+    abilities: EngineAbilities
 
     async def admit(self, request: GenerationRequest) -> GenerationRequest:
         """Refuse a prompt that does not fit (``ContextLengthExceededError``) without
@@ -138,4 +186,40 @@ class Engine(Protocol):
 
     def health(self) -> EngineHealth:
         """Whether a generation could start now (cheap: no generation is run)."""
+        ...
+
+    def grammar_error(self, gbnf: str) -> str | None:
+        """Why this engine would refuse the grammar, or None when it takes it (only
+        asked of engines whose abilities say ``grammar``)."""
+        ...
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """The model's token ids for ``text``: ``add_special`` adds what the model puts
+        before a prompt (BOS), ``parse_special`` reads marker text (``<|im_start|>``) as
+        control tokens. Only exact when abilities say ``tokenize``. May block: call it
+        off the event loop for long texts."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids as the engine prints them, control tokens included
+        (invalid UTF-8 replaced); ``InvalidRequestError`` for an id outside the
+        vocabulary."""
+        ...
+
+    def token_piece(self, token: int) -> bytes:
+        """One token's text as the engine prints it (a byte token is one raw byte)."""
+        ...
+
+    def vocabulary_size(self) -> int:
+        """How many token ids the model has (0 when its vocabulary is unknown)."""
+        ...
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's token count as a generation of ``request`` reports it, even when
+        it does not fit the context (nothing is refused). May block."""
+        ...
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        """One embedding per input. Engines whose abilities do not say ``embeddings``
+        raise ``EmbeddingsUnsupportedError``."""
         ...

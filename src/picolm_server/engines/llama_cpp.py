@@ -20,23 +20,25 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..errors import EngineError
+from ..errors import EmbeddingsUnsupportedError, EngineError, InvalidRequestError
 from ..prompt_tokens import SplitPrompt, llama_prompt_tokenizer, prompt_token_ids
 from .base import (
+    EmbeddingInput,
+    Embeddings,
+    EngineAbilities,
     EngineHealth,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
-    OutputControl,
     PromptAccepted,
     TextDelta,
 )
@@ -57,11 +59,6 @@ _END = object()
 
 
 class LlamaCppEngine:
-    # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf).
-    output_control: OutputControl = "grammar"
-    # The prompt goes to llama_tokenize with its length: a NUL is a character like any.
-    prompt_accepts_nul = True
-
     def __init__(self, options: LlamaCppOptions) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed
 
@@ -74,6 +71,24 @@ class LlamaCppEngine:
             n_threads_batch=options.threads,
             n_batch=512,
             verbose=False,
+        )
+        vocab = self.llama._model.vocab
+        fim = tuple(
+            int(find(vocab))
+            for find in (
+                llama_cpp.llama_vocab_fim_pre,
+                llama_cpp.llama_vocab_fim_suf,
+                llama_cpp.llama_vocab_fim_mid,
+            )
+        )
+        # Generation can be held to a GBNF grammar (see OutputConstraint.gbnf); the prompt
+        # goes to llama_tokenize with its length, so a NUL is a character like any.
+        self.abilities = EngineAbilities(
+            output_control="grammar",
+            prompt_accepts_nul=True,
+            top_k=True,
+            tokenize=True,
+            fim_tokens=(fim[0], fim[1], fim[2]) if min(fim) >= 0 else None,
         )
         # Marker text becomes a control token only where the chat template wrote it.
         self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
@@ -93,9 +108,36 @@ class LlamaCppEngine:
     def health(self) -> EngineHealth:
         return EngineHealth(True, f"llama.cpp in-process ({self.options.model_path.name})")
 
-    def tokenize(self, text: str) -> list[int]:
-        tokens: list[int] = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        tokens: list[int] = self.llama.tokenize(
+            text.encode("utf-8"), add_bos=add_special, special=parse_special
+        )
         return tokens
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        vocabulary = int(self.llama.n_vocab())
+        for token in tokens:
+            if not 0 <= token < vocabulary:
+                raise InvalidRequestError(
+                    f"Token id {token} is not in the model's vocabulary (0 to {vocabulary - 1}).",
+                    param="tokens",
+                )
+        text: bytes = self.llama.detokenize(list(tokens), special=True)
+        return text.decode("utf-8", errors="replace")
+
+    def token_piece(self, token: int) -> bytes:
+        self.detokenize([token])  # the vocabulary check
+        piece: bytes = self.llama.detokenize([token], special=True)
+        return piece
+
+    def vocabulary_size(self) -> int:
+        return int(self.llama.n_vocab())
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self.prompt_tokens(request))
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        raise EmbeddingsUnsupportedError("llama.cpp")
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
@@ -169,7 +211,7 @@ class LlamaCppEngine:
             grammar = self._grammar(request)
             for token in self.llama.generate(
                 tokens,
-                top_k=0,
+                top_k=request.top_k,
                 top_p=request.top_p,
                 min_p=0.0,
                 temp=request.temperature,

@@ -28,23 +28,30 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ..errors import ContextLengthExceededError, EngineError
+from ..errors import (
+    ContextLengthExceededError,
+    EmbeddingsUnsupportedError,
+    EngineError,
+    InvalidRequestError,
+)
 from ..gguf_metadata import GGUFMetadata
 from .base import (
+    EmbeddingInput,
+    Embeddings,
+    EngineAbilities,
     EngineHealth,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
-    OutputControl,
     PromptAccepted,
     TextDelta,
 )
@@ -179,10 +186,6 @@ class PicoLMEngine:
     A reply held to a JSON schema is written piece by piece (see ``picolm_json``).
     """
 
-    output_control: OutputControl = "schema"
-    # PicoLM reads all of stdin, then tokenizes it as a C string: a NUL ends the prompt.
-    prompt_accepts_nul = False
-
     def __init__(
         self,
         options: PicoLMOptions,
@@ -194,6 +197,14 @@ class PicoLMEngine:
         self.options = options
         self.tokenizer = tokenizer
         self.prompt_cache = prompt_cache if tokenizer is not None else None
+        # PicoLM writes schema-exact JSON piece by piece (picolm_json); it reads all of
+        # stdin, then tokenizes it as a C string, so a NUL ends the prompt.
+        self.abilities = EngineAbilities(
+            output_control="schema",
+            prompt_accepts_nul=False,
+            tokenize=tokenizer is not None,
+            prompt_reuse=self.prompt_cache is not None,
+        )
         self._cache_usable = self.prompt_cache is not None
         self._cache_strikes = 0  # saved states PicoLM did not read, in a row
         self._prefix_sightings: dict[int, int] = {}
@@ -222,6 +233,48 @@ class PicoLMEngine:
         if reuse_fault is not None:
             return EngineHealth(True, f"picolm ({binary}); prompt reuse off: {reuse_fault}")
         return EngineHealth(True, f"picolm ({binary})")
+
+    def grammar_error(self, gbnf: str) -> str | None:
+        return "PicoLM does not take grammars"
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """PicoLM's own tokens (it reads marker text as text: ``parse_special`` changes
+        nothing). Without its vocabulary (unreadable model file), an estimate is not
+        given: the abilities say ``tokenize`` is off and this refuses."""
+        if self.tokenizer is None:
+            raise InvalidRequestError("The model's vocabulary could not be read: cannot tokenize.")
+        return self.tokenizer.encode(text, bos=add_special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                "The model's vocabulary could not be read: cannot detokenize."
+            )
+        vocabulary = self.tokenizer.vocab_size
+        for token in tokens:
+            if not 0 <= token < vocabulary:
+                raise InvalidRequestError(
+                    f"Token id {token} is not in the model's vocabulary (0 to {vocabulary - 1}).",
+                    param="tokens",
+                )
+        return self.tokenizer.decode(list(tokens)).decode("utf-8", errors="replace")
+
+    def token_piece(self, token: int) -> bytes:
+        self.detokenize([token])  # the vocabulary check
+        assert self.tokenizer is not None
+        return self.tokenizer.decode([token])
+
+    def vocabulary_size(self) -> int:
+        return self.tokenizer.vocab_size if self.tokenizer is not None else 0
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """PicoLM's own count (BOS included)."""
+        if self.tokenizer is None:
+            raise InvalidRequestError("The model's vocabulary could not be read: cannot count.")
+        return self.tokenizer.count(request.prompt)
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        raise EmbeddingsUnsupportedError("PicoLM")
 
     def budget(self, request: GenerationRequest) -> int:
         """``max_tokens`` within what the context can hold: past it PicoLM's C ints

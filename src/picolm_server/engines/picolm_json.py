@@ -12,9 +12,10 @@ most ``FIRST_RUN_TOKENS`` tokens when states are saved, which bounds what lettin
 finish can cost; later runs compute only reply tokens, so stopping them is cheap and
 they are asked for the rest of the budget.
 
-The reply is sent as one piece once it is complete (the serving layer releases JSON
-replies and tool calls only when whole anyway), so a number the writer had to move
-into its bounds never reaches the client in its first form.
+The reply is sent in pieces while it is written: whenever the writer waits for the
+model, the part of the reply it can no longer change (:attr:`JSONWriter.settled`) goes
+out, so a number the writer had to move into its bounds never reaches the client in its
+first form.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class _EngineRun:
         *,
         at_reply_start: bool,
         keeps_state: bool,
+        waiting: asyncio.Event | None = None,
     ) -> None:
         self._events = events
+        # Set whenever the writer has used up the model's text and waits for more.
+        self._waiting = waiting
         self.max_tokens = max_tokens
         self.keeps_state = keeps_state
         self.accepted = PromptAccepted(0)
@@ -74,6 +78,8 @@ class _EngineRun:
         while not self._buffer:
             if self._ended:
                 return None
+            if self._waiting is not None:
+                self._waiting.set()
             try:
                 event = await self._events.__anext__()
             except StopAsyncIteration:
@@ -144,6 +150,7 @@ async def generate_schema_json(
         first_run_tokens=FIRST_RUN_TOKENS if keeps_state else request.max_tokens,
     )
     first_accepted: asyncio.Future[PromptAccepted] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
     opened: list[AsyncGenerator[GenerationEvent, None]] = []
 
     async def start_run(text: str, max_tokens: int) -> _EngineRun | _NoRoom:
@@ -161,7 +168,13 @@ async def generate_schema_json(
         )
         events = generate_text(sub_request)
         opened.append(events)
-        run = _EngineRun(events, max_tokens, at_reply_start=not text, keeps_state=keeps_state)
+        run = _EngineRun(
+            events,
+            max_tokens,
+            at_reply_start=not text,
+            keeps_state=keeps_state,
+            waiting=waiting,
+        )
         try:
             accepted = await run.open()
         except ContextLengthExceededError:
@@ -185,7 +198,13 @@ async def generate_schema_json(
             prompt_tokens = first.prompt_tokens if first is not None else 0
         cached = min(first.cached_tokens, prompt_tokens) if first is not None else 0
         yield PromptAccepted(prompt_tokens, cached)
-        text = await task
+        sent = ""
+        async for piece in _settled_pieces(writer, task, waiting):
+            sent += piece
+            yield TextDelta(piece, writer.tokens_so_far)
+        text = task.result()
+        if not text.startswith(sent):
+            raise EngineError("The JSON writer changed text it had already sent.")
         tokens = count_tokens(text)
         logger.debug(
             "schema JSON: %d runs, %d characters in %.2fs",
@@ -193,7 +212,8 @@ async def generate_schema_json(
             len(text),
             time.monotonic() - started,
         )
-        yield TextDelta(text, tokens)
+        if len(text) > len(sent):
+            yield TextDelta(text[len(sent) :], tokens)
         yield Finished("stop", tokens)
     finally:
         with anyio.CancelScope(shield=True):
@@ -204,3 +224,23 @@ async def generate_schema_json(
                 await events.aclose()
             if not first_accepted.done():
                 first_accepted.cancel()
+
+
+async def _settled_pieces(
+    writer: JSONWriter, task: asyncio.Future[str], waiting: asyncio.Event
+) -> AsyncGenerator[str, None]:
+    """New settled text each time the writer waits for the model, until it is done."""
+    sent = 0
+    while not task.done():
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(waiting.wait())
+        try:
+            pending: set[asyncio.Future[Any]] = {task, waiter}
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        waiting.clear()
+        settled = writer.settled
+        if len(settled) > sent and not task.done():
+            yield settled[sent:]
+            sent = len(settled)
+    task.result()  # raises what the writer raised

@@ -357,6 +357,27 @@ class PicoLMTokenizer:
         key = piece.encode("utf-8") if isinstance(piece, str) else piece
         return self._lookup.get(key, -1)
 
+    def decode(self, ids: list[int]) -> bytes:
+        """The bytes PicoLM prints for ``ids`` (tokenizer_decode, token by token): a
+        ``<0xHH>`` token is its byte, a leading ``▁`` a space (none right after BOS)."""
+        out: list[bytes] = []
+        previous = -1
+        for token_id in ids:
+            piece = self._strs[token_id]
+            if len(piece) >= 6 and piece.startswith(b"<0x") and piece[5:6] == b">":
+                digits = piece[3:5]
+                try:
+                    out.append(bytes([int(digits, 16)]))
+                except ValueError:
+                    out.append(piece)
+            elif piece.startswith(_SPACE_MARKER):
+                space = b"" if previous == self.bos_id else b" "
+                out.append(space + piece[len(_SPACE_MARKER) :])
+            else:
+                out.append(piece)
+            previous = token_id
+        return b"".join(out)
+
     # ---- encoding ----
 
     def encode(self, text: str | bytes, *, bos: bool = True) -> list[int]:

@@ -143,6 +143,22 @@ class JSONWriter:
         self._shortest_only = False
         self._counted_length = 0
         self._counted_tokens = 0
+        # Where text the writer may still take back starts (a number it may move into
+        # its bounds, an escape it may drop); None: all of ``text`` is final.
+        self._revisable_from: int | None = None
+
+    @property
+    def settled(self) -> str:
+        """The reply so far without the part the writer may still change: it only grows,
+        so it can be sent before the reply is complete."""
+        if self._revisable_from is None:
+            return self.text
+        return self.text[: self._revisable_from]
+
+    @property
+    def tokens_so_far(self) -> int:
+        """The reply's token count as last counted plus one per character since."""
+        return self._counted_tokens + max(len(self.text) - self._counted_length, 0)
 
     # -- the model's text ------------------------------------------------------------------
 
@@ -528,6 +544,13 @@ class JSONWriter:
     async def _escape(self) -> bool:
         """An escape sequence, taken whole or not at all."""
         mark = len(self.text)
+        self._revisable_from = mark
+        try:
+            return await self._escape_sequence(mark)
+        finally:
+            self._revisable_from = None
+
+    async def _escape_sequence(self, mark: int) -> bool:
         self._take()
         char = await self._peek(start=True)
         if char is not None and char in _ESCAPES:
@@ -551,6 +574,21 @@ class JSONWriter:
         whole = _INTEGER if integer else _NUMBER
         await self._peek_value_start()
         mark = len(self.text)
+        self._revisable_from = mark
+        try:
+            await self._number_digits(mark, prefix, whole, node, integer=integer)
+        finally:
+            self._revisable_from = None
+
+    async def _number_digits(
+        self,
+        mark: int,
+        prefix: re.Pattern[str],
+        whole: re.Pattern[str],
+        node: Schema,
+        *,
+        integer: bool,
+    ) -> None:
         digits = ""
         while len(digits) < _MAX_NUMBER_CHARS:
             char = await self._peek(start=True)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import jsonschema.exceptions
 
+from .json_stream import JSONPieces
 from .plan import CALL_CLOSE, CALL_OPEN, InvalidModelOutputError, OutputPlan, ToolSpec
 from .schemas import validator
 
@@ -75,7 +76,9 @@ class ReplyDecoder:
     and each call is released only once it is complete, parsed and valid (with a grammar
     engine as soon as its block closes; otherwise at the end, when the whole reply is
     known). In ``auto`` mode a reply that does not start with a call streams as content,
-    and (without a grammar) a call-shaped reply that fails to parse or validate is
+    and so does a JSON reply (``response_format``) once it is known not to be a call:
+    in pieces as it is generated, checked against its schema at the end. Without a
+    grammar, in ``auto`` mode, a call-shaped reply that fails to parse or validate is
     returned as content. In the other modes a failure raises
     :class:`InvalidModelOutputError` saying what failed.
     """
@@ -94,6 +97,9 @@ class ReplyDecoder:
         elif plan.mode == "json":
             self._state = "json"
         self._marker = CALL_OPEN if plan.call_format == "hermes" else "{"
+        # A JSON reply's text released so far (see json_stream).
+        self._json = JSONPieces()
+        self._json_sent = ""
 
     # -- feeding --
 
@@ -110,14 +116,25 @@ class ReplyDecoder:
             if head.startswith(self._marker):
                 self._state = "calls"
             elif self.plan.response_schema is not None:
-                self._state = "json"  # auto with a JSON reply format: held, then checked
+                # auto with a JSON reply format: streamed, then checked.
+                self._state = "json"
+                return self._json_pieces(self._buffer)
             else:
                 self._state = "content"
                 buffered, self._buffer = self._buffer, ""
                 return self._content(buffered)
         if self._state == "calls" and self._incremental:
             return self._release_complete_calls()
+        if self._state == "json":
+            return self._json_pieces(text)
         return []
+
+    def _json_pieces(self, text: str) -> list[ReplyEvent]:
+        released = self._json.feed(text)
+        if not released:
+            return []
+        self._json_sent += released
+        return self._content(released)
 
     @property
     def _incremental(self) -> bool:
@@ -207,11 +224,13 @@ class ReplyDecoder:
 
     def _finish_json(self, truncated: bool) -> list[ReplyEvent]:
         text, self._buffer = self._buffer.strip(), ""
+        # What was streamed is a prefix of the stripped reply: the rest is still to send.
+        unsent = text[len(self._json_sent) :]
         schema = self.plan.response_schema or {"type": "object"}
         if truncated:
             # As OpenAI does: a reply cut off by max_tokens is returned as it is, with
             # finish_reason "length"; the client must check it.
-            return self._content(text) if text else []
+            return self._content(unsent) if unsent else []
         decoded = _decode_json(text)
         if isinstance(decoded, _Failure):
             raise self._json_error(decoded.message)
@@ -221,7 +240,7 @@ class ReplyDecoder:
         problem = schema_error(schema, value)
         if problem is not None:
             raise self._json_error(f"the output does not match the schema: {problem}")
-        return self._content(text)
+        return self._content(unsent) if unsent else []
 
     def _json_error(self, what: str) -> InvalidModelOutputError:
         return InvalidModelOutputError(

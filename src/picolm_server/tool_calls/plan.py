@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import APIError, InvalidRequestError
-from ..protocol import ChatCompletionRequest, NamedToolChoice
 from .schemas import check_client_schema, check_total_size
 
 CallFormat = Literal["hermes", "json"]
@@ -115,6 +114,51 @@ class OutputPlan:
         return next((tool for tool in self.tools if tool.name == name), None)
 
 
+# ---- what a request asks for, in every API's terms --------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """A function the model may call, as a wire API declared it. ``name_param`` and
+    ``parameters_param`` say where the request holds them (errors name them)."""
+
+    name: str
+    description: str | None
+    parameters: dict[str, Any] | None
+    name_param: str
+    parameters_param: str
+
+
+@dataclass(frozen=True)
+class NamedTool:
+    """A tool choice that names the one function to call."""
+
+    name: str
+
+
+ToolChoiceMode = Literal["none", "auto", "required"]
+
+
+@dataclass(frozen=True)
+class JSONOutput:
+    """A reply that must be JSON: ``schema`` (None: any JSON object), and where the
+    request holds it (errors name it)."""
+
+    schema: dict[str, Any] | None = None
+    param: str = "response_format.json_schema.schema"
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    """Tools, tool choice and reply format, as every API reduces them."""
+
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: ToolChoiceMode | NamedTool | None = None
+    parallel_tool_calls: bool | None = None
+    json_output: JSONOutput | None = None
+    tool_choice_param: str = "tool_choice"
+
+
 class _RequestSize:
     """JSON values in the schemas of one request so far (bounded in all)."""
 
@@ -126,13 +170,12 @@ class _RequestSize:
         check_total_size(self.nodes, param)
 
 
-def _tool_specs(request: ChatCompletionRequest, size: _RequestSize) -> list[ToolSpec]:
+def _tool_specs(request: OutputRequest, size: _RequestSize) -> list[ToolSpec]:
     specs: list[ToolSpec] = []
     seen: set[str] = set()
-    for index, tool in enumerate(request.tools or []):
-        function = tool.function
-        param = f"tools[{index}].function.parameters"
-        parameters = function.parameters if function.parameters is not None else EMPTY_PARAMETERS
+    for tool in request.tools:
+        param = tool.parameters_param
+        parameters = tool.parameters if tool.parameters is not None else EMPTY_PARAMETERS
         size.add(check_client_schema(parameters, param), param)
         declared = parameters.get("type")
         if declared is not None and declared != "object":
@@ -142,37 +185,28 @@ def _tool_specs(request: ChatCompletionRequest, size: _RequestSize) -> list[Tool
                 param=param,
                 code="invalid_schema",
             )
-        if function.name in seen:
+        if tool.name in seen:
             raise InvalidRequestError(
-                f"Duplicate function name {function.name!r} in tools: names must be unique.",
-                param=f"tools[{index}].function.name",
+                f"Duplicate function name {tool.name!r} in tools: names must be unique.",
+                param=tool.name_param,
             )
-        seen.add(function.name)
-        specs.append(ToolSpec(function.name, function.description, parameters))
+        seen.add(tool.name)
+        specs.append(ToolSpec(tool.name, tool.description, parameters))
     return specs
 
 
-def _response_schema(request: ChatCompletionRequest, size: _RequestSize) -> dict[str, Any] | None:
-    response_format = request.response_format
-    if response_format is None or response_format.type == "text":
+def _response_schema(request: OutputRequest, size: _RequestSize) -> dict[str, Any] | None:
+    output = request.json_output
+    if output is None:
         return None
-    if response_format.type == "json_object":
+    if output.schema is None:
         return {"type": "object"}
-    if response_format.json_schema is None:
-        raise InvalidRequestError(
-            "Missing required parameter: 'response_format.json_schema'.",
-            param="response_format.json_schema",
-        )
-    schema = response_format.json_schema.schema_
-    if schema is None:
-        return {"type": "object"}
-    param = "response_format.json_schema.schema"
-    size.add(check_client_schema(schema, param), param)
-    return schema
+    size.add(check_client_schema(output.schema, output.param), output.param)
+    return output.schema
 
 
 def make_plan(
-    request: ChatCompletionRequest,
+    request: OutputRequest,
     *,
     hermes_template: bool,
     grammar_engine: bool,
@@ -180,21 +214,22 @@ def make_plan(
 ) -> OutputPlan | None:
     """The plan for a request, or None for a plain text reply (no tools, no JSON).
 
-    ``max_tokens`` is the reply's token budget when the request does not set one (the
-    server's default); it bounds the grammar's caps."""
+    ``max_tokens`` is the reply's token budget (the request's, or the server's default);
+    it bounds the grammar's caps."""
     size = _RequestSize()
     specs = _tool_specs(request, size)
     response_schema = _response_schema(request, size)
     choice = request.tool_choice
+    choice_param = request.tool_choice_param
     if not specs and choice is not None and choice not in ("none", "auto"):
         raise InvalidRequestError(
-            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
-            "are specified.",
-            param="tool_choice",
+            f"Invalid value for '{choice_param}': '{choice_param}' is only allowed when "
+            "'tools' are specified.",
+            param=choice_param,
         )
     call_format: CallFormat = "hermes" if hermes_template and grammar_engine else "json"
     parallel = request.parallel_tool_calls is not False and grammar_engine
-    caps = Caps.for_budget(request.max_completion_tokens or request.max_tokens or max_tokens)
+    caps = Caps.for_budget(max_tokens)
     common = {"call_format": call_format, "grammar_engine": grammar_engine, "caps": caps}
     if not specs or choice == "none":
         # tool_choice none: the tools are not shown at all. OpenAI still describes them
@@ -203,17 +238,17 @@ def make_plan(
         if response_schema is None:
             return None
         return OutputPlan("json", response_schema=response_schema, **common)  # type: ignore[arg-type]
-    if isinstance(choice, NamedToolChoice) or (
+    if isinstance(choice, NamedTool) or (
         choice == "required" and len(specs) == 1 and not grammar_engine
     ):
         # Without a grammar (PicoLM), "required" with one tool is that tool by name: the
         # model then writes only the arguments, which it gets right far more often.
-        name = choice.function.name if isinstance(choice, NamedToolChoice) else specs[0].name
+        name = choice.name if isinstance(choice, NamedTool) else specs[0].name
         chosen = next((spec for spec in specs if spec.name == name), None)
         if chosen is None:
             raise InvalidRequestError(
-                f"Invalid value for 'tool_choice': no function named {name!r} is in 'tools'.",
-                param="tool_choice",
+                f"Invalid value for '{choice_param}': no function named {name!r} is in 'tools'.",
+                param=choice_param,
             )
         return OutputPlan(
             "named",

@@ -1,4 +1,4 @@
-"""Responses requests in chat terms: refusals, input items, messages, tools, formats,
+"""Responses requests as the core takes them: refusals, input items, turns, tools, formats,
 and the response object a request starts from."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from picolm_server.api.responses.convert import (
-    ParamMap,
-    chat_request,
+    conversation_turns,
+    generation_spec,
     initial_response,
     input_items,
     refuse_unsupported,
@@ -18,6 +18,7 @@ from picolm_server.api.responses.events import response_json
 from picolm_server.api.responses.types import ResponsesRequest
 from picolm_server.config import GenerationDefaults
 from picolm_server.errors import InvalidRequestError
+from picolm_server.generation import Conversation, GenerationSpec, NamedTool
 from tests.api.responses.shapes import check_response
 
 WEATHER = {
@@ -32,13 +33,21 @@ def parse(**fields: Any) -> ResponsesRequest:
     return ResponsesRequest.model_validate({"model": "m", **fields})
 
 
-def chat(**fields: Any) -> tuple[Any, ParamMap]:
+def spec(**fields: Any) -> GenerationSpec:
     request = parse(**fields)
     items = input_items(request)
     params = (
         ["input"] if isinstance(request.input, str) else [f"input[{i}]" for i in range(len(items))]
     )
-    return chat_request(request, items, params)
+    return generation_spec(request, items, params)
+
+
+def turns(**fields: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    request = parse(**fields)
+    items = input_items(request)
+    return conversation_turns(
+        request.instructions, items, [f"input[{i}]" for i in range(len(items))]
+    )
 
 
 @pytest.mark.parametrize(
@@ -83,8 +92,8 @@ def test_harmless_parameters_are_accepted() -> None:
     )
 
 
-def test_input_items_and_their_chat_messages() -> None:
-    request, params = chat(
+def test_input_items_and_their_turns() -> None:
+    messages, params = turns(
         instructions="Be brief.",
         input=[
             {"role": "user", "content": "Weather in Paris?"},
@@ -102,20 +111,29 @@ def test_input_items_and_their_chat_messages() -> None:
             {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
             {"role": "developer", "content": [{"type": "input_text", "text": "Answer now."}]},
         ],
-        tools=[WEATHER],
     )
-    messages = [message.model_dump(exclude_none=True) for message in request.messages]
-    assert messages[0] == {"role": "system", "content": "Be brief."}
-    assert messages[1] == {"role": "user", "content": "Weather in Paris?"}
-    assert messages[2]["role"] == "assistant" and messages[2]["content"] == "Checking."
-    assert messages[2]["tool_calls"][0]["id"] == "call_1"
-    assert messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
-    assert messages[4] == {"role": "developer", "content": "Answer now."}
-    assert params.messages == ["instructions", "input[0]", "input[1]", "input[3]", "input[4]"]
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny", "name": "get_weather"},
+        {"role": "system", "content": "Answer now."},
+    ]
+    assert params == ["instructions", "input[0]", "input[1]", "input[3]", "input[4]"]
 
 
 def test_a_call_without_a_message_before_it_is_an_assistant_turn() -> None:
-    request, _ = chat(
+    messages, _ = turns(
         input=[
             {"role": "user", "content": "hi"},
             {"type": "function_call", "call_id": "c", "name": "get_weather", "arguments": "{}"},
@@ -125,10 +143,9 @@ def test_a_call_without_a_message_before_it_is_an_assistant_turn() -> None:
                 "output": [{"type": "input_text", "text": "ok"}],
             },
         ],
-        tools=[WEATHER],
     )
-    assert request.messages[1].role == "assistant" and request.messages[1].content is None
-    assert request.messages[2].content == "ok"
+    assert messages[1]["role"] == "assistant" and messages[1]["content"] == ""
+    assert messages[2]["content"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -152,14 +169,14 @@ def test_bad_items_are_named(item: dict[str, Any], param: str) -> None:
 
 
 def test_tool_choice_modes() -> None:
-    named, _ = chat(
+    named = spec(
         input="x", tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}
     )
-    assert named.tool_choice.function.name == "get_weather"
+    assert named.output.tool_choice == NamedTool("get_weather")
     for mode in ("auto", "none", "required"):
-        assert chat(input="x", tools=[WEATHER], tool_choice=mode)[0].tool_choice == mode
+        assert spec(input="x", tools=[WEATHER], tool_choice=mode).output.tool_choice == mode
     other = {**WEATHER, "name": "other"}
-    allowed, params = chat(
+    allowed = spec(
         input="x",
         tools=[other, WEATHER],
         tool_choice={
@@ -168,48 +185,53 @@ def test_tool_choice_modes() -> None:
             "tools": [{"type": "function", "name": "get_weather"}],
         },
     )
-    assert allowed.tool_choice == "required"
-    assert [tool.function.name for tool in allowed.tools] == ["get_weather"]
-    assert params.tools == ["tools[1]"]
+    assert allowed.output.tool_choice == "required"
+    assert [tool.name for tool in allowed.output.tools] == ["get_weather"]
+    # Errors about a tool name the request's own field.
+    assert allowed.output.tools[0].parameters_param == "tools[1].parameters"
     with pytest.raises(InvalidRequestError) as caught:
-        chat(input="x", tools=[WEATHER], tool_choice={"type": "web_search_preview"})
+        spec(input="x", tools=[WEATHER], tool_choice={"type": "web_search_preview"})
     assert caught.value.param == "tool_choice.type"
 
 
-def test_text_formats() -> None:
+def test_text_formats_and_sampling() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    request, _ = chat(
+    request = spec(
         input="x",
-        text={"format": {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}},
+        text={"format": {"type": "json_schema", "name": "thing", "schema": schema}},
+        temperature=0.5,
+        top_p=0.5,
+        max_output_tokens=7,
     )
-    assert request.response_format.type == "json_schema"
-    assert request.response_format.json_schema.schema_ == schema
-    assert (
-        chat(input="x", text={"format": {"type": "json_object"}})[0].response_format.type
-        == "json_object"
-    )
+    assert request.output.json_output is not None
+    assert request.output.json_output.schema == schema
+    assert request.output.json_output.param == "text.format.schema"
+    assert (request.sampling.temperature, request.sampling.top_p) == (0.5, 0.5)
+    assert request.max_tokens == 7
+    json_object = spec(input="x", text={"format": {"type": "json_object"}}).output.json_output
+    assert json_object is not None and json_object.schema is None
     with pytest.raises(InvalidRequestError) as caught:
-        chat(input="x", text={"format": {"type": "json_schema", "schema": schema}})
+        spec(input="x", text={"format": {"type": "json_schema", "schema": schema}})
     assert caught.value.param == "text.format.name"
 
 
-def test_chat_parameters_are_named_in_responses_terms() -> None:
-    names = ParamMap(messages=["instructions", "input[2]"], tools=["tools[3]"])
-    assert names.translate("messages[1].content") == "input[2].content"
-    assert names.translate("messages[0]") == "instructions"
-    assert names.translate("tools[0].function.parameters") == "tools[3].parameters"
-    assert names.translate("response_format.json_schema.schema") == "text.format.schema"
-    assert names.translate("max_completion_tokens") == "max_output_tokens"
-    assert names.translate("tool_choice") == "tool_choice"
+def test_a_bad_function_name_is_named() -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        chat(input="x", tools=[{**WEATHER, "name": "bad name!"}])
+        refuse_unsupported(parse(input="x", tools=[{**WEATHER, "name": "bad name!"}]))
     assert caught.value.param == "tools[0].name"
 
 
 def test_no_input_at_all_is_refused() -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        chat()
+        spec()
     assert caught.value.param == "input"
+
+
+def test_a_nul_is_located() -> None:
+    request = spec(input=[{"role": "user", "content": "ok"}, {"role": "user", "content": "a\0b"}])
+    assert isinstance(request.prompt, Conversation)
+    assert request.prompt.locate_nul is not None
+    assert request.prompt.locate_nul() == "input[1]"
 
 
 def test_the_initial_response_echoes_the_request() -> None:

@@ -1,25 +1,33 @@
-"""A Responses request in the terms of a chat generation, and back.
+"""A Responses request reduced to what the generation core takes.
 
 Pure functions: which parameters are refused (:func:`refuse_unsupported`), the input as
-stored conversation items (:func:`input_items`), those items and the instructions as
-chat messages (:func:`chat_request`), and the response object a request starts from
-(:func:`initial_response`). A chat-side error names a chat parameter; :class:`ParamMap`
-names the Responses parameter it came from instead.
+stored conversation items (:func:`input_items`), those items and the instructions as a
+:class:`~picolm_server.generation.GenerationSpec` (:func:`generation_spec`), and the
+response object a request starts from (:func:`initial_response`). Every error names the
+parameter as the client wrote it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any
-
-from pydantic import ValidationError
 
 from ...config import GenerationDefaults
 from ...errors import InvalidRequestError
-from ...protocol import ChatCompletionRequest
+from ...generation import (
+    Conversation,
+    FunctionTool,
+    GenerationSpec,
+    JSONOutput,
+    NamedTool,
+    OutputRequest,
+    Sampling,
+    ToolChoiceMode,
+    Turn,
+)
 from .types import (
     AllowedToolsChoice,
     ContentPart,
@@ -41,6 +49,7 @@ from .types import (
 # served here produce no reasoning items.
 SUPPORTED_INCLUDES = frozenset({"reasoning.encrypted_content"})
 MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
+FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 Item = dict[str, Any]
 
@@ -109,6 +118,13 @@ def _check_tool(tool: ToolParam, index: int) -> None:
     if tool.name is None:
         raise InvalidRequestError(
             f"Missing required parameter: 'tools[{index}].name'.", param=f"tools[{index}].name"
+        )
+    if not FUNCTION_NAME.fullmatch(tool.name):
+        raise InvalidRequestError(
+            f"Invalid value for 'tools[{index}].name': a function name is 1 to 64 letters, "
+            "digits, underscores and dashes.",
+            param=f"tools[{index}].name",
+            code="invalid_value",
         )
 
 
@@ -213,55 +229,30 @@ def output_as_items(response: ResponseObject) -> list[Item]:
     return [item.model_dump(mode="json") for item in response.output]
 
 
-# ---- to a chat request ----------------------------------------------------------------
+# ---- to a generation spec -------------------------------------------------------------
 
 
-@dataclass
-class ParamMap:
-    """Which Responses parameter each chat message and tool came from."""
-
-    messages: list[str] = field(default_factory=list)
-    tools: list[str] = field(default_factory=list)
-
-    _MESSAGE = re.compile(r"^messages\[(\d+)\](.*)$")
-    _TOOL = re.compile(r"^tools\[(\d+)\](?:\.function)?(.*)$")
-    _RENAMED = (
-        ("response_format.json_schema.schema", "text.format.schema"),
-        ("response_format.json_schema", "text.format"),
-        ("response_format", "text.format"),
-        ("max_completion_tokens", "max_output_tokens"),
-    )
-
-    def translate(self, param: str | None) -> str | None:
-        if param is None:
-            return None
-        match = self._MESSAGE.match(param)
-        if match and int(match.group(1)) < len(self.messages):
-            source = self.messages[int(match.group(1))]
-            rest = match.group(2)
-            # A message's content maps onto the item's; deeper paths differ in shape.
-            return source + (".content" if rest.startswith(".content") else "")
-        match = self._TOOL.match(param)
-        if match and int(match.group(1)) < len(self.tools):
-            return self.tools[int(match.group(1))] + match.group(2)
-        for chat_name, responses_name in self._RENAMED:
-            if param == chat_name or param.startswith(chat_name + "."):
-                return responses_name + param[len(chat_name) :]
-        return param
+def _arguments_object(arguments: str) -> Any:
+    """A call's arguments as an object when they are JSON (templates expect one)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
-def chat_messages(
+def conversation_turns(
     instructions: str | None, items: list[Item], item_params: list[str]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Chat messages for the conversation, and the parameter each came from.
+) -> tuple[list[Turn], list[str]]:
+    """Chat-template turns for the conversation, and the parameter each came from.
 
     Function calls that follow an assistant message (or each other) join it as its
-    ``tool_calls``, as chat completions write a turn that calls tools.
+    ``tool_calls``, as one assistant turn that calls tools; ``developer`` is ``system``.
     """
-    messages: list[dict[str, Any]] = []
+    turns: list[Turn] = []
     sources: list[str] = []
+    calls: dict[str, str] = {}  # call_id -> function name, for the results
     if instructions is not None:
-        messages.append({"role": "system", "content": instructions})
+        turns.append({"role": "system", "content": instructions})
         sources.append("instructions")
     for item, param in zip(items, item_params, strict=True):
         kind = item["type"]
@@ -269,47 +260,51 @@ def chat_messages(
             text = "".join(
                 part.get("text") or part.get("refusal") or "" for part in item["content"]
             )
-            messages.append({"role": item["role"], "content": text})
+            role = "system" if item["role"] == "developer" else item["role"]
+            turns.append({"role": role, "content": text})
             sources.append(param)
         elif kind == "function_call":
+            calls[item["call_id"]] = item["name"]
             call = {
                 "id": item["call_id"],
                 "type": "function",
-                "function": {"name": item["name"], "arguments": item["arguments"]},
+                "function": {
+                    "name": item["name"],
+                    "arguments": _arguments_object(item["arguments"]),
+                },
             }
-            last = messages[-1] if messages else None
+            last = turns[-1] if turns else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
-                if not last["content"]:
-                    last["content"] = None
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                turns.append({"role": "assistant", "content": "", "tool_calls": [call]})
                 sources.append(param)
         elif kind == "function_call_output":
-            messages.append(
-                {"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]}
-            )
+            turn: Turn = {
+                "role": "tool",
+                "tool_call_id": item["call_id"],
+                "content": item["output"],
+            }
+            if item["call_id"] in calls:
+                turn["name"] = calls[item["call_id"]]
+            turns.append(turn)
             sources.append(param)
-    return messages, sources
+    return turns, sources
 
 
-def _chat_tools(request: ResponsesRequest) -> tuple[list[dict[str, Any]], list[str]]:
-    tools: list[dict[str, Any]] = []
-    params: list[str] = []
+def _function_tools(request: ResponsesRequest) -> tuple[FunctionTool, ...]:
     allowed = _allowed_names(request)
-    for index, tool in enumerate(request.tools or []):
-        if allowed is not None and tool.name not in allowed:
-            continue
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        if tool.parameters is not None:
-            function["parameters"] = tool.parameters
-        if tool.strict is not None:
-            function["strict"] = tool.strict
-        tools.append({"type": "function", "function": function})
-        params.append(f"tools[{index}]")
-    return tools, params
+    return tuple(
+        FunctionTool(
+            name=tool.name or "",
+            description=tool.description,
+            parameters=tool.parameters,
+            name_param=f"tools[{index}].name",
+            parameters_param=f"tools[{index}].parameters",
+        )
+        for index, tool in enumerate(request.tools or [])
+        if allowed is None or tool.name in allowed
+    )
 
 
 def _allowed_names(request: ResponsesRequest) -> set[str] | None:
@@ -328,13 +323,12 @@ def _allowed_names(request: ResponsesRequest) -> set[str] | None:
     return names
 
 
-def _chat_tool_choice(request: ResponsesRequest) -> Any:
+def _tool_choice(request: ResponsesRequest) -> ToolChoiceMode | NamedTool | None:
     choice = request.tool_choice
     if choice is None or isinstance(choice, str):
         return choice
     if choice.type == "function":
-        name = _required(choice.name, "tool_choice.name")
-        return {"type": "function", "function": {"name": name}}
+        return NamedTool(_required(choice.name, "tool_choice.name"))
     if choice.type == "allowed_tools":
         if choice.mode is None:
             raise InvalidRequestError(
@@ -348,61 +342,46 @@ def _chat_tool_choice(request: ResponsesRequest) -> Any:
     )
 
 
-def _response_format(request: ResponsesRequest) -> dict[str, Any] | None:
+def _json_output(request: ResponsesRequest) -> JSONOutput | None:
     text_format = request.text.format if request.text is not None else None
     if text_format is None or text_format.type == "text":
         return None
     if text_format.type == "json_object":
-        return {"type": "json_object"}
-    name = _required(text_format.name, "text.format.name")
-    json_schema: dict[str, Any] = {"name": name}
+        return JSONOutput(param="text.format")
+    _required(text_format.name, "text.format.name")
     if text_format.schema_ is None:
         raise InvalidRequestError(
             "Missing required parameter: 'text.format.schema'.", param="text.format.schema"
         )
-    json_schema["schema"] = text_format.schema_
-    if text_format.description is not None:
-        json_schema["description"] = text_format.description
-    if text_format.strict is not None:
-        json_schema["strict"] = text_format.strict
-    return {"type": "json_schema", "json_schema": json_schema}
+    return JSONOutput(text_format.schema_, param="text.format.schema")
 
 
-def chat_request(
+def _nul_location(sources: list[str], turns: list[Turn]) -> str:
+    """The parameter whose text holds a NUL character (for engines that cannot take one)."""
+    for source, turn in zip(sources, turns, strict=False):
+        if "\\u0000" in json.dumps(turn):  # JSON writes a NUL as this escape
+            return source
+    return "tools" if any(t.get("tool_calls") for t in turns) else "text.format"
+
+
+def generation_spec(
     request: ResponsesRequest, items: list[Item], item_params: list[str]
-) -> tuple[ChatCompletionRequest, ParamMap]:
-    """The chat request that generates this response from the conversation ``items``."""
-    messages, sources = chat_messages(request.instructions, items, item_params)
-    if not messages:
+) -> GenerationSpec:
+    """What the core generates this response from, given the conversation ``items``."""
+    turns, sources = conversation_turns(request.instructions, items, item_params)
+    if not turns:
         raise InvalidRequestError("Missing required parameter: 'input'.", param="input")
-    tools, tool_params = _chat_tools(request)
-    params = ParamMap(messages=sources, tools=tool_params)
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": messages,
-        "tool_choice": _chat_tool_choice(request),
-        "parallel_tool_calls": request.parallel_tool_calls,
-        "response_format": _response_format(request),
-        "max_completion_tokens": request.max_output_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-    }
-    if tools:
-        body["tools"] = tools
-    try:
-        chat = ChatCompletionRequest.model_validate(
-            {key: value for key, value in body.items() if value is not None}
-        )
-    except ValidationError as exc:
-        # Fields already checked in the Responses request's own types; what is left
-        # (a function name's pattern, ...) is named in the request's terms.
-        error = exc.errors()[0]
-        location = ".".join(str(part) for part in error["loc"])
-        param = params.translate(re.sub(r"\.(\d+)", r"[\1]", location))
-        raise InvalidRequestError(
-            f"Invalid value for '{param}': {error['msg']}.", param=param, code="invalid_value"
-        ) from None
-    return chat, params
+    return GenerationSpec(
+        prompt=Conversation(tuple(turns), locate_nul=lambda: _nul_location(sources, turns)),
+        output=OutputRequest(
+            tools=_function_tools(request),
+            tool_choice=_tool_choice(request),
+            parallel_tool_calls=request.parallel_tool_calls,
+            json_output=_json_output(request),
+        ),
+        sampling=Sampling(temperature=request.temperature, top_p=request.top_p),
+        max_tokens=request.max_output_tokens,
+    )
 
 
 # ---- the response object --------------------------------------------------------------

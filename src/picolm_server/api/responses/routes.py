@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from ...errors import InvalidRequestError
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
-from ...routes import _validation_error, parse_body, until_disconnected
+from ...routes import core_of, parse_body, until_disconnected, validation_error
 from .events import response_json
 from .service import ResponsesService
+from .store import ResponseStore
 from .types import DeletedResponse, ResponsesRequest
 
 router = APIRouter()
@@ -24,8 +25,8 @@ MAX_LIST_LIMIT = 100
 
 
 def _service(request: Request) -> ResponsesService:
-    service: ResponsesService = request.app.state.responses_service
-    return service
+    store: ResponseStore = request.app.state.response_store
+    return ResponsesService(core_of(request), store)
 
 
 def _json(value: Any) -> Response:
@@ -39,7 +40,7 @@ async def create_response(request: Request) -> Response:
     try:
         parsed = ResponsesRequest.model_validate(body)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise validation_error(exc) from None
     service = _service(request)
     observer = observer_of(request.scope)
     if parsed.stream:

@@ -1,26 +1,29 @@
-"""Serving a Responses request: the conversation it continues, a chat generation for
-it, the response written from what the generation yields, and the store.
+"""Serving a Responses request: the conversation it continues, a generation for it
+by the core, the response written from the core's events, and the store.
 
-The generation itself is the chat service's (templates, tools and tool choice, JSON
-output, stop strings, limits): a Responses request is converted to the chat request it
-amounts to (:mod:`.convert`), and what the generation yields is written as a response
-and its stream events (:mod:`.events`).
+The request is reduced to a :class:`~picolm_server.generation.GenerationSpec`
+(:mod:`.convert`); the core's events are written as the response and its stream events
+(:mod:`.events`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
-import anyio
-
-from ...errors import APIError, InvalidRequestError, NotFoundError
+from ...errors import APIError, NotFoundError
+from ...generation import (
+    EventStream,
+    Finish,
+    GenerationCore,
+    TextDelta,
+    ToolCallArguments,
+    ToolCallDone,
+    ToolCallStart,
+)
 from ...observation import NO_OBSERVER, GenerationObserver
-from ...serving import ChatService, Generation
-from ...tool_calls import ContentPiece, argument_fragments
-from .convert import Item, chat_request, initial_response, input_items, refuse_unsupported
+from .convert import Item, generation_spec, initial_response, input_items, refuse_unsupported
 from .events import Event, ResponseWriter, response_json, sse
 from .store import ResponseStore, StoredResponse, StoreUnavailableError
 from .types import ResponseObject, ResponsesRequest, ResponseUsage
@@ -47,18 +50,8 @@ class PreviousResponseNotFoundError(NotFoundError):
 
 
 @dataclass
-class Prepared:
-    """A request ready to run: its generation, the writer of its response, and the
-    conversation it was generated from (what the store keeps with it)."""
-
-    generation: Generation
-    writer: ResponseWriter
-    context: list[Item]
-
-
-@dataclass
 class ResponsesService:
-    chat: ChatService
+    core: GenerationCore
     store: ResponseStore
 
     async def stored(self, response_id: str) -> StoredResponse:
@@ -90,58 +83,45 @@ class ResponsesService:
             params += [f"input[{index}]" for index in range(len(new))]
         return items, params
 
-    async def prepare(
-        self, request: ResponsesRequest, observer: GenerationObserver = NO_OBSERVER
-    ) -> Prepared:
-        """Validate and convert; raises 4xx errors before any engine work."""
+    async def _open(
+        self, request: ResponsesRequest, observer: GenerationObserver
+    ) -> tuple[EventStream, ResponseWriter, list[Item]]:
+        """Check, convert and start the generation: every error before its first token
+        (4xx, a full queue, a prompt that does not fit) is raised here."""
+        observer.request_parsed(request.model)
+        self.core.check_model(request.model)
         refuse_unsupported(request)
         items, params = await self._conversation(request)
-        chat, names = chat_request(request, items, params)
-        try:
-            generation = self.chat.prepare(chat, observer)
-        except InvalidRequestError as exc:
-            exc.param = names.translate(exc.param)
-            raise
-        response = initial_response(request, self.chat.defaults, self.chat.model_id)
-        return Prepared(generation, ResponseWriter(response), items)
+        spec = generation_spec(request, items, params)
+        stream = await self.core.open(spec, observer)
+        response = initial_response(request, self.core.defaults, self.core.model_id)
+        return stream, ResponseWriter(response), items
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A scheduler slot, whose wait ends when a shutdown drain does."""
-        slot = self.chat.scheduler.slot()
-        with self.chat.drain.guard():
-            await slot.__aenter__()
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await slot.__aexit__(None, None, None)
-
-    async def _generate(self, prepared: Prepared) -> AsyncIterator[Event]:
-        """The events of a started generation, up to and including the final one (the
-        response is stored before that one is given)."""
-        generation, writer = prepared.generation, prepared.writer
-        if generation.plan is None:
-            async for piece in generation.text():
-                for event in writer.text(piece) if piece else []:
-                    yield event
-        else:
-            async for reply in generation.replies():
-                if isinstance(reply, ContentPiece):
-                    events = writer.text(reply.text) if reply.text else []
-                else:
-                    fragments = argument_fragments(reply.arguments)
-                    events = writer.call(reply.id, reply.name, reply.arguments, fragments)
-                for event in events:
-                    yield event
-        outcome = generation.outcome
-        usage = ResponseUsage.of(
-            outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
-        )
-        final = writer.finish(outcome.finish_reason == "length", usage)
-        await self._save(writer.response, prepared.context)
-        for event in final:
-            yield event
+    async def _events(
+        self, stream: EventStream, writer: ResponseWriter, context: list[Item]
+    ) -> AsyncIterator[Event]:
+        """The events of a started generation after the first two, up to and including
+        the final one (the response is stored before that one is given)."""
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                events = writer.text(event.text) if event.text else []
+            elif isinstance(event, ToolCallStart):
+                events = writer.call_start(event.id, event.name)
+            elif isinstance(event, ToolCallArguments):
+                events = writer.call_arguments(event.fragment)
+            elif isinstance(event, ToolCallDone):
+                events = writer.call_done(event.arguments)
+            else:
+                assert isinstance(event, Finish)
+                usage = ResponseUsage.of(
+                    event.usage.prompt_tokens,
+                    event.usage.completion_tokens,
+                    event.usage.cached_tokens,
+                )
+                events = writer.finish(event.reason == "length", usage)
+                await self._save(writer.response, context)
+            for out in events:
+                yield out
 
     async def _save(self, response: ResponseObject, context: list[Item]) -> None:
         if not response.store:
@@ -155,53 +135,31 @@ class ResponsesService:
     async def create(
         self, request: ResponsesRequest, observer: GenerationObserver = NO_OBSERVER
     ) -> ResponseObject:
-        prepared = await self.prepare(request, observer)
-        generation = prepared.generation
-        await generation.admit()
-        async with self._slot():
-            try:
-                await generation.start()
-                async for _ in self._generate(prepared):
-                    pass
-            finally:
-                await generation.close()
-        return prepared.writer.response
+        stream, writer, context = await self._open(request, observer)
+        async with stream:
+            async for _ in self._events(stream, writer, context):
+                pass
+        return writer.response
 
     async def open_stream(
         self, request: ResponsesRequest, observer: GenerationObserver = NO_OBSERVER
     ) -> AsyncIterator[bytes]:
         """Start a streamed response: errors before the generation starts raise here (the
         route still answers with their status); the returned iterator yields the events
-        and owns the slot and the engine until it is closed."""
-        prepared = await self.prepare(request, observer)
-        generation = prepared.generation
-        await generation.admit()
-        slot = self._slot()
-        await slot.__aenter__()
-        try:
-            await generation.start()
-        except BaseException:
-            await generation.close()
-            await slot.__aexit__(None, None, None)
-            raise
-        return self._stream(prepared, slot)
+        and owns the generation until it is closed."""
+        stream, writer, context = await self._open(request, observer)
+        return self._stream(stream, writer, context)
 
     async def _stream(
-        self, prepared: Prepared, slot: AbstractAsyncContextManager[None]
+        self, stream: EventStream, writer: ResponseWriter, context: list[Item]
     ) -> AsyncIterator[bytes]:
-        writer = prepared.writer
-        try:
+        async with stream:
             for event in writer.start():
                 yield sse(event)
             try:
-                async for event in self._generate(prepared):
+                async for event in self._events(stream, writer, context):
                     yield sse(event)
             except APIError as exc:
                 # The 200 and earlier events are already sent: report in-band, then end.
                 for event in writer.fail(exc):
                     yield sse(event)
-        finally:
-            try:
-                await prepared.generation.close()
-            finally:
-                await slot.__aexit__(None, None, None)

@@ -1,4 +1,4 @@
-"""The pure conversions of the serving layer, without HTTP or an engine."""
+"""Chat requests reduced to the core's spec: pure conversions, without HTTP or an engine."""
 
 from __future__ import annotations
 
@@ -6,17 +6,15 @@ from typing import Any
 
 import pytest
 
-from picolm_server.chat_template import ChatTemplate, builtin_template_source
-from picolm_server.config import GenerationDefaults
-from picolm_server.errors import InvalidRequestError
-from picolm_server.protocol import ChatCompletionRequest
-from picolm_server.serving import (
-    generation_request,
+from picolm_server.api.chat.convert import (
+    chat_spec,
     message_text,
     refuse_unsupported,
-    stop_strings,
     template_messages,
 )
+from picolm_server.errors import InvalidRequestError
+from picolm_server.generation import Conversation
+from picolm_server.protocol import ChatCompletionRequest
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -103,24 +101,22 @@ def test_required_message_fields(message: dict[str, Any], param: str) -> None:
     assert caught.value.param == param
 
 
-def test_stop_strings_add_the_template_end_markers() -> None:
-    template = ChatTemplate("zephyr", builtin_template_source("zephyr"), eos_token="</s>")
-    assert stop_strings(request(stop="END"), template) == ["END", "</s>"]
-    assert stop_strings(request(stop=["a", "b"]), template) == ["a", "b", "</s>"]
-    assert stop_strings(request(), template) == ["</s>"]
-
-
-def test_generation_request_defaults_and_overrides() -> None:
-    defaults = GenerationDefaults(max_tokens=50, temperature=0.3, top_p=0.8)
-    plain = generation_request(request(), "P", defaults)
-    assert (plain.prompt, plain.max_tokens, plain.temperature, plain.top_p) == ("P", 50, 0.3, 0.8)
-    assert plain.seed is not None
-    custom = generation_request(
-        request(max_tokens=9, temperature=0, top_p=0.5, seed=11), "P", defaults
-    )
-    assert (custom.max_tokens, custom.temperature, custom.top_p, custom.seed) == (9, 0, 0.5, 11)
+def test_chat_spec_carries_stops_sampling_and_the_newer_max_tokens() -> None:
+    spec = chat_spec(request(stop="END", temperature=0, top_p=0.5, seed=11, max_tokens=9))
+    assert spec.stop == ("END",)
+    assert (spec.sampling.temperature, spec.sampling.top_p, spec.sampling.seed) == (0, 0.5, 11)
+    assert spec.max_tokens == 9
+    assert chat_spec(request(stop=["a", "b"])).stop == ("a", "b")
     # max_completion_tokens is the newer name and wins.
-    both = generation_request(request(max_tokens=9, max_completion_tokens=4), "P", defaults)
-    assert both.max_tokens == 4
-    # top_p 0 would make the engine's sampling undefined: kept just above 0.
-    assert generation_request(request(top_p=0), "P", defaults).top_p > 0
+    assert chat_spec(request(max_tokens=9, max_completion_tokens=4)).max_tokens == 4
+    plain = chat_spec(request())
+    assert (plain.stop, plain.max_tokens, plain.sampling.temperature) == ((), None, None)
+    assert isinstance(plain.prompt, Conversation)
+    assert plain.prompt.messages == ({"role": "user", "content": "hi"},)
+
+
+def test_chat_spec_names_the_field_holding_a_nul() -> None:
+    spec = chat_spec(request(messages=[{"role": "user", "content": "a"},
+                                       {"role": "user", "content": "b\u0000"}]))  # fmt: skip
+    assert isinstance(spec.prompt, Conversation) and spec.prompt.locate_nul is not None
+    assert spec.prompt.locate_nul() == "messages[1].content"

@@ -1,0 +1,46 @@
+"""``POST /v1/chat/completions``: parse, check, hand the spec to the core, shape the
+reply. Errors are OpenAI's envelope (the app's handler for ``APIError``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from ...affinity import SESSION_HEADER, session_id
+from ...generation import GenerationCore
+from ...json_text import escape_line_separators
+from ...protocol import ChatCompletionRequest
+from ...request_log import observer_of
+from ...routes import core_of, parse_body, until_disconnected, validation_error
+from .convert import chat_spec
+from .respond import chat_completion, chunk_events
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    body = await parse_body(request)
+    try:
+        parsed = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    core: GenerationCore = core_of(request)
+    observer = observer_of(request.scope)
+    observer.request_parsed(parsed.model)
+    core.check_model(parsed.model)
+    spec = chat_spec(parsed)
+    # Returned so that clients behind a load balancer can send it back (docs/deploy.md).
+    session = {SESSION_HEADER: session_id(parsed, request.headers.get(SESSION_HEADER))}
+    if parsed.stream:
+        stream = await until_disconnected(request, core.open(spec, observer))
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        return StreamingResponse(
+            chunk_events(stream, core.model_id, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **session},
+        )
+    reply = await until_disconnected(request, core.complete(spec, observer))
+    json_text = escape_line_separators(chat_completion(reply, core.model_id).model_dump_json())
+    return Response(json_text, media_type="application/json", headers=session)

@@ -1,0 +1,178 @@
+"""The generation core: what every wire API calls. It owns the engine, the chat
+template, the server's defaults, the scheduler and the shutdown drain, and is the one
+place that reads the engine's abilities.
+
+``open`` starts a generation and returns its :class:`EventStream` (errors before the
+first token are raised here, while an adapter can still answer with a status);
+``complete`` runs one to the end and returns a :class:`Reply`. ``tokenize``,
+``detokenize`` and ``embed`` give adapters the engine's tokenizer and embeddings,
+refused clearly where the engine cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ..chat_template import ChatTemplate
+from ..config import GenerationDefaults
+from ..drain import Drain
+from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities
+from ..errors import APIError, EmbeddingsUnsupportedError, EngineCannotError, ModelNotFoundError
+from ..observation import NO_OBSERVER, GenerationObserver
+from ..scheduler import Scheduler
+from .events import Finish, FinishReason, TextDelta, ToolCallDone, Usage
+from .prepare import prepare
+from .run import Generation
+from .spec import GenerationSpec
+from .stream import EventStream
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # compact JSON text of an object matching the tool's schema
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A whole generation: its text (for a JSON reply, the JSON), calls, and end."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: FinishReason
+    usage: Usage
+    stop_sequence: str | None = None
+
+
+@dataclass
+class GenerationCore:
+    engine: Engine
+    template: ChatTemplate
+    defaults: GenerationDefaults
+    scheduler: Scheduler
+    drain: Drain = field(default_factory=Drain)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model.id
+
+    @property
+    def abilities(self) -> EngineAbilities:
+        return self.engine.abilities
+
+    def check_model(self, model: str, param: str = "model") -> None:
+        """404 ``model_not_found`` unless ``model`` is the served model's id."""
+        if model != self.model_id:
+            error = ModelNotFoundError(model)
+            error.param = param
+            raise error
+
+    def prepare(
+        self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
+    ) -> Generation:
+        """Validate and convert; raises 4xx errors before any engine work."""
+        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        return Generation(
+            engine=self.engine,
+            request=prepared.request,
+            stops=prepared.stops,
+            timeout_seconds=self.defaults.timeout_seconds,
+            plan=prepared.plan,
+            client_stops=prepared.client_stops,
+            strip_leading_space=prepared.strip_leading_space,
+            drain=self.drain,
+            observer=observer,
+        )
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """A scheduler slot, whose wait ends when a shutdown drain does."""
+        slot = self.scheduler.slot()
+        with self.drain.guard():
+            await slot.__aenter__()
+        try:
+            yield
+        finally:
+            await slot.__aexit__(None, None, None)
+
+    async def open(
+        self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
+    ) -> EventStream:
+        """Start a generation: every error before its first token (a 4xx, a full queue,
+        a prompt that does not fit, an engine that cannot start) is raised here. The
+        returned stream owns the slot and the engine until it is closed."""
+        generation = self.prepare(spec, observer)
+        await generation.admit()
+        slot = self._slot()
+        await slot.__aenter__()
+        stream = EventStream(generation, slot)
+        try:
+            await generation.start()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    async def complete(
+        self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
+    ) -> Reply:
+        """Run a generation to its end."""
+        stream = await self.open(spec, observer)
+        pieces: list[str] = []
+        calls: list[ToolCall] = []
+        async with stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    pieces.append(event.text)
+                elif isinstance(event, ToolCallDone):
+                    calls.append(ToolCall(event.id, event.name, event.arguments))
+                elif isinstance(event, Finish):
+                    return Reply(
+                        "".join(pieces),
+                        tuple(calls),
+                        event.reason,
+                        event.usage,
+                        event.stop_sequence,
+                    )
+        raise APIError("The generation ended without finishing.")  # pragma: no cover
+
+    # ---- the engine's tokenizer and embeddings ----
+
+    def _require_tokenizer(self) -> None:
+        if not self.abilities.tokenize:
+            raise EngineCannotError(
+                "This model's engine cannot tokenize: its vocabulary could not be read."
+            )
+
+    async def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """The model's exact token ids for ``text`` (off the event loop)."""
+        self._require_tokenizer()
+        return await asyncio.to_thread(
+            self.engine.tokenize, text, add_special=add_special, parse_special=parse_special
+        )
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``; an id outside the vocabulary is a 400 (``tokens``)."""
+        self._require_tokenizer()
+        return await asyncio.to_thread(self.engine.detokenize, list(tokens))
+
+    async def count_prompt_tokens(self, spec: GenerationSpec) -> int:
+        """The prompt tokens a generation of ``spec`` would report (template and tools
+        rendered as it would be), without a slot and without refusing a prompt longer
+        than the context: counting is how a client finds out."""
+        self._require_tokenizer()
+        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        return await asyncio.to_thread(self.engine.count_prompt_tokens, prepared.request)
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        """One embedding per input; engines that cannot embed get a 400
+        (:class:`~picolm_server.errors.EmbeddingsUnsupportedError`)."""
+        if not self.abilities.embeddings:
+            raise EmbeddingsUnsupportedError(self.engine.model.owned_by)
+        return await self.engine.embed(inputs)

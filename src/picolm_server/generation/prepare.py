@@ -1,0 +1,186 @@
+"""From a :class:`GenerationSpec` to an engine request: the output plan, the prompt
+(the chat template with tools, or raw text), sampling with the server's defaults, the
+engine's output constraint and stop strings. Pure but for the template's rendering;
+every 4xx a request can earn before the engine runs is raised here."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..chat_template import ChatTemplate
+from ..config import GenerationDefaults
+from ..engines.base import Engine, EngineAbilities, GenerationRequest, OutputConstraint
+from ..errors import EngineCannotError, InvalidRequestError
+from ..prompt_tokens import PromptPiece, SplitPrompt
+from ..tool_calls import OutputPlan, build_grammar, is_hermes_template, make_plan, prompt_messages
+from ..tool_calls.reply_schema import reply_schema
+from .spec import Conversation, GenerationSpec, RawPrompt
+
+logger = logging.getLogger("picolm_server")
+
+
+def output_constraint(
+    plan: OutputPlan | None,
+    abilities: EngineAbilities,
+    grammar_error: Callable[[str], str | None],
+) -> OutputConstraint | None:
+    """The engine constraint for a plan: a grammar for grammar engines; for the others
+    JSON mode whenever the reply must be JSON (not for ``auto``, where it may be text).
+    ``grammar_error`` is the engine's check (``Engine.grammar_error``)."""
+    if plan is None:
+        return None
+    if plan.grammar_engine and abilities.grammar:
+        grammar = build_grammar(plan)
+        problem = grammar_error(grammar.gbnf)
+        if problem is not None:
+            # A schema the converter got wrong: keep the call's shape, validate the rest.
+            logger.warning("falling back to a JSON-object grammar: %s", problem)
+            grammar = build_grammar(plan, exact_schemas=False)
+        return OutputConstraint(json_schema=plan.response_schema, gbnf=grammar.gbnf)
+    if plan.uses_json_mode:
+        return OutputConstraint(json_schema=reply_schema(plan))
+    return None
+
+
+def shared_prefix(
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    prompt: str,
+) -> str | None:
+    """The prompt text of the leading system messages (and tools), which conversations of
+    one application share, when it is a text prefix of ``prompt`` (engines may keep its
+    computed state); None when there is none."""
+    count = 0
+    while count < len(messages) and messages[count].get("role") == "system":
+        count += 1
+    if not count and not tools:
+        return None
+    try:
+        text = template.render(messages[:count], tools=tools, add_generation_prompt=False)
+    except InvalidRequestError:  # e.g. a template that insists on a user message
+        return None
+    return text if text and len(text) < len(prompt) and prompt.startswith(text) else None
+
+
+def max_tokens(spec: GenerationSpec, defaults: GenerationDefaults) -> int:
+    return spec.max_tokens or defaults.max_tokens
+
+
+def sampled_request(
+    spec: GenerationSpec,
+    prompt: str,
+    defaults: GenerationDefaults,
+    abilities: EngineAbilities,
+    constraint: OutputConstraint | None = None,
+) -> GenerationRequest:
+    """The engine request with the server's defaults for what the spec leaves out."""
+    sampling = spec.sampling
+    temperature = defaults.temperature if sampling.temperature is None else sampling.temperature
+    top_p = defaults.top_p if sampling.top_p is None else sampling.top_p
+    seed = sampling.seed if sampling.seed is not None else random.randrange(2**31)
+    top_k = sampling.top_k or 0
+    if top_k and not abilities.top_k:
+        raise EngineCannotError(
+            f"{sampling.top_k_param} is not supported by this model's engine.",
+            param=sampling.top_k_param,
+        )
+    return GenerationRequest(
+        prompt=prompt,
+        max_tokens=max_tokens(spec, defaults),
+        temperature=temperature,
+        top_p=max(top_p, 1e-6),
+        seed=seed,
+        top_k=top_k,
+        constraint=constraint,
+    )
+
+
+def refuse_nul(prompt: str, locate: str | None) -> None:
+    """Refuse a prompt with a NUL character, naming where it is (for engines that would
+    end the prompt there, see ``EngineAbilities.prompt_accepts_nul``)."""
+    if "\0" not in prompt:
+        return
+    param = locate or "messages"
+    raise InvalidRequestError(
+        f"{param} contains a NUL character (\\u0000), which this model's engine cannot "
+        "take: it would end the prompt there.",
+        param=param,
+    )
+
+
+def _nul_param(spec: GenerationSpec) -> str | None:
+    prompt = spec.prompt
+    if isinstance(prompt, RawPrompt):
+        return prompt.param
+    return prompt.locate_nul() if prompt.locate_nul is not None else None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A spec made ready for the engine: its request, output plan and stop strings."""
+
+    request: GenerationRequest
+    plan: OutputPlan | None
+    stops: list[str]
+    client_stops: frozenset[str]
+    # Templates end with "...assistant\n" and SentencePiece models start the reply with
+    # a word-initial space: after a chat template one leading space is not text.
+    strip_leading_space: bool = True
+
+
+def prepare(
+    spec: GenerationSpec, engine: Engine, template: ChatTemplate, defaults: GenerationDefaults
+) -> Prepared:
+    """Validate and convert; raises 4xx errors before any engine work."""
+    abilities = engine.abilities
+    budget = max_tokens(spec, defaults)
+    conversation = isinstance(spec.prompt, Conversation)
+    hermes = conversation and is_hermes_template(template.source)
+    plan = make_plan(
+        spec.output,
+        hermes_template=hermes,
+        grammar_engine=abilities.grammar,
+        max_tokens=budget,
+    )
+    prefix: str | None = None
+    if isinstance(spec.prompt, Conversation):
+        messages, tools = prompt_messages(
+            [dict(turn) for turn in spec.prompt.messages],
+            plan,
+            template_renders_tools=template.renders_tools,
+            call_format="hermes" if hermes and abilities.grammar else "json",
+        )
+        split = template.render_split(messages, tools=tools)
+        prompt = split.whole
+        stops = [*spec.stop, *template.stop_strings]
+    else:
+        if plan is not None and plan.mode != "json":
+            raise InvalidRequestError(
+                "Tools need a conversation: a raw prompt cannot hold them.", param="tools"
+            )
+        prompt = spec.prompt.text
+        if spec.prompt.split is not None and spec.prompt.split.whole != prompt:
+            raise ValueError("RawPrompt.split must be the split of RawPrompt.text")
+        stops = list(spec.stop)
+    if not abilities.prompt_accepts_nul:
+        refuse_nul(prompt, _nul_param(spec))
+    constraint = output_constraint(plan, abilities, engine.grammar_error)
+    request = sampled_request(spec, prompt, defaults, abilities, constraint)
+    if isinstance(spec.prompt, Conversation):
+        prefix = shared_prefix(template, messages, tools, prompt)
+        request = replace(request, shared_prefix=prefix, split_prompt=split)
+    else:
+        split = spec.prompt.split or raw_split(prompt, spec.prompt.parse_special)
+        request = replace(request, split_prompt=split)
+    return Prepared(request, plan, stops, frozenset(spec.stop), strip_leading_space=conversation)
+
+
+def raw_split(prompt: str, parse_special: bool) -> SplitPrompt:
+    """A raw prompt as engines read it: wholly template text when its marker text is to
+    become control tokens, else wholly the request's text."""
+    return SplitPrompt(prompt, (PromptPiece(prompt, from_request=not parse_special),))

@@ -1,0 +1,64 @@
+"""A started generation as adapters consume it: an async iterator of core events that
+owns its scheduler slot and its engine run until it is closed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+
+import anyio
+
+from .events import GenerationEvent
+from .run import Generation
+
+
+class EventStream:
+    """Events of one started generation (the prompt was accepted: ``prompt_tokens`` is
+    known). Iterate it once; errors after the start (engine failure, time limit, a reply
+    that cannot be what the request demands) are raised from the iteration as
+    :class:`~picolm_server.errors.APIError`. Always close it (``aclose()`` or ``async
+    with``): that stops the engine and frees the slot, even on cancellation."""
+
+    def __init__(self, generation: Generation, slot: AbstractAsyncContextManager[None]) -> None:
+        self._generation = generation
+        self._slot = slot
+        self._closed = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._generation.outcome.prompt_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._generation.outcome.cached_tokens
+
+    @property
+    def structured(self) -> bool:
+        """Tools or a JSON reply format: the reply may be calls, and plain-text rules
+        (a first chunk with ``content: ""``) do not apply."""
+        return self._generation.plan is not None
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self._generation.events()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._generation.close()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._slot.__aexit__(None, None, None)
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()

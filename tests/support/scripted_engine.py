@@ -1,0 +1,109 @@
+"""An in-process engine that replays a script: for tests of the generation core and
+adapters without a subprocess or a model. It follows the engine contract (one
+PromptAccepted, text deltas, one Finished; closing stops it) and records what it got."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from picolm_server.engines.base import (
+    EmbeddingInput,
+    Embeddings,
+    EngineAbilities,
+    EngineHealth,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    ModelInfo,
+    PromptAccepted,
+    TextDelta,
+)
+from picolm_server.errors import EmbeddingsUnsupportedError, EngineError, InvalidRequestError
+
+GRAMMAR_ABILITIES = EngineAbilities(
+    output_control="grammar", prompt_accepts_nul=True, top_k=True, tokenize=True
+)
+SCHEMA_ABILITIES = EngineAbilities(output_control="schema", prompt_accepts_nul=False)
+
+
+@dataclass
+class ScriptedEngine:
+    """Replies with ``pieces`` (one text delta each) and ends with ``finish``.
+
+    ``fail_after``: raise an EngineError after that many pieces. ``prompt_tokens``: what
+    PromptAccepted reports (default: one per prompt character). Words are the tokens of
+    ``tokenize``: each whitespace-separated word is its index in ``vocabulary``.
+    """
+
+    pieces: Sequence[str] = ("Hello", " world")
+    finish: FinishReason = "stop"
+    abilities: EngineAbilities = GRAMMAR_ABILITIES
+    fail_after: int | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int = 0
+    delay: float = 0.0
+    vocabulary: tuple[str, ...] = ("<s>", "hello", "world")
+    requests: list[GenerationRequest] = field(default_factory=list)
+    closed: int = 0
+    grammar_problem: str | None = None
+    model: ModelInfo = field(
+        default_factory=lambda: ModelInfo("scripted", Path("scripted.gguf"), 4096, 0)
+    )
+
+    async def admit(self, request: GenerationRequest) -> GenerationRequest:
+        return replace(request, prompt_tokens=tuple(range(len(request.prompt))))
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        self.requests.append(request)
+        try:
+            prompt_tokens = (
+                self.prompt_tokens if self.prompt_tokens is not None else len(request.prompt)
+            )
+            yield PromptAccepted(prompt_tokens, self.cached_tokens)
+            count = 0
+            for piece in self.pieces:
+                if self.fail_after is not None and count >= self.fail_after:
+                    raise EngineError("The scripted engine failed.")
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                count += 1
+                yield TextDelta(piece, count)
+            yield Finished(self.finish, count)
+        finally:
+            self.closed += 1
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(True, "scripted")
+
+    def grammar_error(self, gbnf: str) -> str | None:
+        return self.grammar_problem
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        ids = [0] if add_special else []
+        for word in text.split():
+            if word.lower() not in self.vocabulary:
+                raise InvalidRequestError(f"no token for {word!r}")
+            ids.append(self.vocabulary.index(word.lower()))
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return " ".join(self.vocabulary[token] for token in tokens if token)
+
+    def token_piece(self, token: int) -> bytes:
+        return self.vocabulary[token].encode()
+
+    def vocabulary_size(self) -> int:
+        return len(self.vocabulary)
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(request.prompt)
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        if not self.abilities.embeddings:
+            raise EmbeddingsUnsupportedError("scripted")
+        vectors = tuple((float(len(item)), 1.0) for item in inputs)
+        return Embeddings(vectors, sum(len(item) for item in inputs))
