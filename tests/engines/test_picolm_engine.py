@@ -20,7 +20,12 @@ from picolm_server.engines.base import (
 from picolm_server.engines.picolm import PicoLMEngine, PicoLMOptions, TrailerFilter
 from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
 from picolm_server.engines.prompt_cache import PromptCache
-from picolm_server.errors import ContextLengthExceededError, EngineError
+from picolm_server.errors import (
+    ContextLengthExceededError,
+    EmbeddingsUnsupportedError,
+    EngineError,
+    InvalidRequestError,
+)
 from picolm_server.gguf_metadata import read_gguf_metadata
 from tests.support.fake_picolm import LOG_ENV, read_history, reply_pieces
 from tests.support.picolm_setup import PicoLMFiles, process_gone, wait_until_gone
@@ -267,3 +272,33 @@ def test_real_picolm_through_the_server(tmp_path: Path, picolm_files: PicoLMFile
             temperature=0,
         )
         assert streamed == again.choices[0].message.content
+
+
+# ---- abilities, tokenizer and embeddings ----------------------------------------------------
+
+
+def test_abilities_and_tokenizer(picolm_files: PicoLMFiles) -> None:
+    bare = make_engine(picolm_files.binary, picolm_files.model)
+    assert bare.abilities.schema_exact and not bare.abilities.grammar
+    assert not bare.abilities.prompt_accepts_nul and not bare.abilities.top_k
+    assert not bare.abilities.tokenize and not bare.abilities.embeddings
+    assert bare.abilities.fim_tokens is None and bare.vocabulary_size() == 0
+    with pytest.raises(InvalidRequestError):
+        bare.tokenize("hi", add_special=True, parse_special=False)
+    metadata = read_gguf_metadata(picolm_files.model, arrays=frozenset({"tokenizer.ggml.tokens"}))
+    options = PicoLMOptions(picolm_files.binary, picolm_files.model, "m", 1, 512)
+    tokenizer = PicoLMTokenizer.from_gguf(picolm_files.model)
+    engine = PicoLMEngine(options, metadata, tokenizer=tokenizer)
+    assert engine.abilities.tokenize and engine.vocabulary_size() == tokenizer.vocab_size
+    ids = engine.tokenize("Hello world", add_special=True, parse_special=True)
+    assert ids == tokenizer.encode("Hello world")
+    assert engine.tokenize("Hello world", add_special=False, parse_special=False) == ids[1:]
+    assert engine.detokenize(ids[1:]) == " Hello world"
+    assert engine.token_piece(tokenizer.eos_id) == b"</s>"
+    request = GenerationRequest("Hello world", 8, temperature=0.0, top_p=0.9)
+    assert engine.count_prompt_tokens(request) == len(ids)
+    with pytest.raises(InvalidRequestError) as caught:
+        engine.detokenize([tokenizer.vocab_size])
+    assert caught.value.param == "tokens"
+    with pytest.raises(EmbeddingsUnsupportedError):
+        asyncio.run(engine.embed(["hi"]))

@@ -292,6 +292,16 @@ def test_tiny_known_cases(tiny: PicoLMTokenizer) -> None:
     assert tiny.count("Hello world", bos=False) == 2
 
 
+def test_decode_prints_tokens_as_picolm_does(tiny: PicoLMTokenizer) -> None:
+    # tokenizer_decode: no space after BOS (itself "<s>", a control token's text), a
+    # leading "▁" is a space, <0xHH> one byte.
+    for text in ("Hello world", "Hello world\n\n", "\U0001f600 the", "x the world"):
+        assert tiny.decode(tiny.encode(text)).decode("utf-8") == "<s>" + text
+    assert tiny.decode(tiny.encode("Hello world", bos=False)) == b" Hello world"
+    assert tiny.decode([byte_id(0xC3), byte_id(0xA9)]) == "é".encode()
+    assert tiny.decode([EOS_ID]) == b"</s>"
+
+
 def test_tiny_signed_char_difference(tiny_paths: dict[str, Path]) -> None:
     signed = PicoLMTokenizer.from_gguf(tiny_paths["default"], signed_char=True)
     unsigned = PicoLMTokenizer.from_gguf(tiny_paths["default"], signed_char=False)

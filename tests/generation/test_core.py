@@ -272,3 +272,20 @@ def test_count_prompt_tokens_is_what_a_generation_reports_without_a_slot() -> No
     assert len(engine.requests) == 1  # counting ran nothing
     with pytest.raises(EngineCannotError):
         run(core_for(ScriptedEngine(abilities=SCHEMA_ABILITIES)).count_prompt_tokens(spec))
+
+
+def test_after_a_tool_result_an_echoed_wrapper_is_not_reply_text() -> None:
+    turns = (
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "-3C, snow"},
+    )  # fmt: skip
+    spec = GenerationSpec(Conversation(turns), output=OutputRequest(tools=(WEATHER,)))
+    engine = ScriptedEngine(pieces=("<tool_", "response>\n-3C", ", snow\n</tool_response>"))
+    events = run(events_of(core_for(engine), spec))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "-3C, snow"
+    # Without a tool result in the prompt, the same text is left alone.
+    plain = run(core_for(ScriptedEngine(pieces=("<tool_response>x",))).complete(conversation()))
+    assert plain.text == "<tool_response>x"

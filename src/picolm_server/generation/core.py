@@ -84,6 +84,7 @@ class GenerationCore:
             plan=prepared.plan,
             client_stops=prepared.client_stops,
             strip_leading_space=prepared.strip_leading_space,
+            drop_result_echo=prepared.drop_result_echo,
             drain=self.drain,
             observer=observer,
         )

@@ -131,6 +131,8 @@ class Prepared:
     # Templates end with "...assistant\n" and SentencePiece models start the reply with
     # a word-initial space: after a chat template one leading space is not text.
     strip_leading_space: bool = True
+    # The conversation holds tool results: a reply copying their wrapper is cleaned.
+    drop_result_echo: bool = False
 
 
 def prepare(
@@ -177,7 +179,17 @@ def prepare(
     else:
         split = spec.prompt.split or raw_split(prompt, spec.prompt.parse_special)
         request = replace(request, split_prompt=split)
-    return Prepared(request, plan, stops, frozenset(spec.stop), strip_leading_space=conversation)
+    has_results = isinstance(spec.prompt, Conversation) and any(
+        turn.get("role") == "tool" for turn in spec.prompt.messages
+    )
+    return Prepared(
+        request,
+        plan,
+        stops,
+        frozenset(spec.stop),
+        strip_leading_space=conversation,
+        drop_result_echo=has_results,
+    )
 
 
 def raw_split(prompt: str, parse_special: bool) -> SplitPrompt:

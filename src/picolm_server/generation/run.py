@@ -25,6 +25,7 @@ from ..tool_calls import (
     ReplyEvent,
     argument_fragments,
 )
+from .echo import WrapperEcho
 from .events import (
     Finish,
     FinishReason,
@@ -71,6 +72,8 @@ class Generation:
     client_stops: frozenset[str] = frozenset()
     # A chat reply's one leading space is not text (see Prepared.strip_leading_space).
     strip_leading_space: bool = True
+    # The prompt holds tool results: an echo of their wrapper is not reply text.
+    drop_result_echo: bool = False
     # Server shutdown: ends a wait for the engine once the drain is over.
     drain: Drain = field(default_factory=Drain)
     observer: GenerationObserver = NO_OBSERVER
@@ -80,6 +83,7 @@ class Generation:
         # Set again by start(): time spent waiting in the queue is not generation time.
         self._deadline = time.monotonic() + self.timeout_seconds
         self._scanner = StopScanner(self.stops)
+        self._echo = WrapperEcho() if self.drop_result_echo else None
         self._at_start = True
 
     @property
@@ -145,6 +149,8 @@ class Generation:
                     if self.strip_leading_space and piece.startswith(" "):
                         piece = piece[1:]
                     self._at_start = False
+                if self._echo is not None:
+                    piece = self._echo.feed(piece)
                 released = self._scanner.feed(piece)
                 if released:
                     yield released
@@ -156,6 +162,14 @@ class Generation:
             elif isinstance(event, Finished):
                 self.outcome.completion_tokens = event.completion_tokens
                 self.outcome.finish_reason = event.reason
+                held = self._scanner.feed(self._echo.flush()) if self._echo is not None else ""
+                if held:
+                    yield held
+                if self._scanner.stopped:
+                    matched = self._scanner.matched
+                    self.outcome.finish_reason = "stop"
+                    self.outcome.stop_sequence = matched if matched in self.client_stops else None
+                    return
                 rest = self._scanner.flush()
                 if rest:
                     yield rest
