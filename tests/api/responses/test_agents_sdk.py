@@ -39,5 +39,7 @@ def test_one_tool_agent_end_to_end(llama_target: Target) -> None:
     kinds = [type(item).__name__ for item in result.new_items]
     assert kinds == ["ToolCallItem", "ToolCallOutputItem", "MessageOutputItem"]
     assert isinstance(result.final_output, str) and result.final_output.strip()
+    # The answer after the tool result does not copy the result's wrapper.
+    assert "<tool_response>" not in result.final_output
     assert all(isinstance(response.response_id, str) for response in result.raw_responses)
     assert "POST /v1/responses 200" in llama_target.server.log()
