@@ -202,7 +202,7 @@ class Generation:
             self.outcome.finish_reason = "tool_calls"
             self.outcome.stop_sequence = None
 
-    async def events(self) -> AsyncIterator[GenerationEvent]:
+    async def events(self) -> AsyncGenerator[GenerationEvent, None]:
         """The reply as core events, ending with :class:`Finish`."""
         if self.plan is None:
             async for piece in self.text():

@@ -3,7 +3,7 @@ owns its scheduler slot and its engine run until it is closed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
@@ -24,6 +24,7 @@ class EventStream:
         self._generation = generation
         self._slot = slot
         self._closed = False
+        self._events: AsyncGenerator[GenerationEvent, None] | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -40,14 +41,22 @@ class EventStream:
         return self._generation.plan is not None
 
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
-        return self._generation.events()
+        if self._events is not None:
+            raise RuntimeError("an event stream is iterated once")
+        self._events = self._generation.events()
+        return self._events
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            await self._generation.close()
+            try:
+                if self._events is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._events.aclose()
+            finally:
+                await self._generation.close()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._slot.__aexit__(None, None, None)
