@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
 from .api.anthropic.errors import AnthropicErrorMiddleware
+from .api.responses.store import ResponseStore
 from .api.routers import ROUTERS
 from .drain import DrainMiddleware
 from .errors import (
@@ -165,6 +166,7 @@ def create_app(
     metrics_public: bool = False,
     ui: bool = True,
     sse_ping_seconds: float = 10.0,
+    response_store: ResponseStore | None = None,
 ) -> Starlette:
     # Plain Starlette routes (routing.py): FastAPI would add nothing the handlers use.
     routes = [
@@ -182,6 +184,8 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=exception_handlers)
     app.state.core = service
     app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
+    # Opened on first use: an app that never serves /v1/responses makes no file.
+    app.state.response_store = response_store or ResponseStore(None)
     open_paths = set(OPEN_PATHS)
     if metrics_public:
         open_paths.add("/metrics")
@@ -202,7 +206,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=[
                 REQUEST_ID_HEADER.decode(),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .api.responses.store import ResponseStore
 from .app import create_app
 from .bootstrap import build_service
 from .config import ConfigError, Settings, load_settings
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics_public=settings.server.metrics_public,
         ui=settings.server.ui,
         sse_ping_seconds=settings.server.sse_ping_seconds,
+        response_store=ResponseStore(
+            Path(settings.responses.store_path) if settings.responses.store_path else None,
+            settings.responses.store_max_bytes,
+        ),
     )
     release_startup_memory()
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)

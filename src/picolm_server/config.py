@@ -138,6 +138,15 @@ class LlamaCppSection(GenerationDefaults):
     embedding_model_path: str = ""
 
 
+class ResponsesSection(_Section):
+    """The Responses API's store of past responses (api/responses/store.py)."""
+
+    # The SQLite file; empty: $XDG_DATA_HOME/picolm-server/responses.sqlite3.
+    store_path: str = ""
+    # Past this total, the oldest stored responses are dropped.
+    store_max_bytes: ByteSize = Field(default=64 * MIB, ge=4096)
+
+
 class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
@@ -168,6 +177,7 @@ class Settings(BaseSettings):
     picolm: PicoLMSection = Field(default_factory=PicoLMSection)
     llama_cpp: LlamaCppSection = Field(default_factory=LlamaCppSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    responses: ResponsesSection = Field(default_factory=ResponsesSection)
 
     def resolved_engine(self) -> Literal["picolm", "llama_cpp"]:
         """``auto`` means PicoLM when its binary and model are configured, else llama.cpp."""

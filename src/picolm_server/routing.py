@@ -52,3 +52,6 @@ class Routes:
 
     def post(self, path: str) -> Callable[[Handler], Handler]:
         return self.route(path, ["POST"])
+
+    def delete(self, path: str) -> Callable[[Handler], Handler]:
+        return self.route(path, ["DELETE"])
