@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -19,6 +19,7 @@ from .protocol import Model, ModelList
 from .routing import Routes
 
 T = TypeVar("T")
+RequestT = TypeVar("RequestT", bound=BaseModel)
 
 router = Routes()
 
@@ -75,6 +76,21 @@ async def parse_body(request: Request) -> dict[str, Any]:
             "pair, which stands for no character."
         )
     return body
+
+
+async def parse_request(
+    request: Request,
+    kind: type[RequestT],
+    invalid: Callable[[ValidationError], InvalidRequestError] | None = None,
+) -> RequestT:
+    """The body as ``kind``: JSON errors as :func:`parse_body` words them, validation
+    errors by ``invalid`` (an API's own wording; OpenAI's :func:`validation_error` when
+    None)."""
+    body = await parse_body(request)
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        raise (invalid or validation_error)(exc) from None
 
 
 def _has_lone_surrogate(body: dict[str, Any]) -> bool:

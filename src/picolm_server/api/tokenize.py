@@ -13,13 +13,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..engines.base import Engine
 from ..json_text import escape_line_separators
-from ..routes import core_of, parse_body, validation_error
+from ..routes import core_of, parse_request
 from ..routing import Routes
 
 router = Routes()
@@ -61,11 +61,7 @@ def _json(body: dict[str, Any]) -> Response:
 
 @router.post("/tokenize")
 async def tokenize(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = TokenizeRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, TokenizeRequest)
     core = core_of(request)
     tokens = await core.tokenize(
         parsed.content, add_special=parsed.add_special, parse_special=parsed.parse_special
@@ -77,9 +73,5 @@ async def tokenize(request: Request) -> Response:
 
 @router.post("/detokenize")
 async def detokenize(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = DetokenizeRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, DetokenizeRequest)
     return _json({"content": await core_of(request).detokenize(parsed.tokens)})

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
-from ...routes import core_of, parse_body, until_disconnected
+from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .convert import count_spec, generation_spec
 from .errors import validation_error
@@ -25,11 +25,7 @@ RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
 async def _parsed(request: Request, kind: type[RequestT]) -> RequestT:
-    body = await parse_body(request)
-    try:
-        return kind.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return await parse_request(request, kind, validation_error)
 
 
 def _json(model: BaseModel) -> Response:

@@ -3,7 +3,6 @@ reply. Errors are OpenAI's envelope (the app's handler for ``APIError``)."""
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -12,7 +11,7 @@ from ...generation import GenerationCore
 from ...json_text import escape_line_separators
 from ...protocol import ChatCompletionRequest
 from ...request_log import observer_of
-from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .convert import chat_spec
 from .respond import chat_completion, chunk_events
@@ -22,11 +21,7 @@ router = Routes()
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, ChatCompletionRequest)
     core: GenerationCore = core_of(request)
     observer = observer_of(request.scope)
     observer.request_parsed(parsed.model)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...generation import Usage
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
-from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .convert import (
     FimMarkers,
@@ -46,11 +45,7 @@ def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
 
 @router.post("/v1/completions")
 async def create_completion(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = CompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, CompletionRequest)
     core = core_of(request)
     observer = observer_of(request.scope)
     observer.request_parsed(parsed.model)

@@ -4,7 +4,6 @@ loop; abandoned when the client goes away or the time limit passes)."""
 from __future__ import annotations
 
 import anyio
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,7 +11,7 @@ from ...engines.base import EmbeddingInput, Embeddings
 from ...errors import EngineTimeoutError
 from ...generation import GenerationCore
 from ...json_text import escape_line_separators
-from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .convert import embedding_inputs, embedding_list, refuse_dimensions
 from .types import EmbeddingRequest
@@ -33,11 +32,7 @@ async def _embed(core: GenerationCore, inputs: list[EmbeddingInput]) -> Embeddin
 
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = EmbeddingRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, EmbeddingRequest)
     core = core_of(request)
     core.check_model(parsed.model)
     inputs = embedding_inputs(parsed.input)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...errors import InvalidRequestError
 from ...json_text import escape_line_separators
 from ...request_log import observer_of
-from ...routes import core_of, parse_body, until_disconnected, validation_error
+from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .events import response_json
 from .service import ResponsesService
@@ -37,11 +36,7 @@ def _json(value: Any) -> Response:
 
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
-    body = await parse_body(request)
-    try:
-        parsed = ResponsesRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    parsed = await parse_request(request, ResponsesRequest)
     service = _service(request)
     observer = observer_of(request.scope)
     if parsed.stream:
