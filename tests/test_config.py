@@ -20,7 +20,7 @@ def write(tmp_path: Path, data: object) -> Path:
 def test_defaults() -> None:
     settings = load_settings()
     assert settings.server.port == 8080
-    assert settings.server.max_concurrent == 1
+    assert settings.server.max_concurrent == 0
     assert settings.server.api_key == ""
     assert settings.picolm.max_tokens == 256
 
@@ -108,7 +108,7 @@ def test_empty_file_is_an_empty_configuration(tmp_path: Path) -> None:
 
 
 def test_env_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PICOLM_SERVER__MAX_CONCURRENT", "0")
+    monkeypatch.setenv("PICOLM_SERVER__MAX_CONCURRENT", "-1")
     with pytest.raises(ConfigError, match=r"server\.max_concurrent"):
         load_settings()
 

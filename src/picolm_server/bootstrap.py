@@ -217,6 +217,10 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
                 model_id=model_id,
                 context_length=llama_section.context_length,
                 threads=threads,
+                slots=llama_section.parallel,
+                prompt_reuse=llama_section.prompt_cache,
+                cache_max_bytes=llama_section.cache_max_bytes,
+                flash_attention=llama_section.flash_attention,
             ),
             embedder=_llama_embedder(settings, model_path, metadata, threads),
         )
@@ -275,5 +279,7 @@ def build_service(settings: Settings) -> GenerationCore:
         engine=engine,
         template=template,
         defaults=built.defaults,
-        scheduler=Scheduler(settings.server.max_concurrent, settings.server.max_queue),
+        scheduler=Scheduler(
+            settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
+        ),
     )

@@ -90,7 +90,9 @@ class ServerSection(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     api_key: str = ""
-    max_concurrent: int = Field(default=1, ge=1)
+    # Generations at once; 0: as many as the engine runs together (PicoLM one,
+    # llama.cpp its ``parallel`` slots).
+    max_concurrent: int = Field(default=0, ge=0)
     max_queue: int = Field(default=16, ge=0)
     max_body: ByteSize = Field(default=4 * MIB, ge=1024)
     # Limits on connections and time: see limits.py and drain.py.
@@ -134,6 +136,15 @@ class LlamaCppSection(GenerationDefaults):
     """The in-process llama.cpp engine; an empty ``model_path`` means the embedded model."""
 
     threads: int = Field(default=0, ge=0)  # 0: every core
+    # Requests decoded together in one batch per step (each with its own context).
+    parallel: int = Field(default=4, ge=1, le=64)
+    # Reuse computed prompt states across requests (replies stay identical either way).
+    prompt_cache: bool = True
+    # Host memory for prompt states of slots about to be overwritten; LRU eviction.
+    cache_max_bytes: ByteSize = Field(default=256 * MIB, ge=0)
+    # Flash attention: faster on long contexts, but then a reply can depend on what was
+    # reused or batched beside it (its kernel's last bits depend on the batch's shape).
+    flash_attention: bool = False
     # /v1/embeddings: a dedicated embedding GGUF; empty means the served model itself.
     embedding_model_path: str = ""
 

@@ -283,14 +283,15 @@ def _control_text_in(texts: Iterable[str], pattern: re.Pattern[str] | None) -> s
 
 
 def llama_prompt_tokenizer(llama: Any) -> PromptTokenizer:
-    """The :class:`PromptTokenizer` of a loaded ``llama_cpp.Llama``.
+    """The :class:`PromptTokenizer` of a loaded llama-cpp-python model (its
+    ``_internals.LlamaModel``: a ``Llama``'s ``_model``).
 
     Control tokens are those llama.cpp itself only parses with special parsing on
     (attribute CONTROL); user-defined tokens are matched by llama.cpp in plain text
     too, so they need nothing here."""
     import llama_cpp
 
-    vocab = llama._model.vocab
+    vocab = llama.vocab
     control: dict[str, int] = {}
     for token in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
         if llama_cpp.llama_vocab_get_attr(vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:

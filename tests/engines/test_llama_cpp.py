@@ -379,7 +379,8 @@ def test_engine_stops_between_tokens_when_closed(engine: Any, template: Any) -> 
     prompt_tokens, generated = asyncio.run(take_three())
     # What llama.cpp has evaluated: the prompt and the tokens handed out, not 200 more
     # (the last sampled token is not evaluated until the next one is asked for).
-    assert engine.llama.n_tokens <= prompt_tokens + generated + 1
+    assert all(slot.job is None for slot in engine.decode_loop.slots)
+    assert len(engine.decode_loop.slots[0].tokens) <= prompt_tokens + generated + 1
 
 
 def test_engine_refuses_a_prompt_over_the_context_before_generating(
@@ -451,7 +452,7 @@ def test_engine_abilities_and_tokenizer(engine: Any, template: Any) -> None:
     assert engine.token_piece(marker[0]) == b"<|im_start|>"
     words = engine.tokenize("Hello world", add_special=False, parse_special=False)
     assert engine.detokenize(words) == "Hello world"
-    assert engine.vocabulary_size() == engine.llama.n_vocab()
+    assert engine.vocabulary_size() == engine.llama.n_vocab() == 49152
     with pytest.raises(InvalidRequestError) as caught:
         engine.detokenize([engine.vocabulary_size()])
     assert caught.value.param == "tokens"

@@ -185,37 +185,34 @@ def test_a_second_fault_right_after_the_first(server: PicoLMServer) -> None:
 
 
 class FaultyModel:
-    """The real ``llama_cpp.Llama`` with faults scripted from the prompt's text: after two
-    tokens ``[[crash]]`` raises, ``[[garbage]]`` turns tokens into bytes that are not
-    UTF-8, ``[[runaway]]`` never samples EOS."""
+    """The decode loop's real llama.cpp calls (``ModelContext``) with faults scripted
+    from the prompt's text: after two tokens ``[[crash]]`` raises, ``[[garbage]]`` turns
+    tokens into bytes that are not UTF-8, ``[[runaway]]`` never samples EOS."""
 
-    def __init__(self, llama: Any) -> None:
-        self._llama = llama
-        self._garbage = threading.local()
+    def __init__(self, model: Any, detokenize: Any, word: int) -> None:
+        self._model = model
+        self._detokenize = detokenize
+        self._word = word
+        self._garbage = False
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._llama, name)
+        return getattr(self._model, name)
 
-    def detokenize(self, tokens: list[int], *args: Any, **kwargs: Any) -> bytes:
-        if getattr(self._garbage, "on", False):
+    def sample(self, job: Any, row: int) -> int:
+        prompt = self._detokenize([int(t) for t in job.prompt])
+        self._garbage = "[[garbage]]" in prompt
+        if "[[runaway]]" in prompt:
+            return self._word
+        if "[[crash]]" in prompt and job.generated == 2:
+            raise RuntimeError(SECRET_STDERR)
+        token: int = self._model.sample(job, row)
+        return token
+
+    def piece(self, token: int) -> bytes:
+        if self._garbage:
             return b"\xff\xc3"
-        data: bytes = self._llama.detokenize(tokens, *args, **kwargs)
-        return data
-
-    def generate(self, tokens: list[int], **kwargs: Any) -> Iterator[int]:
-        prompt = self._llama.detokenize(tokens).decode("utf-8", "replace")
-        self._garbage.on = "[[garbage]]" in prompt
-        try:
-            if "[[runaway]]" in prompt:
-                word = self._llama.tokenize(b" word", add_bos=False)[0]
-                while True:
-                    yield word
-            for index, token in enumerate(self._llama.generate(tokens, **kwargs)):
-                if index == 2 and "[[crash]]" in prompt:
-                    raise RuntimeError(SECRET_STDERR)
-                yield token
-        finally:
-            self._garbage.on = False
+        piece: bytes = self._model.piece(token)
+        return piece
 
 
 @dataclass
@@ -241,7 +238,9 @@ def llama_faults() -> Iterator[InProcessServer]:
     service = build_service(settings)
     engine = service.engine
     assert isinstance(engine, LlamaCppEngine)
-    engine.llama = FaultyModel(engine.llama)  # type: ignore[assignment]
+    word = engine.tokenize(" word", add_special=False, parse_special=False)[0]
+    loop = engine.decode_loop
+    loop.model = FaultyModel(loop.model, engine.detokenize, word)  # type: ignore[assignment]
     records: list[str] = []
 
     class Collect(logging.Handler):

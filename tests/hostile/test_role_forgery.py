@@ -70,7 +70,7 @@ def template() -> ChatTemplate:
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2: Any) -> PromptTokenizer:
-    return llama_prompt_tokenizer(smollm2)
+    return llama_prompt_tokenizer(smollm2._model)
 
 
 def special_id(llama: Any, text: str) -> int:

@@ -129,6 +129,8 @@ class EngineAbilities:
     ``prompt_reuse``: it keeps computed prompt state between requests.
     ``fim_tokens``: the model's fill-in-the-middle control tokens (prefix, suffix,
     middle), None when it has none or the engine cannot feed control tokens.
+    ``parallel``: how many generations it runs together (the scheduler's slots unless
+    ``server.max_concurrent`` says otherwise).
     """
 
     output_control: OutputControl
@@ -138,6 +140,7 @@ class EngineAbilities:
     embeddings: bool = False
     prompt_reuse: bool = False
     fim_tokens: tuple[int, int, int] | None = None
+    parallel: int = 1
 
     @property
     def grammar(self) -> bool:

@@ -1,25 +1,20 @@
-"""The llama.cpp engine: a GGUF model loaded in-process through ``llama-cpp-python``.
+"""The llama.cpp engine: a GGUF model loaded in-process through ``llama-cpp-python``,
+serving concurrent requests from one decode loop (:mod:`.llama_slots`).
 
-Generation runs on one worker thread per loaded model (llama.cpp contexts are not
-thread-safe, and one generation already uses every core), handing each token to the
-event loop as it is sampled. Closing the generation sets a flag the worker checks
-between tokens, and waits for the worker to stop before the model is free again.
-Every prompt is computed from scratch: llama.cpp can keep the previous prompt's state,
-but logits computed on a reused prefix differ in the last bits from those of a whole
-prompt (its matrix kernels depend on the batch shape), which is enough to change a greedy
-reply. Identical requests must give identical replies (streamed or not, first or second),
-and a small model's prefill is cheap, so reuse is not worth that.
+This module is the engine's face to the server: it loads the model, tokenizes prompts
+(before they wait for a slot), builds each request's sampler (its grammar parsed off the
+event loop) and hands the request to the loop, then turns what the loop delivers into
+engine events. Closing a generation cancels its job and waits until the loop has let
+go of it. Which prompt states are reused, and why replies stay identical, is the loop's
+business (see :mod:`.llama_slots`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import concurrent.futures
 import json
 import logging
-import threading
-import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +30,6 @@ from .base import (
     EngineAbilities,
     EngineHealth,
     Finished,
-    FinishReason,
     GenerationEvent,
     GenerationRequest,
     ModelInfo,
@@ -43,37 +37,72 @@ from .base import (
     TextDelta,
 )
 from .llama_embeddings import LlamaEmbedder
+from .llama_sampling import GrammarError, RequestSampler, SamplingSettings, grammar_sampler
+from .llama_slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
+from .llama_state_cache import StateCache, as_tokens
 from .picolm import context_exceeded
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
+
+# Tokens per decode step: prompt chunks of waiting requests fill it up to this.
+BATCH_TOKENS = 512
 
 
 @dataclass(frozen=True)
 class LlamaCppOptions:
     model_path: Path
     model_id: str
+    # Per request (each slot has this much context of its own).
     context_length: int
     threads: int
-
-
-_END = object()
+    # Requests decoded together, one batch per step.
+    slots: int = 1
+    # Keep computed prompt states for the requests that come next.
+    prompt_reuse: bool = True
+    # Host memory for states of slots about to be overwritten (0: none kept there).
+    cache_max_bytes: int = 256 * 1024 * 1024
+    # Faster attention on long contexts, but replies then depend in their last bits on
+    # reuse and batching (see llama_slots).
+    flash_attention: bool = False
 
 
 class LlamaCppEngine:
     def __init__(self, options: LlamaCppOptions, embedder: LlamaEmbedder | None = None) -> None:
         import llama_cpp  # the optional extra; the factory checks it is installed
+        from llama_cpp._internals import LlamaModel
+        from llama_cpp._logger import set_verbose
 
+        set_verbose(False)  # llama.cpp's own log: errors only
         self._llama_cpp = llama_cpp
         self.options = options
-        self.llama = llama_cpp.Llama(
-            model_path=str(options.model_path),
-            n_ctx=options.context_length,
-            n_threads=options.threads,
-            n_threads_batch=options.threads,
-            n_batch=512,
+        self.llama = LlamaModel(
+            path_model=str(options.model_path),
+            params=llama_cpp.llama_model_default_params(),
             verbose=False,
         )
-        vocab = self.llama._model.vocab
+        vocab = self.llama.vocab
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = options.context_length * options.slots
+        params.n_batch = params.n_ubatch = BATCH_TOKENS
+        params.n_seq_max = options.slots
+        params.kv_unified = False  # each slot's cells its own (see llama_slots)
+        params.n_threads = params.n_threads_batch = options.threads
+        params.no_perf = True
+        # Flash attention's CPU kernel gives a row other last bits depending on how its
+        # prompt was cut into batches: reused states would then change replies.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if options.flash_attention
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self._context = llama_cpp.llama_init_from_model(self.llama.model, params)
+        if not self._context:
+            self.llama.close()  # type: ignore[no-untyped-call]
+            raise ValueError("llama.cpp could not create a context for the model")
+        # llama.cpp may round the context up; each slot gets its share.
+        self.context_length = min(
+            options.context_length, int(llama_cpp.llama_n_ctx_seq(self._context))
+        )
         fim = tuple(
             int(find(vocab))
             for find in (
@@ -89,6 +118,8 @@ class LlamaCppEngine:
             prompt_accepts_nul=True,
             top_k=True,
             tokenize=True,
+            prompt_reuse=options.prompt_reuse,
+            parallel=options.slots,
             fim_tokens=(fim[0], fim[1], fim[2]) if min(fim) >= 0 else None,
             # A context of its own, in embedding mode (llama_embeddings.py).
             embeddings=embedder is not None,
@@ -96,15 +127,20 @@ class LlamaCppEngine:
         self._embedder = embedder
         # Marker text becomes a control token only where the chat template wrote it.
         self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
-        # n_ctx 0 means "the model's own"; report what was actually allocated.
-        self.context_length = int(self.llama.n_ctx())
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama")
-        # Prompts are tokenized before they wait for the model, one at a time (llama.cpp's
-        # tokenizer only reads the vocabulary, so it runs beside a generation).
+        self._vocabulary_size = int(self.llama.n_vocab())
+        # Prompts are tokenized (and grammars parsed) before they wait for the model, one
+        # at a time (this only reads the vocabulary, so it runs beside the decode loop).
         self._tokenizer_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="llama-tokenize"
         )
-        self._lock = asyncio.Lock()
+        cache = StateCache(options.cache_max_bytes) if options.cache_max_bytes > 0 else None
+        self.decode_loop = DecodeLoop(
+            ModelContext(self._context, vocab, BATCH_TOKENS),
+            slots=options.slots,
+            context_length=self.context_length,
+            reuse=options.prompt_reuse,
+            cache=cache,
+        )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"
         )
@@ -159,131 +195,84 @@ class LlamaCppEngine:
         return replace(request, prompt_tokens=tuple(tokens))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        tokens = list((await self.admit(request)).prompt_tokens or ())
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._worker, self.llama.reset)
-            yield PromptAccepted(len(tokens))
-
-            # Room left in the context bounds the reply as well as max_tokens does.
-            budget = min(request.max_tokens, self.context_length - len(tokens))
-            queue: asyncio.Queue[Any] = asyncio.Queue()
-            stop = threading.Event()
-            work = loop.run_in_executor(
-                self._worker, self._run, tokens, request, budget, queue, stop, loop
-            )
-            try:
-                count = 0
-                while True:
-                    item = await queue.get()
-                    if item is _END:
-                        break
-                    if isinstance(item, BaseException):
-                        # Its text can hold paths or prompt text: for the log only.
-                        logger.error("llama.cpp generation failed: %r", item)
-                        raise EngineError(
-                            f"The llama.cpp engine failed ({type(item).__name__})."
-                        ) from item
-                    text, count = item
-                    yield TextDelta(text, count)
-                reason, count = await work
-                yield Finished(reason, count)
-            finally:
-                stop.set()
-                with anyio.CancelScope(shield=True):
-                    await asyncio.gather(work, return_exceptions=True)
-
-    def _run(
-        self,
-        tokens: list[int],
-        request: GenerationRequest,
-        budget: int,
-        queue: asyncio.Queue[Any],
-        stop: threading.Event,
-        loop: asyncio.AbstractEventLoop,
-    ) -> tuple[FinishReason, int]:
-        """The worker thread: sample tokens until EOS, the budget, or ``stop``."""
-        put = queue.put_nowait
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = self.llama._model.vocab
-        is_end_of_generation = self._llama_cpp.llama_vocab_is_eog
-        count = 0
-        reason: FinishReason = "length"
-        started = time.monotonic()
-        stopped = False
+        request = await self.admit(request)
+        tokens = request.prompt_tokens or ()
+        loop = asyncio.get_running_loop()
         try:
-            if request.seed is not None:
-                self.llama.set_seed(request.seed)
-            grammar = self._grammar(request)
-            for token in self.llama.generate(
-                tokens,
-                top_k=request.top_k,
-                top_p=request.top_p,
-                min_p=0.0,
-                temp=request.temperature,
-                repeat_penalty=1.0,
-                grammar=grammar,
-            ):
-                if stop.is_set():
-                    stopped = True
-                    break
-                if is_end_of_generation(vocab, token):
-                    reason = "stop"
-                    break
-                count += 1
-                text = decoder.decode(self.llama.detokenize([token]))
-                if text:
-                    loop.call_soon_threadsafe(put, (text, count))
-                if count >= budget:
-                    break
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                loop.call_soon_threadsafe(put, (tail, count))
-        except Exception as exc:  # reported to the request, never to the server
-            loop.call_soon_threadsafe(put, exc)
-        finally:
-            loop.call_soon_threadsafe(put, _END)
-        logger.debug(
-            "llama.cpp %s in %.2fs: %d prompt, %d completion tokens (budget %d)",
-            "stopped by the server" if stopped else f"finished ({reason})",
-            time.monotonic() - started,
-            len(tokens),
-            count,
-            budget,
+            sampler = await loop.run_in_executor(self._tokenizer_thread, self._sampler, request)
+        except GrammarError as exc:
+            raise EngineError(f"The llama.cpp engine could not use the grammar ({exc}).") from exc
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        job = Job(
+            prompt=as_tokens(tokens),
+            # Room left in the context bounds the reply as well as max_tokens does.
+            budget=max(1, min(request.max_tokens, self.context_length - len(tokens))),
+            sampler=sampler,
+            deliver=deliver_to(loop, queue),
         )
-        return reason, count
+        self.decode_loop.submit(job)
+        released = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is JOB_RELEASED:
+                    released = True
+                    raise EngineError("The llama.cpp engine ended the generation unfinished.")
+                if isinstance(item, BaseException):
+                    # Its text can hold paths or prompt text: for the log only.
+                    logger.error("llama.cpp generation failed: %r", item)
+                    raise EngineError(
+                        f"The llama.cpp engine failed ({type(item).__name__})."
+                    ) from item
+                if not isinstance(item, (PromptAccepted, TextDelta, Finished)):
+                    raise EngineError("The llama.cpp engine sent an unknown event.")
+                yield item
+                if isinstance(item, Finished):
+                    break
+        finally:
+            if not released:
+                self.decode_loop.cancel(job)
+                with anyio.CancelScope(shield=True):
+                    while await queue.get() is not JOB_RELEASED:
+                        pass
+
+    def _sampler(self, request: GenerationRequest) -> RequestSampler:
+        settings = SamplingSettings(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            seed=request.seed,
+        )
+        grammar = self._grammar(request)
+        return RequestSampler(settings, self._vocabulary_size, grammar)
 
     def grammar_error(self, gbnf: str) -> str | None:
-        """Why llama.cpp would refuse this grammar, or None if it parses.
-
-        llama-cpp-python hands a grammar that does not parse to the sampler chain as a
-        null sampler, which crashes the process: grammars are checked before use."""
-        sampler = self._llama_cpp.llama_sampler_init_grammar(
-            self.llama._model.vocab, gbnf.encode("utf-8"), b"root"
-        )
-        if not sampler:
-            return "llama.cpp could not parse the grammar"
+        """Why llama.cpp would refuse this grammar, or None if it parses."""
+        try:
+            sampler = grammar_sampler(self.llama.vocab, gbnf)
+        except GrammarError as exc:
+            return str(exc)
         self._llama_cpp.llama_sampler_free(sampler)
         return None
 
     def _grammar(self, request: GenerationRequest) -> Any:
+        """The request's grammar sampler (None without a constraint)."""
         constraint = request.constraint
         if constraint is None:
             return None
-        grammar_class: Any = self._llama_cpp.LlamaGrammar  # type: ignore[attr-defined]
-        if constraint.gbnf is not None:
-            problem = self.grammar_error(constraint.gbnf)
-            if problem is not None:
-                raise ValueError(problem)
-            return grammar_class.from_string(constraint.gbnf, verbose=False)
-        schema = constraint.json_schema
-        if schema is None:
-            schema = {"type": "object"}
-        return grammar_class.from_json_schema(json.dumps(schema), verbose=False)
+        gbnf = constraint.gbnf
+        if gbnf is None:
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            schema = constraint.json_schema if constraint.json_schema is not None else {}
+            gbnf = json_schema_to_gbnf(json.dumps(schema or {"type": "object"}))
+        return grammar_sampler(self.llama.vocab, gbnf)
 
     def close(self) -> None:
         if self._embedder is not None:
             self._embedder.close()
         self._tokenizer_thread.shutdown(wait=True)
-        self._worker.shutdown(wait=True)
-        self.llama.close()
+        self.decode_loop.close()
+        self.decode_loop.model.close()
+        self._llama_cpp.llama_free(self._context)
+        self.llama.close()  # type: ignore[no-untyped-call]

@@ -1,0 +1,132 @@
+"""Token sampling for one llama.cpp request: its sampler chain, and its grammar checked
+sample-first.
+
+Applying a grammar to the whole vocabulary at every token costs far more than decoding
+a small model's token (SmolLM2 has 49,152 tokens and a JSON grammar has many states).
+So, as llama.cpp's own server does, the chain (top-k, top-p, temperature, the seeded
+draw or the greedy pick) samples from the raw logits first, and only the sampled token
+is checked against the grammar. Only when the grammar rejects it are the logits masked
+by the grammar over the whole vocabulary and the chain run again. Replies still follow
+the grammar exactly: every accepted token has been checked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+# llama_token_data is {int32 id; float logit; float p}: 12 bytes, no padding.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float
+    top_p: float
+    top_k: int = 0  # 0: no top-k cut
+    seed: int | None = None
+
+
+class GrammarError(ValueError):
+    """llama.cpp could not parse the grammar."""
+
+
+def grammar_sampler(vocab: Any, gbnf: str) -> Any:
+    """A grammar sampler, or GrammarError. (llama.cpp returns NULL for a grammar it
+    cannot parse; handing that to a chain would crash the process.)"""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        raise GrammarError("llama.cpp could not parse the grammar")
+    return sampler
+
+
+class RequestSampler:
+    """The sampler chain of one request, with its optional grammar. Not thread-safe:
+    used by the decode loop's thread only. ``close`` frees the native samplers."""
+
+    def __init__(
+        self, settings: SamplingSettings, vocabulary_size: int, grammar: Any = None
+    ) -> None:
+        self._vocabulary_size = vocabulary_size
+        self._chain = llama_cpp.llama_sampler_chain_init(
+            llama_cpp.llama_sampler_chain_default_params()
+        )
+        add = llama_cpp.llama_sampler_chain_add
+        if settings.temperature <= 0.0:
+            add(self._chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if settings.top_k > 0:
+                add(self._chain, llama_cpp.llama_sampler_init_top_k(settings.top_k))
+            if settings.top_p < 1.0:
+                add(self._chain, llama_cpp.llama_sampler_init_top_p(settings.top_p, 1))
+            add(self._chain, llama_cpp.llama_sampler_init_temp(settings.temperature))
+            seed = settings.seed if settings.seed is not None else secrets.randbits(32)
+            # LLAMA_DEFAULT_SEED (2^32 - 1) would mean "draw a random seed" to llama.cpp.
+            seed %= llama_cpp.LLAMA_DEFAULT_SEED
+            add(self._chain, llama_cpp.llama_sampler_init_dist(seed))
+        self._grammar = grammar
+        # The one-token array the grammar check runs on.
+        self._single = llama_cpp.llama_token_data(0, 1.0, 0.0)
+        self._single_array = llama_cpp.llama_token_data_array(
+            ctypes.pointer(self._single), 1, -1, False
+        )
+        self.grammar_rejections = 0
+
+    def sample(self, ctx: Any, row: int) -> int:
+        """The next token from the logits of batch row ``row``; with a grammar, one it
+        accepts (and the grammar advances past it)."""
+        token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, row))
+        if self._grammar is None:
+            return token
+        if not self._grammar_accepts(token):
+            self.grammar_rejections += 1
+            token = self._sample_within_grammar(ctx, row)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _grammar_accepts(self, token: int) -> bool:
+        single: Any = self._single  # ctypes fields take plain ints
+        single.id = token
+        single.logit = 1.0
+        single.p = 0.0
+        array = self._single_array
+        array.size = 1
+        array.selected = -1
+        array.sorted = False
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return not math.isinf(single.logit)
+
+    def _sample_within_grammar(self, ctx: Any, row: int) -> int:
+        """The chain run again on logits the grammar has masked, over the vocabulary."""
+        size = self._vocabulary_size
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(size,))
+        candidates = np.empty(size, dtype=_TOKEN_DATA)
+        candidates["id"] = np.arange(size, dtype=np.int32)
+        candidates["logit"] = logits
+        candidates["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size, -1, False
+        )
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise RuntimeError("the grammar left no token to sample")
+        token = int(array.data[array.selected].id)
+        if not self._grammar_accepts(token):
+            raise RuntimeError("the grammar left no token to sample")
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def close(self) -> None:
+        if self._chain is not None:
+            llama_cpp.llama_sampler_free(self._chain)
+            self._chain = None
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
