@@ -84,9 +84,10 @@ from typing import Any
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 PICOLM, LLAMA_SERVER, LCP = "picolm", "llama-server", "llama-cpp-python"
@@ -117,11 +118,9 @@ SENTENCES = [
     "The old bridge had seven arches, and the middle one was rebuilt after a flood in 1902.",
     "On market days the square filled with carts of cheese, wool, candles and copper pots.",
     "Ada Brightwater ran the post office and knew the name of every family on the island.",
-    "The chapel bell was cast in a field behind the forge because no building was tall "
-    "enough.",
+    "The chapel bell was cast in a field behind the forge because no building was tall enough.",
     "Smugglers were said to hide brandy in the caves below the northern headland.",
-    "In winter the lake froze so hard that the baker drove his cart across it to the "
-    "village.",
+    "In winter the lake froze so hard that the baker drove his cart across it to the village.",
     "The town council met in the back room of the Crown Inn until a hall was built in 1888.",
     "A travelling painter stayed for one summer and left behind twelve pictures of the bay.",
     "Salt was made in shallow pans near the marsh, and the work began before sunrise.",
@@ -324,7 +323,8 @@ async def _read_stream(client: httpx.AsyncClient, body: dict[str, Any], reply: R
                         int(call.get("index") or 0), {"name": "", "arguments": ""}
                     )
                     function = call.get("function") or {}
-                    slot["name"] += function.get("name") or ""
+                    if function.get("name") and not slot["name"]:
+                        slot["name"] = function["name"]  # sent once (some servers repeat it)
                     slot["arguments"] += function.get("arguments") or ""
                     got = got or bool(function.get("name") or function.get("arguments"))
                 if got:
@@ -439,6 +439,8 @@ def server_spec(
                 "--n_threads", threads, "--n_threads_batch", threads,
                 "--flash_attn", "false",
                 *cache,
+                # By default it cuts a running stream short when another request comes.
+                "--interrupt_requests", "false",
                 "--host", "127.0.0.1", "--port", str(port),
             ],
         )  # fmt: skip
@@ -562,6 +564,7 @@ class Context:
     client: httpx.AsyncClient
     args: argparse.Namespace
     nonce: str
+    key: str  # which server: a few requests are spelled in its dialect
 
     async def request(self, body: dict[str, Any]) -> Reply:
         return await stream_request(self.client, body, self.args.timeout)
@@ -616,6 +619,9 @@ async def case_concurrency(ctx: Context, out: dict[str, Any]) -> None:
             ]
             start = time.perf_counter()
             replies = await asyncio.gather(*(ctx.request(body) for body in bodies))
+            for reply in replies:
+                if reply.ok and not reply.chunks:
+                    reply.error = "empty reply (stream ended without any token)"
             ends = [r.sent + r.total for r in replies if r.ok and r.total is not None]
             wall = (max(ends) - start) if ends else None
             tokens = sum(r.completion_tokens for r in replies if r.ok)
@@ -662,8 +668,21 @@ def _valid_booking(reply: Reply) -> bool:
     )
 
 
+def json_schema_format(key: str, openai_form: bool) -> dict[str, Any]:
+    """response_format asking for PERSON_SCHEMA. llama-cpp-python's server refuses
+    OpenAI's ``json_schema`` type (422: it knows only text and json_object) and takes
+    the schema as ``{"type": "json_object", "schema": ...}`` instead."""
+    if key == LCP and not openai_form:
+        return {"type": "json_object", "schema": PERSON_SCHEMA}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "strict": True, "schema": PERSON_SCHEMA},
+    }
+
+
 async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
     args = ctx.args
+    out["response_format"] = json_schema_format(ctx.key, args.lcp_openai_json_schema)["type"]
     for run in range(args.grammar_runs):
         nonce = f"{ctx.nonce}-g{run}"
         schema_body = chat_body(
@@ -676,10 +695,7 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
                 },
             ],
             args.grammar_max_tokens,
-            response_format={
-                "type": "json_schema",
-                "json_schema": {"name": "person", "strict": True, "schema": PERSON_SCHEMA},
-            },
+            response_format=json_schema_format(ctx.key, args.lcp_openai_json_schema),
         )
         reply = await ctx.request(schema_body)
         out.setdefault("json_schema", []).append(
@@ -703,6 +719,7 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
             {
                 **reply.summary(),
                 "valid": reply.ok and _valid_booking(reply),
+                "name": reply.tool_calls.get(0, {}).get("name", ""),
                 "arguments": reply.tool_calls.get(0, {}).get("arguments", "")[:300],
             }
         )
@@ -769,7 +786,7 @@ def cpu_times() -> list[int]:
 
 def cpu_share(before: list[int], after: list[int]) -> dict[str, float]:
     """The machine's busy and steal shares between two /proc/stat readings."""
-    delta = [b - a for a, b in zip(before, after)]
+    delta = [b - a for a, b in zip(before, after, strict=True)]
     total = sum(delta) or 1
     idle = delta[3] + (delta[4] if len(delta) > 4 else 0)
     steal = delta[7] if len(delta) > 7 else 0
@@ -817,10 +834,14 @@ def versions(args: argparse.Namespace, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     if PICOLM in keys:
         src = picolm_src(args)
-        found["picolm-server"] = run_quietly(
-            [sys.executable, "-c", "import picolm_server; print(picolm_server.__file__)"],
-            env={"PYTHONPATH": str(src)},
-        ) + " @ " + run_quietly(["git", "-C", str(src), "describe", "--always", "--dirty"])
+        found["picolm-server"] = (
+            run_quietly(
+                [sys.executable, "-c", "import picolm_server; print(picolm_server.__file__)"],
+                env={"PYTHONPATH": str(src)},
+            )
+            + " @ "
+            + run_quietly(["git", "-C", str(src), "describe", "--always", "--dirty"])
+        )
         found["llama-cpp-python (picolm-server)"] = run_quietly(
             [sys.executable, "-c", "import llama_cpp; print(llama_cpp.__version__)"]
         )
@@ -886,7 +907,7 @@ async def run_case(
             record["startup_s"] = _round(
                 await wait_ready(client, process, began, args.startup_timeout), 3
             )
-            ctx = Context(client, args, f"{run_id}-r{round_}-{case}")
+            ctx = Context(client, args, f"{run_id}-r{round_}-{case}", key)
             warm = await ctx.request(chat_body(story_messages(STORIES[1], ctx.nonce), 8))
             if not warm.ok:
                 raise RuntimeError(f"warm-up failed: {warm.error}")
@@ -927,9 +948,12 @@ def case_errors(record: dict[str, Any]) -> list[str]:
 
 
 async def run_benchmark(args: argparse.Namespace) -> int:
-    from picolm_server.bootstrap import embedded_model_path
+    if args.model:
+        model = Path(args.model)
+    else:
+        from picolm_server.bootstrap import embedded_model_path
 
-    model = Path(args.model) if args.model else embedded_model_path()
+        model = embedded_model_path()
     workdir = Path(tempfile.mkdtemp(prefix="picolm-real-use-"))
     run_id = uuid.uuid4().hex[:8]
     keys: list[str] = args.servers
@@ -990,9 +1014,7 @@ async def run_benchmark(args: argparse.Namespace) -> int:
                 "llama_cache_ram": args.llama_cache_ram,
                 "timeout": args.timeout,
             },
-            "commands": {
-                key: server_spec(key, args, model, 0, workdir).command for key in keys
-            },
+            "commands": {key: server_spec(key, args, model, 0, workdir).command for key in keys},
             "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GGML_"))},
         },
     )
@@ -1159,7 +1181,7 @@ def report_chat(grouped: dict[str, list[dict[str, Any]]], servers: list[str]) ->
         "## 8-turn chat: time to first token per turn",
         "",
         side_by_side(
-            [f"{n} ({p} tokens)" for n, p in zip(names, prompt)],
+            [f"{n} ({p} tokens)" for n, p in zip(names, prompt, strict=True)],
             servers,
             lambda s, i: get(s, i, "ttft"),
             fmt_s,
@@ -1479,6 +1501,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--llama-cache-ram", type=int, default=8192, help="llama-server --cache-ram MiB")
     add("--lcp-python", default=sys.executable, help="python with llama-cpp-python[server]")
     add("--lcp-no-cache", action="store_true", help="llama-cpp-python without --cache")
+    add(
+        "--lcp-openai-json-schema",
+        action="store_true",
+        help="send llama-cpp-python OpenAI's json_schema form too (it refuses it)",
+    )
     add("--timeout", type=float, default=180.0, help="seconds per request")
     add("--startup-timeout", type=float, default=120.0)
     add("--chat-turns", type=int, default=8)
