@@ -1549,6 +1549,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report is not None:
         print(report(load_records(args.report or [args.out])), end="")
         return 0
+    # Ctrl-C stops the run cleanly even when started from a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
     try:
