@@ -895,7 +895,7 @@ async def run_case(
     record["result"] = result
     stat_before = cpu_times()
     began = time.perf_counter()
-    log_path = workdir / f"{key}.log"
+    log_path = workdir / f"{key}-{case}-r{round_ + 1}.log"
     process: subprocess.Popen[bytes] | None = None
     try:
         process = spawn(spec.command, spec.env, log_path)
