@@ -1509,7 +1509,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--servers", type=comma_list(SERVER_KEYS), default=list(SERVER_KEYS))
     add("--cases", type=comma_list(CASES), default=list(CASES))
     add("--rounds", type=int, default=1, help="each round rotates the server order")
-    add("--out", type=Path, default=Path("real_use.jsonl"), help="JSON lines, appended")
+    add(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "real_use.jsonl",
+        help="JSON lines, appended",
+    )
     add("--report", nargs="*", type=Path, help="print markdown tables from these JSON files")
     add("--dry-run", action="store_true", help="print the plan and commands only")
     add("--threads", type=int, default=2)
