@@ -22,7 +22,9 @@ Cases (``--cases``, any subset, in this order):
   call (``tool_choice`` naming a function with 3 arguments), ``--grammar-runs`` runs
   each: latency, completion tokens/s (completion tokens / latency), validity.
 - ``steady``: 20 identical requests (``--steady-requests``; same prompt, 64 tokens,
-  greedy) with 2-second idle gaps (``--steady-gap``): median, p90, max, max/median.
+  greedy) with 2-second idle gaps (``--steady-gap``): median, p90, max, max/median. No
+  new request after ``--steady-budget`` (180 s), so a stalling server cannot stretch the
+  run (the table says when that happened).
 - ``steady-busy``: the same while ``--busy`` (2) spinning processes started by this
   script keep both cores busy (always killed afterwards, errors and Ctrl-C included).
 
@@ -746,7 +748,12 @@ async def case_steady(ctx: Context, out: dict[str, Any]) -> None:
     args = ctx.args
     body = chat_body(story_messages(STORIES[0], None), args.story_max_tokens)
     requests: list[dict[str, Any]] = out.setdefault("requests", [])
+    began = time.perf_counter()
     for index in range(args.steady_requests):
+        if index and time.perf_counter() - began > args.steady_budget:
+            # Keeps a run's length bounded when a server stalls (the figures say so).
+            out["stopped"] = f"after {index} requests: over the {args.steady_budget:.0f} s budget"
+            break
         if index:
             await asyncio.sleep(args.steady_gap)
         reply = await ctx.request(body)
@@ -792,7 +799,7 @@ def estimate_seconds(case: str, key: str, args: argparse.Namespace) -> float:
     gap = args.steady_gap + args.story_max_tokens / 80.0
     if case == "steady-busy":
         gap = args.steady_gap + args.story_max_tokens / 20.0
-    return start + args.steady_requests * gap
+    return start + min(args.steady_requests * gap, args.steady_budget + gap)
 
 
 # --- the run -------------------------------------------------------------------------
@@ -1028,6 +1035,7 @@ async def run_benchmark(args: argparse.Namespace) -> int:
                 "grammar_max_tokens": args.grammar_max_tokens,
                 "steady_requests": args.steady_requests,
                 "steady_gap": args.steady_gap,
+                "steady_budget": args.steady_budget,
                 "busy": args.busy,
                 "lcp_cache": not args.lcp_no_cache,
                 "llama_cache_ram": args.llama_cache_ram,
@@ -1388,11 +1396,12 @@ def report_steady(cases: list[dict[str, Any]], servers: list[str]) -> list[str]:
             if not values:
                 continue
             mid = statistics.median(values)
+            stopped = any(r["result"].get("stopped") for r in grouped.get(server, []))
             rows.append(
                 [
                     load,
                     server,
-                    str(len(values)),
+                    f"{len(values)}" + (" (budget hit)" if stopped else ""),
                     fmt_s(mid),
                     fmt_s(percentile(values, 90)),
                     fmt_s(max(values)),
@@ -1553,6 +1562,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--grammar-max-tokens", type=int, default=96)
     add("--steady-requests", type=int, default=20)
     add("--steady-gap", type=float, default=2.0, help="idle seconds between requests")
+    add(
+        "--steady-budget",
+        type=float,
+        default=180.0,
+        help="seconds after which a steadiness case sends no more requests",
+    )
     add("--busy", type=int, default=2, help="spinning processes for steady-busy")
     args = parser.parse_args(argv)
     if args.report is None and LLAMA_SERVER in args.servers and not args.llama_server:
