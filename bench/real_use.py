@@ -1347,7 +1347,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                     fmt_s(s["ttft"]),
                     "—" if s["tokens"] is None else f"{s['tokens']:.0f}",
                     fmt_rate(s["rate"]),
-                    fmt_ratio(s["rate"], base_rate) if server != BASELINE else "1.00x",
+                    fmt_ratio(s["rate"], base_rate),
                     s["valid"],
                     s["errors"],
                 ]
