@@ -782,24 +782,29 @@ def estimate_seconds(case: str, key: str, args: argparse.Namespace) -> float:
     debug runs on the 2-core machine; picolm-server without slots or prompt reuse."""
     slow = key != LLAMA_SERVER  # the two without warm conversations
     start = 4.0
+    turns, conversations, conv_turns = (
+        int(args.chat_turns),
+        int(args.conversations),
+        int(args.conv_turns),
+    )
+    runs, gap_s, budget = int(args.grammar_runs), float(args.steady_gap), float(args.steady_budget)
+    tokens, requests_n = int(args.story_max_tokens), int(args.steady_requests)
     if case == "chat":
         per_turn = 2.5 if slow else 0.8
-        return start + args.chat_turns * per_turn * args.chat_turns / 8
+        return start + turns * per_turn * turns / 8
     if case == "interleaved":
         per_turn = 1.6 if slow else 0.7
-        return start + args.conversations * args.conv_turns * per_turn
+        return start + conversations * conv_turns * per_turn
     if case == "concurrency":
-        requests = sum(args.levels) * args.waves
-        return start + requests * args.story_max_tokens / (60.0 if slow else 90.0)
+        requests = sum(int(level) for level in args.levels) * int(args.waves)
+        return start + requests * tokens / (60.0 if slow else 90.0)
     if case == "grammar":
         # json_schema and tool call; both grammar-bound servers apply the grammar to the
         # whole vocabulary at every token.
         per_run = {PICOLM: 55.0, LCP: 20.0}.get(key, 3.0)
-        return start + args.grammar_runs * per_run
-    gap = args.steady_gap + args.story_max_tokens / 80.0
-    if case == "steady-busy":
-        gap = args.steady_gap + args.story_max_tokens / 20.0
-    return start + min(args.steady_requests * gap, args.steady_budget + gap)
+        return start + runs * per_run
+    gap = gap_s + tokens / (20.0 if case == "steady-busy" else 80.0)
+    return start + min(requests_n * gap, budget + gap)
 
 
 # --- the run -------------------------------------------------------------------------
@@ -1273,11 +1278,12 @@ def report_concurrency(grouped: dict[str, list[dict[str, Any]]], servers: list[s
         return []
     rows = []
     for clients in sorted({c for _, c in stats}):
-        base = median(stats.get((BASELINE, clients), {}).get("rates", []))
+        base_entry = stats.get((BASELINE, clients))
+        base = median(base_entry["rates"]) if base_entry else None
         for server in servers:
-            entry = stats.get((server, clients))
-            if not entry:
+            if (server, clients) not in stats:
                 continue
+            entry = stats[(server, clients)]
             rate = median(entry["rates"])
             tokens = entry["tokens"]
             rows.append(
