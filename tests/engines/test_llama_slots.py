@@ -133,7 +133,7 @@ def play(engine: Any, template: Any, conversations: int, turns: int) -> list[lis
                 question = TOPICS[index] if turn == 0 else FOLLOW_UPS[(turn - 1) % 3]
                 histories[index].append({"role": "user", "content": question})
                 result = await run(
-                    engine, request(conversation_prompt(template, histories[index]), 24)
+                    engine, request(conversation_prompt(template, histories[index]), 16)
                 )
                 histories[index].append({"role": "assistant", "content": result.text})
                 results[index].append(result)
@@ -145,10 +145,10 @@ def play(engine: Any, template: Any, conversations: int, turns: int) -> list[lis
 def test_interleaved_conversations_reuse_state_and_keep_every_reply(
     fresh: Any, warm: Any, template: Any
 ) -> None:
-    # Five conversations on two slots: every turn after the first comes back after
+    # Four conversations on two slots: every turn after the first comes back after
     # others have used the slots, so its state comes from the host cache.
-    cold = play(fresh, template, conversations=5, turns=3)
-    reused = play(warm, template, conversations=5, turns=3)
+    cold = play(fresh, template, conversations=4, turns=3)
+    reused = play(warm, template, conversations=4, turns=3)
     assert [[r.text for r in c] for c in reused] == [[r.text for r in c] for c in cold]
     assert all(r.cached_tokens == 0 for c in cold for r in c)
     for conversation in reused:
@@ -253,10 +253,10 @@ def test_host_memory_budget_is_honoured(template: Any) -> None:
     budget = 3 * 2**20  # a few short conversations' states at most
     engine = make_engine(slots=1, reuse=True, cache_max_bytes=budget)
     try:
-        play(engine, template, conversations=6, turns=2)
+        play(engine, template, conversations=5, turns=2)
         cache = engine.decode_loop.cache
         assert cache is not None
         assert 0 < cache.bytes <= budget
-        assert 0 < len(cache) < 6
+        assert 0 < len(cache) < 5
     finally:
         engine.close()

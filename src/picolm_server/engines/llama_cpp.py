@@ -36,6 +36,7 @@ from .base import (
     PromptAccepted,
     TextDelta,
 )
+from .cpu_load import CpuLoad
 from .llama_embeddings import LlamaEmbedder
 from .llama_sampling import GrammarError, RequestSampler, SamplingSettings, grammar_sampler
 from .llama_slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
@@ -140,6 +141,8 @@ class LlamaCppEngine:
             context_length=self.context_length,
             reuse=options.prompt_reuse,
             cache=cache,
+            threads=options.threads,
+            cpu_load=CpuLoad(),
         )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"

@@ -44,10 +44,14 @@ import llama_cpp
 import numpy as np
 
 from .base import Finished, FinishReason, PromptAccepted, TextDelta
+from .cpu_load import CpuLoad
 from .llama_sampling import RequestSampler
 from .llama_state_cache import StateCache, Tokens, as_tokens, common_prefix
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
+
+# Seconds without contention before the loop decodes with more threads again.
+RAISE_AFTER_SECONDS = 1.0
 
 # What a job hands its request: events, then one of these at the very end.
 JOB_RELEASED = object()
@@ -170,8 +174,15 @@ class DecodeLoop:
         context_length: int,
         reuse: bool,
         cache: StateCache | None,
+        threads: int = 1,
+        cpu_load: CpuLoad | None = None,
     ) -> None:
         self.model = model
+        # No more threads than the cores other work leaves free (see cpu_load).
+        self.threads = threads
+        self._cpu_load = cpu_load if threads > 1 else None
+        self._threads_now = threads
+        self._contended_at = 0.0
         self.context_length = context_length
         self.reuse = reuse
         # Host memory for states (only with reuse): None or a zero budget keeps none.
@@ -348,7 +359,23 @@ class DecodeLoop:
             rows.append(Row(slot, lone.token, lone.position + 1, False, real=False))
         return rows
 
+    def _choose_threads(self) -> None:
+        if self._cpu_load is None:
+            return
+        now = time.monotonic()
+        threads = min(self.threads, self._cpu_load.free_cores())
+        if threads < self._threads_now:
+            self._contended_at = now
+        elif now - self._contended_at < RAISE_AFTER_SECONDS:
+            # Load comes and goes in bursts: more threads only after a calm second.
+            threads = self._threads_now
+        if threads != self._threads_now:
+            logger.debug("llama.cpp decodes with %d thread(s) now", threads)
+            self.model.set_threads(threads)
+            self._threads_now = threads
+
     def _decode_and_sample(self, rows: list[Row]) -> None:
+        self._choose_threads()
         result = self.model.decode(rows)
         self.steps += 1
         fillers: dict[int, int] = {}
