@@ -221,6 +221,7 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
                 prompt_reuse=llama_section.prompt_cache,
                 cache_max_bytes=llama_section.cache_max_bytes,
                 flash_attention=llama_section.flash_attention,
+                deterministic=llama_section.deterministic,
             ),
             embedder=_llama_embedder(settings, model_path, metadata, threads),
         )

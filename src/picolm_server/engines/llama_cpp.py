@@ -65,6 +65,8 @@ class LlamaCppOptions:
     # Faster attention on long contexts, but replies then depend in their last bits on
     # reuse and batching (see llama_slots).
     flash_attention: bool = False
+    # Replies that never depend on the requests decoded beside them (slower).
+    deterministic: bool = False
 
 
 class LlamaCppEngine:
@@ -143,6 +145,7 @@ class LlamaCppEngine:
             cache=cache,
             threads=options.threads,
             cpu_load=CpuLoad(),
+            deterministic=options.deterministic,
         )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"

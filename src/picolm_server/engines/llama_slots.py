@@ -14,17 +14,18 @@ state into a free slot; a slot's state is saved there before it is overwritten. 
 prompt's tokens after the shared prefix are computed (at least the last one, whose
 logits start the reply), and ``cached_tokens`` says how many were not.
 
-**Exactness.** llama.cpp computes a batch of one token with other kernels than a batch
-of several, and their last bits differ, enough to change a greedy reply. Any batch of
-several rows computes each row bit for bit as in any other (chunk size, other
-sequences, restored states: tested in ``tests/engines/test_llama_slots.py``). So a batch
-never has one row: a lone row gets a padding row after it in its own sequence (a later
-position, which the real row cannot see), whose cell is removed after the step (see
-"the batch" below for how batches are cut). Attention sums over a sequence's cells in
-the order they sit in the buffer, so each sequence has cells of its own, starting at
-the first (``kv_unified`` off). And flash attention stays off: its CPU kernel's last
-bits depend on how a prompt was cut. With that, a reply is the same whether its prompt
-was computed fresh or partly reused, alone or beside other requests.
+**Exactness.** llama.cpp computes a batch of one row with other kernels than a batch of
+several, and their last bits differ, enough to change a greedy reply; with several rows,
+each row is computed bit for bit alike whatever else is in the batch (chunk size, other
+sequences, restored states: tested in ``tests/engines/test_llama_slots.py``). Prompts
+are always computed several rows at a time, so a reused prompt state is exactly what a
+fresh computation builds, and a reply is the same with reuse on or off. Attention sums
+over a sequence's cells in the order they sit in the buffer, so each sequence has cells
+of its own, starting at the first (``kv_unified`` off); and flash attention stays off,
+as its CPU kernel's last bits depend on how a prompt was cut. Generated tokens are one
+row each by default (a lone request at llama.cpp's full speed), so a reply can differ in
+its last bits when other requests are decoded beside it; ``deterministic`` removes that
+too, at a price (see "the batch" below).
 """
 
 from __future__ import annotations
@@ -176,8 +177,11 @@ class DecodeLoop:
         cache: StateCache | None,
         threads: int = 1,
         cpu_load: CpuLoad | None = None,
+        deterministic: bool = False,
     ) -> None:
         self.model = model
+        # Every generated token computed two rows at a time (see "the batch" below).
+        self.deterministic = deterministic
         # No more threads than the cores other work leaves free (see cpu_load).
         self.threads = threads
         self._cpu_load = cpu_load if threads > 1 else None
@@ -325,28 +329,40 @@ class DecodeLoop:
 
     # -- the batch --
     #
-    # llama.cpp computes a sequence with one row in a batch with other kernels than one
-    # with several, and their last bits differ (enough to change a greedy reply). With a
-    # KV buffer per sequence, it cuts a batch into pieces holding the same number of
-    # tokens of each of a run of consecutive sequence ids, and a sequence's attention is
-    # computed from its own rows in the piece. So every sequence in a decode has at least
-    # two rows: a generating slot's token and a filler row after it (a later position,
-    # which the real row cannot see; removed after the decode), and two filler rows for
-    # each idle slot between generating ones, so that one decode is one piece. A slot's
-    # prompt chunk is a decode of its own (with a filler row if it is one token).
+    # llama.cpp computes a batch of one row with other kernels than one of several rows
+    # (and a sequence with one row in a batch likewise), and their last bits differ:
+    # enough to change a greedy reply. With a KV buffer per sequence, it cuts a batch
+    # into pieces holding the same number of tokens of each of a run of consecutive
+    # sequence ids. So:
+    # - A slot's prompt chunk is a decode of its own, of at least two rows (a filler row
+    #   after a lone token: a later position, which the real row cannot see; its cell is
+    #   removed after the decode). Prompt states are then the same however they were cut.
+    # - Generation decodes one token of every slot from the first generating one to the
+    #   last (filler rows for idle slots between, so that it is one piece). By default a
+    #   token is one row, as fast as llama.cpp goes; a reply then depends in its last bits
+    #   on how many other requests were decoded beside it, and its tokens' state is not
+    #   kept for reuse (the next turn computes them as prompt). ``deterministic`` gives
+    #   every token a filler row, so that each sequence always has two rows: replies do
+    #   not depend on other requests, and the whole state is kept, at about 1.5x the time
+    #   per token of a lone request.
 
     def _generation_rows(self, generating: list[Slot]) -> list[Row]:
         first, last = generating[0].seq, generating[-1].seq
+        per_slot = 2 if self.deterministic else 1
         rows: list[Row] = []
         for slot in self.slots[first : last + 1]:
             job = slot.job
             position = len(slot.tokens)
             if job is not None and not job.reading_prompt:
                 rows.append(Row(slot, job.pending_token, position, True))
-                rows.append(Row(slot, job.pending_token, position + 1, False, real=False))
+                token = job.pending_token
+                fillers = per_slot - 1
             else:
-                rows.append(Row(slot, 0, position, False, real=False))
-                rows.append(Row(slot, 0, position + 1, False, real=False))
+                token, fillers = 0, per_slot
+            rows.extend(
+                Row(slot, token, position + n, False, real=False)
+                for n in range(per_slot - fillers, per_slot)
+            )
         return rows
 
     def _prompt_rows(self, slot: Slot, job: Job, room: int) -> list[Row]:
@@ -434,6 +450,9 @@ class DecodeLoop:
         slot.job = None
         slot.last_used = time.monotonic()
         self._leave_room(slot)
+        if not self.deterministic:
+            # Its reply was computed one row at a time: not what a prompt computes.
+            self._forget_reply(slot, job)
         if reason is not None:
             tail = job.decoder.decode(b"", final=True)
             if tail:
@@ -451,6 +470,14 @@ class DecodeLoop:
         job.sampler.close()
         job.deliver(JOB_RELEASED)
 
+    def _forget_reply(self, slot: Slot, job: Job) -> None:
+        """Keep only the prompt's state: the next turn recomputes the reply's tokens as
+        prompt, so that reusing the state cannot change what a fresh run computes."""
+        keep = min(job.prefilled, len(slot.tokens))
+        if keep < len(slot.tokens):
+            self.model.forget(slot.seq, keep)
+            slot.tokens = slot.tokens[:keep]
+
     def _leave_room(self, slot: Slot) -> None:
         """An idle slot keeps room for the two filler rows it may be given."""
         keep = self.context_length - 2
@@ -463,6 +490,8 @@ class DecodeLoop:
         assert job is not None
         slot.job = None
         self._leave_room(slot)
+        if not self.deterministic:
+            self._forget_reply(slot, job)
         job.sampler.close()
         job.deliver(error)
         job.deliver(JOB_RELEASED)
