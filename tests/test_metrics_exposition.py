@@ -195,3 +195,16 @@ def test_counters_refuse_to_go_down() -> None:
     metrics.request_started()
     with pytest.raises(ValueError):
         metrics.request_finished(record)
+
+
+def test_created_series_follow_prometheus_clients_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = ServerMetrics("picolm", Scheduler(1, 0))
+    metrics.request_started()
+    metrics.request_finished(
+        RequestRecord(request_id="r", method="GET", path="/x", route="/x", status=200)
+    )
+    assert b"picolm_http_requests_created{" in metrics.exposition()
+    monkeypatch.setenv("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+    text = ServerMetrics("picolm", Scheduler(1, 0)).exposition()
+    assert b"_created" not in text
+    assert b"picolm_http_requests_in_flight{" in text

@@ -8,6 +8,7 @@ separate counts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,12 +18,20 @@ from prometheus_client.registry import Collector
 from .metrics_series import Family
 
 
+def created_series() -> bool:
+    """Whether ``_created`` series are written: prometheus_client's own rule (its
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` environment variable turns them off)."""
+    setting = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False")
+    return setting.lower() not in ("true", "1", "t")
+
+
 class _SeriesCollector(Collector):
     """The server's families, with the samples prometheus_client's Counter, Gauge and
     Histogram give for the same children, in the same order."""
 
     def __init__(self, families: Sequence[Family[Any]]) -> None:
         self._families = families
+        self._created = created_series()
 
     def collect(self) -> Iterable[Metric]:
         for family in self._families:
@@ -30,6 +39,8 @@ class _SeriesCollector(Collector):
             for values, child in family.children.items():
                 labels = dict(zip(family.labelnames, values, strict=True))
                 for suffix, own_labels, value in child.samples():
+                    if suffix == "_created" and not self._created:
+                        continue
                     metric.add_sample(family.name + suffix, {**labels, **own_labels}, value)
             yield metric
 
