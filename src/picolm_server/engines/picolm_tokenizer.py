@@ -66,6 +66,7 @@ from __future__ import annotations
 import array
 import functools
 import heapq
+import itertools
 import mmap
 import platform
 import struct
@@ -73,6 +74,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from .picolm_vocab import PackedVocabulary
 
@@ -155,12 +157,41 @@ def _c_int(value: int) -> int:
 class _GGUFVocab:
     """What PicoLM's parse_gguf keeps for its tokenizer."""
 
-    tokens: list[bytes]
+    tokens: Sequence[bytes]
     scores: Sequence[float]
     vocab_size: int
     bos_id: int
     eos_id: int
     tokenizer_model: str | None
+
+
+class _RawStrings(Sequence[bytes]):
+    """GGUF strings as in the file (each one's 8-byte length, then its bytes), read one
+    at a time: a list of 32,000 ``bytes`` objects, even for the time it takes to pack
+    them, leaves about 1.5 MiB of holes in the heap behind (docs/benchmarks.md)."""
+
+    def __init__(self, raw: bytes, ends: array.array[int]) -> None:
+        self._raw = raw
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("string index out of range")
+        start = (self._ends[index - 1] if index else 0) + 8
+        return self._raw[start : self._ends[index]]
 
 
 class _Reader:
@@ -201,6 +232,15 @@ class _Reader:
         s = self.buf[self.pos : self.pos + n]
         self.pos += n
         return s
+
+    def strings(self, count: int) -> _RawStrings:
+        """``count`` strings, held as they are in the file (not one object each)."""
+        first = self.pos
+        ends = array.array("Q")
+        for _ in range(count):
+            self.skip_string()
+            ends.append(self.pos - first)
+        return _RawStrings(self.buf[first : self.pos], ends)
 
     def skip_string(self) -> None:
         n = self.u64()
@@ -249,7 +289,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
         n_embd = 0
         vocab_size = 0
         bos_id, eos_id = 1, 2
-        tokens: list[bytes] = []
+        tokens: Sequence[bytes] = ()
         scores: Sequence[float] = ()
         tokenizer_model: str | None = None
         for _ in range(n_kv):
@@ -271,7 +311,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
                 # tokenizer_load reads every element as a string, whatever arr_type.
                 if arr_type != _T_STRING:
                     raise ValueError(f"{path}: tokenizer.ggml.tokens is not a string array")
-                tokens = [r.string() for _ in range(n)]
+                tokens = r.strings(n)
             elif key == b"tokenizer.ggml.scores" and vtype == _T_ARRAY:
                 arr_type = r.u32()
                 n = r.u64()
@@ -326,10 +366,14 @@ class PicoLMTokenizer:
         """
         vs = len(tokens) if vocab_size is None else vocab_size
         # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
-        # missing ones empty; missing scores 0.0.
-        strings = [t.split(b"\0", 1)[0] for t in tokens[:vs]]
-        strings += [b""] * (vs - len(strings))
-        strs = PackedVocabulary(strings)
+        # missing ones empty; missing scores 0.0. One at a time (_RawStrings).
+        kept = max(min(len(tokens), vs), 0)
+        strs = PackedVocabulary(
+            itertools.chain(
+                (tokens[i].split(b"\0", 1)[0] for i in range(kept)),
+                itertools.repeat(b"", vs - kept),
+            )
+        )
         # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
         sc = array.array("f", scores[:vs])
         sc.extend([0.0] * (vs - len(sc)))
@@ -340,7 +384,7 @@ class PicoLMTokenizer:
         self.vocab_size = vs
         self.tokenizer_model = tokenizer_model
         self.signed_char = default_signed_char() if signed_char is None else signed_char
-        _resolve_findable(strs, strings, signed_char=self.signed_char)
+        _resolve_findable(strs, signed_char=self.signed_char)
         self._lookup = strs.find
         # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
         self._byte_ids = [strs.find(b"<0x%02X>" % b) for b in range(256)]
@@ -628,7 +672,7 @@ def _c_lookup(
     return -1
 
 
-def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_char: bool) -> None:
+def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
     """Make each non-empty string's lookup find the id PicoLM's lookup returns for it,
     or nothing when that lookup cannot find it.
 
@@ -637,23 +681,25 @@ def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_ch
     some entry whose next byte is >= 0x80 (the only case where the quirk changes the
     path). For every other string the search is a correct binary search over a sorted
     array, so it finds the string's single id (which the table already gives).
-
-    ``strings`` are the vocabulary's strings as a list, for the time this takes.
     """
     suspects: set[bytes] = set(strs.duplicates)
     if signed_char:
-        every = set(strings)
-        every.discard(b"")
-        for s in every:
+        # Each string taken one at a time (_RawStrings says why); few distinct prefixes.
+        known: dict[bytes, bool] = {}
+        for token_id in range(len(strs)):
+            s = strs.string(token_id)
             for k in range(1, len(s)):
                 if s[k] >= 0x80:
                     prefix = s[:k]
-                    if prefix in every:
+                    found = known.get(prefix)
+                    if found is None:
+                        found = known[prefix] = prefix in strs
+                    if found:
                         suspects.add(prefix)
     if not suspects:
         return
     # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
     # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
-    order = sorted(range(len(strings)), key=strings.__getitem__)
+    order = sorted(range(len(strs)), key=strs.string)
     for s in suspects:
         strs.resolve(s, _c_lookup(strs, order, s, signed_char=signed_char))

@@ -15,7 +15,7 @@ string's first id, and :meth:`PackedVocabulary.resolve` changes what a string fi
 from __future__ import annotations
 
 import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 # A table slot holds -1 when empty, the id a string finds (>= 0), or -2 - id for a
 # string of the vocabulary (that id's) that the lookup does not find.
@@ -29,15 +29,19 @@ def _unfound(token_id: int) -> int:
 class PackedVocabulary:
     """The strings of a vocabulary by id, and the id each string finds (or -1)."""
 
-    def __init__(self, strings: Sequence[bytes]) -> None:
-        """``strings`` in id order, each without NUL bytes."""
-        self.size = len(strings)
+    def __init__(self, strings: Iterable[bytes]) -> None:
+        """``strings`` in id order, each without NUL bytes, taken one at a time."""
         # Each string followed by a NUL; string i at starts[i]:starts[i + 1] - 1.
-        self._blob = b"\0".join([*strings, b""])
+        blob = bytearray()
         starts = array.array("I", [0])
         for string in strings:
-            starts.append(starts[-1] + len(string) + 1)
+            blob += string
+            blob.append(0)
+            starts.append(len(blob))
+        self._blob = bytes(blob)
+        del blob
         self._starts = starts
+        self.size = len(starts) - 1
         # At most half full: a lookup probes 1.5 slots on average.
         capacity = 8
         while capacity < 2 * self.size:
@@ -46,7 +50,8 @@ class PackedVocabulary:
         self._slots = slots = array.array("i", [_EMPTY]) * capacity
         # Strings that are the string of more than one id (their first id finds them).
         self.duplicates: set[bytes] = set()
-        for token_id, string in enumerate(strings):
+        for token_id in range(self.size):
+            string = self.string(token_id)
             if not string:
                 continue  # a lookup's query is never empty
             slot = hash(string) & mask
@@ -55,7 +60,7 @@ class PackedVocabulary:
                 if held == _EMPTY:
                     slots[slot] = token_id
                     break
-                if strings[held] == string:
+                if self.string(held) == string:
                     self.duplicates.add(string)
                     break
                 slot = (slot + 1) & mask
