@@ -27,8 +27,10 @@ NOT_AT_START = (
     "opentelemetry",  # FastAPI's, and nothing of ours
     "picolm_server.engines.picolm_json",  # first reply held to a JSON schema on PicoLM
     "picolm_server.schema_json",  # the same
-    # Each wire API but chat completions: its first request (api/routers.py). About
-    # 3 MiB of request and response models together.
+    # Each wire API: its first request (api/routers.py). About 3 MiB of request and
+    # response models together.
+    "picolm_server.api.chat",
+    "picolm_server.protocol",  # the chat-completion types
     "picolm_server.api.responses.routes",
     "picolm_server.api.responses.types",
     "picolm_server.api.anthropic.routes",
@@ -112,6 +114,7 @@ def test_each_api_loads_with_its_first_request(picolm_files: PicoLMFiles) -> Non
     (a 400 for an empty body), and the check above sees it."""
     for paths, expected in (
         ("/tokenize", {"picolm_server.api.tokenize"}),
+        ("/v1/chat/completions", {"picolm_server.api.chat", "picolm_server.protocol"}),
         (
             "/v1/messages",
             {
@@ -124,7 +127,8 @@ def test_each_api_loads_with_its_first_request(picolm_files: PicoLMFiles) -> Non
             "/v1/responses",
             {"picolm_server.api.responses.routes", "picolm_server.api.responses.types"},
         ),
-        ("/v1/completions", {"picolm_server.api.completions"}),
+        # Text completions share the chat types' usage and stream options.
+        ("/v1/completions", {"picolm_server.api.completions", "picolm_server.protocol"}),
         ("/v1/embeddings", {"picolm_server.api.embeddings"}),
         ("/metrics", {"prometheus_client", "picolm_server.metrics_exposition"}),
     ):
