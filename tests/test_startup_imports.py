@@ -41,6 +41,9 @@ NOT_AT_START = (
     "picolm_server.api.tokenize",
     "sqlite3",  # 1.3 MiB: the Responses API's store, opened on first use
     "prometheus_client",  # 1.3 MiB: the first scrape of /metrics (metrics_exposition.py)
+    # About 1 MiB: only when a PICOLM_<SECTION>... environment variable is set (config.py).
+    "pydantic_settings",
+    "picolm_server.config_env",
     "picolm_server.metrics_exposition",  # the same
 )
 
