@@ -71,7 +71,7 @@ import mmap
 import platform
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -93,6 +93,7 @@ _MERGE_BUF = 256
 _MAX_JUNCTIONS = 65536
 
 _GGUF_MAGIC = 0x46554747
+_U64 = struct.Struct("<Q")
 
 # GGUF metadata value types, as in PicoLM's model.c (and the GGUF spec).
 _T_UINT8, _T_INT8, _T_UINT16, _T_INT16, _T_UINT32, _T_INT32 = 0, 1, 2, 3, 4, 5
@@ -193,6 +194,12 @@ class _RawStrings(Sequence[bytes]):
         start = (self._ends[index - 1] if index else 0) + 8
         return self._raw[start : self._ends[index]]
 
+    def __iter__(self) -> Iterator[bytes]:
+        raw, start = self._raw, 8
+        for end in self._ends:
+            yield raw[start:end]
+            start = end + 8
+
 
 class _Reader:
     """Little-endian cursor over the mapped file, bounds-checked."""
@@ -235,12 +242,20 @@ class _Reader:
 
     def strings(self, count: int) -> _RawStrings:
         """``count`` strings, held as they are in the file (not one object each)."""
-        first = self.pos
+        # What skip_string does, with locals: this runs once per vocabulary entry.
+        buf, first, size = self.buf, self.pos, len(self.buf)
+        unpack = _U64.unpack_from
         ends = array.array("Q")
+        pos = first
         for _ in range(count):
-            self.skip_string()
-            ends.append(self.pos - first)
-        return _RawStrings(self.buf[first : self.pos], ends)
+            if pos + 8 > size:
+                raise ValueError("truncated GGUF file")
+            pos += 8 + unpack(buf, pos)[0]
+            if pos > size:
+                raise ValueError("truncated GGUF file")
+            ends.append(pos - first)
+        self.pos = pos
+        return _RawStrings(buf[first:pos], ends)
 
     def skip_string(self) -> None:
         n = self.u64()
@@ -370,9 +385,10 @@ class PicoLMTokenizer:
         kept = max(min(len(tokens), vs), 0)
         strs = PackedVocabulary(
             itertools.chain(
-                (tokens[i].split(b"\0", 1)[0] for i in range(kept)),
+                (token.split(b"\0", 1)[0] for token in itertools.islice(tokens, kept)),
                 itertools.repeat(b"", vs - kept),
-            )
+            ),
+            size=vs,
         )
         # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
         sc = array.array("f", scores[:vs])
@@ -686,8 +702,9 @@ def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
     if signed_char:
         # Each string taken one at a time (_RawStrings says why); few distinct prefixes.
         known: dict[bytes, bool] = {}
-        for token_id in range(len(strs)):
-            s = strs.string(token_id)
+        for s in strs:
+            if s.isascii():
+                continue
             for k in range(1, len(s)):
                 if s[k] >= 0x80:
                     prefix = s[:k]

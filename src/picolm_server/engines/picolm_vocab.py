@@ -15,6 +15,7 @@ string's first id, and :meth:`PackedVocabulary.resolve` changes what a string fi
 from __future__ import annotations
 
 import array
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 # A table slot holds -1 when empty, the id a string finds (>= 0), or -2 - id for a
@@ -26,48 +27,75 @@ def _unfound(token_id: int) -> int:
     return -2 - token_id
 
 
+def _grown(
+    slots: array.array[int], blob: bytearray, starts: array.array[int]
+) -> tuple[array.array[int], int]:
+    """The table at twice its size, its entries placed again (each string hashed once
+    more: a few times in all while a vocabulary is read)."""
+    grown = array.array("i", [_EMPTY]) * (2 * len(slots))
+    mask = len(grown) - 1
+    for held in slots:
+        if held == _EMPTY:
+            continue
+        slot = hash(bytes(blob[starts[held] : starts[held + 1] - 1])) & mask
+        while grown[slot] != _EMPTY:
+            slot = (slot + 1) & mask
+        grown[slot] = held
+    return grown, mask
+
+
 class PackedVocabulary:
     """The strings of a vocabulary by id, and the id each string finds (or -1)."""
 
-    def __init__(self, strings: Iterable[bytes]) -> None:
-        """``strings`` in id order, each without NUL bytes, taken one at a time."""
-        # Each string followed by a NUL; string i at starts[i]:starts[i + 1] - 1.
+    def __init__(self, strings: Iterable[bytes], size: int = 0) -> None:
+        """``strings`` in id order, each without NUL bytes, taken one at a time;
+        ``size``, how many there are, saves growing the table as they come."""
+        # Each string followed by a NUL; string i at starts[i]:starts[i + 1] - 1. The
+        # table is filled in the same pass (at most half full: a lookup probes 1.5
+        # slots on average; it grows if more strings come than ``size`` said).
         blob = bytearray()
         starts = array.array("I", [0])
-        for string in strings:
+        capacity = 8
+        while capacity < 2 * size:
+            capacity *= 2
+        slots = array.array("i", [_EMPTY]) * capacity
+        mask = len(slots) - 1
+        # Strings that are the string of more than one id (their first id finds them).
+        self.duplicates: set[bytes] = set()
+        for token_id, string in enumerate(strings):
+            if string:  # a lookup's query is never empty
+                slot = hash(string) & mask
+                while True:
+                    held = slots[slot]
+                    if held == _EMPTY:
+                        slots[slot] = token_id
+                        break
+                    if blob[starts[held] : starts[held + 1] - 1] == string:
+                        self.duplicates.add(string)
+                        break
+                    slot = (slot + 1) & mask
             blob += string
             blob.append(0)
             starts.append(len(blob))
+            if 2 * len(starts) > len(slots):
+                slots, mask = _grown(slots, blob, starts)
         self._blob = bytes(blob)
         del blob
         self._starts = starts
         self.size = len(starts) - 1
-        # At most half full: a lookup probes 1.5 slots on average.
-        capacity = 8
-        while capacity < 2 * self.size:
-            capacity *= 2
-        self._mask = mask = capacity - 1
-        self._slots = slots = array.array("i", [_EMPTY]) * capacity
-        # Strings that are the string of more than one id (their first id finds them).
-        self.duplicates: set[bytes] = set()
-        for token_id in range(self.size):
-            string = self.string(token_id)
-            if not string:
-                continue  # a lookup's query is never empty
-            slot = hash(string) & mask
-            while True:
-                held = slots[slot]
-                if held == _EMPTY:
-                    slots[slot] = token_id
-                    break
-                if self.string(held) == string:
-                    self.duplicates.add(string)
-                    break
-                slot = (slot + 1) & mask
+        self._slots = slots
+        self._mask = mask
         self.find = self._finder()
 
     def __len__(self) -> int:
         return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The strings in id order."""
+        blob, start = self._blob, 0
+        for end in itertools.islice(self._starts, 1, None):
+            yield blob[start : end - 1]
+            start = end
 
     def string(self, token_id: int) -> bytes:
         """The string of ``token_id`` (a valid id)."""
