@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import gguf
+import pytest
 
-from picolm_server.gguf_metadata import GGUF_MAGIC, TOKENS_KEY, GGUFValueType, read_gguf_metadata
+from picolm_server.gguf_metadata import (
+    GGUF_MAGIC,
+    TOKENS_KEY,
+    GGUFValueType,
+    _Cursor,
+    read_gguf_metadata,
+)
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 
@@ -42,3 +50,26 @@ def test_without_the_vocabulary_the_special_tokens_are_still_known(tmp_path: Pat
     assert light.token_text("eos") not in (None, "")
     # A name the file does not have stays unknown, as with the whole vocabulary.
     assert light.token_text("mask") is None is full.token_text("mask")
+
+
+def test_a_string_array_reads_as_the_list_it_stands_for() -> None:
+    strings = ["<unk>", "<s>", "", "a", "ab", "b\u00e9", "<|im_start|>", "x<|im_start|>"]
+    raw = b"".join(
+        len(data).to_bytes(8, "little") + data
+        for data in [*(item.encode() for item in strings), b"\xff\xfe"]
+    )
+    expected = [*strings, "\ufffd\ufffd"]
+    cursor = _Cursor(mmap_of(raw), Path("m.gguf"))
+    array = cursor.string_array(len(expected))
+    assert array == expected and list(array) == expected and len(array) == len(expected)
+    assert array[-1] == expected[-1] and array[1:3] == expected[1:3]
+    for probe in [*expected, "im_start", "<|im_start", "ab\u0000", "c", "\ufffd", "\u00e9"]:
+        assert (probe in array) == (probe in expected), probe
+    with pytest.raises(IndexError):
+        array[len(expected)]
+
+
+def mmap_of(data: bytes) -> mmap.mmap:
+    buffer = mmap.mmap(-1, len(data))
+    buffer.write(data)
+    return buffer

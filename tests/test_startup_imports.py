@@ -27,6 +27,24 @@ NOT_AT_START = (
     "opentelemetry",  # FastAPI's, and nothing of ours
     "picolm_server.engines.picolm_json",  # first reply held to a JSON schema on PicoLM
     "picolm_server.schema_json",  # the same
+    # Each wire API: its first request (api/routers.py). About 3 MiB of request and
+    # response models together.
+    "picolm_server.api.chat",
+    "picolm_server.protocol",  # the chat-completion types
+    "picolm_server.api.responses.routes",
+    "picolm_server.api.responses.types",
+    "picolm_server.api.anthropic.routes",
+    "picolm_server.api.anthropic.types",
+    "picolm_server.api.anthropic.errors",
+    "picolm_server.api.completions",
+    "picolm_server.api.embeddings",
+    "picolm_server.api.tokenize",
+    "sqlite3",  # 1.3 MiB: the Responses API's store, opened on first use
+    "prometheus_client",  # 1.3 MiB: the first scrape of /metrics (metrics_exposition.py)
+    # About 1 MiB: only when a PICOLM_<SECTION>... environment variable is set (config.py).
+    "pydantic_settings",
+    "picolm_server.config_env",
+    "picolm_server.metrics_exposition",  # the same
 )
 
 # What `picolm-server` does before it starts serving (cli.main, without uvicorn.run).
@@ -41,7 +59,10 @@ print(json.dumps(sorted(loaded & set(sys.argv[3:]))))
 """
 
 
-def loaded_at_start(picolm_files: PicoLMFiles, program: str = PROGRAM) -> list[str]:
+def loaded_at_start(
+    picolm_files: PicoLMFiles, program: str = PROGRAM, *extra_arguments: str
+) -> list[str]:
+    """Which of :data:`NOT_AT_START` ``program`` has loaded when it ends."""
     result = subprocess.run(
         [
             sys.executable,
@@ -49,6 +70,7 @@ def loaded_at_start(picolm_files: PicoLMFiles, program: str = PROGRAM) -> list[s
             program,
             str(picolm_files.binary),
             str(picolm_files.model),
+            *extra_arguments,
             *NOT_AT_START,
         ],
         capture_output=True,
@@ -72,3 +94,46 @@ def test_the_check_sees_a_package_that_is_loaded(picolm_files: PicoLMFiles) -> N
         1,
     )
     assert loaded_at_start(picolm_files, program) == ["jsonschema", "referencing", "rpds"]
+
+
+# The same program, then one request to each lazily loaded API and a scrape.
+FIRST_REQUESTS = PROGRAM.replace(
+    'cli.create_app(service, api_key="", max_body=1024, log_requests=False)',
+    "app = cli.create_app(service, api_key='', max_body=1024, log_requests=False)\n"
+    "from starlette.testclient import TestClient\n"
+    "client = TestClient(app)\n"
+    "for path in sys.argv[3].split(','):\n"
+    "    if path == '/metrics':\n"
+    "        status = client.get(path).status_code\n"
+    "    else:\n"
+    "        status = client.post(path, json={}).status_code\n"
+    "    assert status in (200, 400), (path, status)\n",
+    1,
+).replace("sys.argv[3:]", "sys.argv[4:]")
+
+
+def test_each_api_loads_with_its_first_request(picolm_files: PicoLMFiles) -> None:
+    """What is not loaded at start is loaded when it is needed: the request answers
+    (a 400 for an empty body), and the check above sees it."""
+    for paths, expected in (
+        ("/tokenize", {"picolm_server.api.tokenize"}),
+        ("/v1/chat/completions", {"picolm_server.api.chat", "picolm_server.protocol"}),
+        (
+            "/v1/messages",
+            {
+                "picolm_server.api.anthropic.routes",
+                "picolm_server.api.anthropic.types",
+                "picolm_server.api.anthropic.errors",
+            },
+        ),
+        (
+            "/v1/responses",
+            {"picolm_server.api.responses.routes", "picolm_server.api.responses.types"},
+        ),
+        # Text completions share the chat types' usage and stream options.
+        ("/v1/completions", {"picolm_server.api.completions", "picolm_server.protocol"}),
+        ("/v1/embeddings", {"picolm_server.api.embeddings"}),
+        ("/metrics", {"prometheus_client", "picolm_server.metrics_exposition"}),
+    ):
+        loaded = set(loaded_at_start(picolm_files, FIRST_REQUESTS, paths))
+        assert loaded == expected, paths

@@ -18,8 +18,10 @@ nginx; the two must stay in step (the load-balancer tests compare them).
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from .protocol import ChatCompletionRequest, ChatMessage
+if TYPE_CHECKING:  # the chat types load with the first chat request (api/routers.py)
+    from .protocol import ChatCompletionRequest, ChatMessage
 
 SESSION_HEADER = "X-Session-ID"
 # 128 bits of SHA-256: collisions only ever put two conversations on the same server.

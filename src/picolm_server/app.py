@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .affinity import SESSION_HEADER
-from .api.anthropic.errors import AnthropicErrorMiddleware
+from .api.anthropic.envelope import AnthropicErrorMiddleware
 from .api.responses.store import ResponseStore
 from .api.routers import ROUTERS
 from .drain import DrainMiddleware

@@ -21,7 +21,7 @@ import jinja2
 import jinja2.ext
 
 from .errors import APIError, InvalidRequestError
-from .gguf_metadata import GGUFMetadata
+from .gguf_metadata import GGUFMetadata, StringArray
 from .prompt_tokens import (
     MASK_NONCE_VARIABLE,
     PlaceholderMask,
@@ -225,7 +225,9 @@ def builtin_template_source(name: str) -> str:
 def guess_builtin(metadata: GGUFMetadata) -> str:
     """A built-in format for a model whose GGUF has no template of its own."""
     tokens = metadata.values.get("tokenizer.ggml.tokens")
-    vocabulary = set(tokens) if isinstance(tokens, list) else set()
+    # Membership in the array itself: a set of its strings would be tens of thousands
+    # of objects made for two questions (gguf_metadata.StringArray).
+    vocabulary = tokens if isinstance(tokens, (list, StringArray)) else ()
     name = metadata.name.lower()
     if "<|im_start|>" in vocabulary or "qwen" in name or "smollm" in name:
         return "chatml"

@@ -6,11 +6,18 @@ are additions with defaults. Sources, highest first: command-line flags, environ
 variables (``PICOLM_<SECTION>__<KEY>``, e.g. ``PICOLM_SERVER__PORT``), the YAML file,
 defaults. Any problem is raised as :class:`ConfigError` with a one-line message that
 names the key or path.
+
+Environment variables are decoded by pydantic-settings (:mod:`.config_env`), which is
+imported only when one of them is set: a server configured by its file and flags alone
+does not load it (about 1 MiB of memory; docs/benchmarks.md). The sources are merged as
+pydantic-settings merges them (:func:`merge_sources`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,12 +29,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
 )
 
 ENV_PREFIX = "PICOLM_"
@@ -176,15 +177,11 @@ class LoggingSection(_Section):
 EngineChoice = Literal["auto", "picolm", "llama_cpp"]
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """The whole configuration. Build it with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter=ENV_NESTED_DELIMITER,
-        extra="forbid",
-        validate_assignment=True,
-    )
+    # pydantic-settings' BaseSettings validates defaults too; so does this.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
     engine: EngineChoice = "auto"
     server: ServerSection = Field(default_factory=ServerSection)
@@ -202,30 +199,49 @@ class Settings(BaseSettings):
         return "llama_cpp"
 
 
-def _settings_with_file(file_values: dict[str, Any]) -> type[Settings]:
-    """A Settings class whose sources rank the file's values below the environment.
+def _deep_update(mapping: Mapping[str, Any], updating: Mapping[str, Any]) -> dict[str, Any]:
+    """``mapping`` with ``updating``'s values, mappings merged key by key (pydantic's
+    ``deep_update``, which pydantic-settings merges its sources with)."""
+    updated = dict(mapping)
+    for key, value in updating.items():
+        if key in updated and isinstance(updated[key], dict) and isinstance(value, dict):
+            updated[key] = _deep_update(updated[key], value)
+        else:
+            updated[key] = value
+    return updated
 
-    pydantic-settings builds its sources from the class, so the file read at run time
-    enters through a subclass made for it rather than through shared state.
-    """
 
-    class SettingsFromFile(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (
-                init_settings,
-                env_settings,
-                InitSettingsSource(settings_cls, init_kwargs=file_values),
-            )
+def merge_sources(
+    overrides: Mapping[str, Any], environment: Mapping[str, Any], file: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The values to validate, as pydantic-settings builds them from its sources in this
+    order of precedence: each source's values are merged under the ones above it."""
+    return _deep_update(file, _deep_update(environment, overrides))
 
-    return SettingsFromFile
+
+def names_a_setting(variable: str) -> bool:
+    """Whether the environment variable can set a value: ``PICOLM_<FIELD>`` or
+    ``PICOLM_<FIELD>__...`` for a field of :class:`Settings`, in any case
+    (``PICOLM_CONFIG``, which names the file, is not one)."""
+    name = variable.lower()
+    prefix = ENV_PREFIX.lower()
+    if not name.startswith(prefix):
+        return False
+    rest = name[len(prefix) :]
+    return any(
+        rest == field or rest.startswith(field + ENV_NESTED_DELIMITER)
+        for field in Settings.model_fields
+    )
+
+
+def environment_values(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The values the ``PICOLM_*`` environment variables set, decoded by pydantic-settings
+    (imported only when one is set)."""
+    if not any(names_a_setting(variable) for variable in environ):
+        return {}
+    from .config_env import read_environment
+
+    return read_environment()
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -269,8 +285,9 @@ def load_settings(
     """Build the settings: ``overrides`` (flags) > environment > the file > defaults."""
     file_values = read_config_file(config_path) if config_path else {}
     source = f"config file {config_path}" if config_path else "configuration"
+    values = merge_sources(overrides or {}, environment_values(), file_values)
     try:
-        return _settings_with_file(file_values)(**(overrides or {}))
+        return Settings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(_describe(dict(error)) for error in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None

@@ -1,17 +1,17 @@
 """Handing back the memory that start-up used and no longer needs.
 
 Reading the model's metadata and vocabulary, building the pydantic models and compiling
-the chat template leave freed memory behind inside the process: CPython returns its own
-small-object arenas only when they are entirely empty, and glibc's ``free`` keeps freed
-heap memory for later unless asked to give it back. Once the service is built, a full
-garbage collection and ``malloc_trim(0)`` return it to the system (about 2-4 MiB of
-resident memory on a PicoLM server; docs/benchmarks.md).
+the chat template leave freed memory behind inside the process: glibc's ``free`` keeps
+freed heap memory for later unless asked to give it back. Once the service is built,
+``malloc_trim(0)`` returns it to the system (about 2 MiB of resident memory on a PicoLM
+server; docs/benchmarks.md). A full garbage collection before it found a few dozen
+objects, freed nothing measurable and cost 25 ms of CPU before the server was ready, so
+cycles are left to the collector's own schedule.
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import sys
 
@@ -19,8 +19,7 @@ logger = logging.getLogger("picolm_server")
 
 
 def release_startup_memory() -> None:
-    """Collect garbage, then return free heap memory to the system where libc can."""
-    gc.collect()
+    """Return free heap memory to the system where libc can."""
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -6,17 +6,21 @@ takes over a second for a 100 MB model here (far more on a Raspberry Pi), and im
 the ``gguf`` package loads numpy (about 18 MiB of the server's memory for two constants).
 The server only needs the metadata block at the head of the file, so this module walks
 that block itself, with the format's constants from the GGUF specification, and decodes
-the large arrays (the vocabulary) only when asked for them by name.
+the large arrays (the vocabulary) only when asked for them by name. An array of strings
+is held as its bytes in the file (:class:`StringArray`), each string decoded when read.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
 import enum
 import mmap
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 GGUF_MAGIC = 0x46554747  # "GGUF", little-endian
 TOKENS_KEY = "tokenizer.ggml.tokens"
@@ -99,7 +103,11 @@ class GGUFMetadata:
             return self.special_token_texts[key]
         token_id = self.values.get(f"tokenizer.ggml.{key}_token_id")
         tokens = self.values.get(TOKENS_KEY)
-        if token_id is None or not isinstance(tokens, list) or not 0 <= token_id < len(tokens):
+        if (
+            token_id is None
+            or not isinstance(tokens, (list, StringArray))
+            or not 0 <= token_id < len(tokens)
+        ):
             return None
         return str(tokens[token_id])
 
@@ -113,7 +121,7 @@ class GGUFMetadata:
         ]
         lengths = dict(self.array_lengths)
         tokens = self.values.get(TOKENS_KEY)
-        if isinstance(tokens, list):
+        if isinstance(tokens, (list, StringArray)):
             lengths[TOKENS_KEY] = len(tokens)
         return GGUFMetadata(
             self.path,
@@ -121,6 +129,72 @@ class GGUFMetadata:
             lengths,
             {**self.special_token_texts, **{name: self.token_text(name) for name in names}},
         )
+
+
+class StringArray(Sequence[str]):
+    """A GGUF array of strings as it is in the file (each string's 8-byte length, then
+    its bytes), with where each string ends; a string is decoded when it is read.
+
+    A 32,000-entry vocabulary as 32,000 ``str`` objects is about 2 MiB, and once freed
+    it leaves holes in the heap that the process does not give back (docs/benchmarks.md);
+    held so it is one ``bytes`` object and one array.
+    """
+
+    def __init__(self, raw: bytes, ends: array.array[int]) -> None:
+        self._raw = raw
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def _start(self, index: int) -> int:
+        return (self._ends[index - 1] if index else 0) + 8
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("string array index out of range")
+        return self._raw[self._start(index) : self._ends[index]].decode("utf-8", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[index] for index in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to a list of the same strings, as the list it stands for would be.
+        if not isinstance(other, (list, StringArray)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, as a list
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        if not value or "\ufffd" in value:
+            # Empty, or maybe the decoding of bytes that are not UTF-8: compare decoded.
+            return any(item == value for item in self)
+        # Otherwise it is a string exactly when its UTF-8 bytes are a string's bytes.
+        needle = value.encode("utf-8")
+        position = self._raw.find(needle)
+        while position >= 0:
+            index = bisect.bisect_left(self._ends, position + len(needle))
+            if (
+                index < len(self)
+                and self._ends[index] == position + len(needle)
+                and self._start(index) == position
+            ):
+                return True
+            position = self._raw.find(needle, position + 1)
+        return False
 
 
 class _Cursor:
@@ -156,8 +230,20 @@ class _Cursor:
         if value_type == GGUFValueType.ARRAY:
             item_type = GGUFValueType(self.unpack("<I"))
             count = self.unpack("<Q")
+            if item_type == GGUFValueType.STRING:
+                return self.string_array(count)
             return [self.value(item_type) for _ in range(count)]
         return self.unpack(_SCALAR_FORMATS[value_type])
+
+    def string_array(self, count: int) -> StringArray:
+        first = self.offset
+        ends = array.array("Q")
+        for _ in range(count):
+            self.skip_string()
+            ends.append(self.offset - first)
+        if self.offset > len(self.buffer):
+            raise GGUFError(f"{self.path}: truncated GGUF string")
+        return StringArray(self.buffer[first : self.offset], ends)
 
     def skip_array(self) -> int:
         item_type = GGUFValueType(self.unpack("<I"))

@@ -6,25 +6,29 @@ complete, from the :class:`~.observation.RequestRecord` the request log fills in
 scheduler's running and queued counts are read at scrape time. Every series carries an
 ``engine`` label (``picolm`` or ``llama_cpp``) so that several servers' metrics can be
 put side by side.
+
+The series are held by :mod:`.metrics_series`; prometheus_client is imported with the
+first scrape (:mod:`.metrics_exposition` writes its exposition from them), so a server
+nobody scrapes never loads it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .metrics_series import Registry
 from .observation import RequestRecord
 from .routing import Routes
 from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .metrics_exposition import Exposition
+
+# prometheus_client's CONTENT_TYPE_LATEST (the text format, version 0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds. A tiny model answers in well under a second; PicoLM on a small board can
 # take minutes, up to the default 300 s time limit.
@@ -35,71 +39,61 @@ UNMATCHED_ROUTE = "unmatched"
 
 class ServerMetrics:
     def __init__(self, engine: str, scheduler: Scheduler) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self.engine = engine
-        registry = self.registry
-        ProcessCollector(registry=registry)
-        self._requests = Counter(
+        self.registry = registry = Registry()
+        self._exposition: Exposition | None = None
+        self._requests = registry.counter(
             "picolm_http_requests",
             "HTTP requests answered, by route template and status.",
             ["engine", "route", "status"],
-            registry=registry,
         )
-        self._in_flight = Gauge(
+        self._in_flight = registry.gauge(
             "picolm_http_requests_in_flight",
             "HTTP requests being handled now.",
             ["engine"],
-            registry=registry,
         ).labels(engine)
-        running = Gauge(
+        running = registry.gauge(
             "picolm_generations_running",
             "Generations holding a slot now.",
             ["engine"],
-            registry=registry,
         )
         running.labels(engine).set_function(lambda: scheduler.running)
-        queued = Gauge(
+        queued = registry.gauge(
             "picolm_requests_queued",
             "Requests waiting for a generation slot now.",
             ["engine"],
-            registry=registry,
         )
         queued.labels(engine).set_function(lambda: scheduler.queued)
-        self._rejected = Counter(
+        self._rejected = registry.counter(
             "picolm_requests_rejected",
             "Requests refused with 429 because the queue was full.",
             ["engine"],
-            registry=registry,
         ).labels(engine)
-        self._duration = Histogram(
+        self._duration = registry.histogram(
             "picolm_request_duration_seconds",
             "Time from a request's arrival to the end of its response, by route template.",
             ["engine", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self._ttft = Histogram(
+        self._ttft = registry.histogram(
             "picolm_time_to_first_token_seconds",
             "Time from a chat request's arrival to the reply's first token.",
             ["engine"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         ).labels(engine)
-        tokens = Counter(
+        tokens = registry.counter(
             "picolm_tokens",
             "Tokens processed: prompt, completion, and the prompt tokens reused from "
             "saved state (cached, also counted in prompt).",
             ["engine", "kind"],
-            registry=registry,
         )
         self._prompt_tokens = tokens.labels(engine, "prompt")
         self._completion_tokens = tokens.labels(engine, "completion")
         self._cached_tokens = tokens.labels(engine, "cached")
-        failures = Counter(
+        failures = registry.counter(
             "picolm_engine_failures",
             "Generations the engine failed (error) or that ran past their time limit (timeout).",
             ["engine", "reason"],
-            registry=registry,
         )
         self._engine_errors = failures.labels(engine, "error")
         self._engine_timeouts = failures.labels(engine, "timeout")
@@ -128,7 +122,12 @@ class ServerMetrics:
             self._engine_timeouts.inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text a scrape returns (prometheus_client's, imported with the first one)."""
+        if self._exposition is None:
+            from .metrics_exposition import Exposition
+
+            self._exposition = Exposition(self.registry.families)
+        return self._exposition.text()
 
 
 router = Routes()
@@ -137,4 +136,4 @@ router = Routes()
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     server_metrics: ServerMetrics = request.app.state.metrics
-    return Response(server_metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(server_metrics.exposition(), media_type=CONTENT_TYPE)

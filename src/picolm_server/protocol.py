@@ -1,5 +1,5 @@
-"""OpenAI's chat-completion and model types: the request as clients send it, and the
-responses exactly as OpenAI shapes them.
+"""OpenAI's chat-completion types: the request as clients send it, and the responses
+exactly as OpenAI shapes them (the model list's are in :mod:`.model_list`).
 
 Requests accept fields this server does not know (OpenAI adds parameters often, and
 clients send them); whether a known-but-unsupported parameter is ignored or refused is
@@ -264,15 +264,3 @@ class ChatCompletionChunk(_Response):
     system_fingerprint: str
     service_tier: Literal["default"] = "default"
     usage: Usage | None = None
-
-
-class Model(_Response):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-
-
-class ModelList(_Response):
-    object: Literal["list"] = "list"
-    data: list[Model]

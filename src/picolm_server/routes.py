@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from .errors import InvalidRequestError, ModelNotFoundError
 from .generation import GenerationCore
 from .json_text import escape_line_separators
-from .protocol import Model, ModelList
+from .model_list import Model, ModelList
 from .routing import Routes
 
 T = TypeVar("T")

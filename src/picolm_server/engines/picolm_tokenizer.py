@@ -56,7 +56,9 @@ so positions order pairs exactly as PicoLM's array indices do), O(n log n).
 The vocabulary is read by a small GGUF reader (``_read_gguf_vocab``) that walks the
 metadata the way PicoLM's parser does and touches no tensor data; it is used
 instead of ``gguf.GGUFReader``, which takes about a second on a 32,000-entry
-vocabulary because it builds an object per array element.
+vocabulary because it builds an object per array element. The vocabulary is held
+packed (:mod:`.picolm_vocab`): about 0.6 MiB for 32,000 entries instead of 4.5 MiB of
+Python objects, for as long as the server runs.
 """
 
 from __future__ import annotations
@@ -64,13 +66,17 @@ from __future__ import annotations
 import array
 import functools
 import heapq
+import itertools
 import mmap
 import platform
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
+
+from .picolm_vocab import PackedVocabulary
 
 __all__ = ["PicoLMTokenizer", "ReplyTokenCounter", "default_signed_char", "prompt_bytes"]
 
@@ -87,6 +93,7 @@ _MERGE_BUF = 256
 _MAX_JUNCTIONS = 65536
 
 _GGUF_MAGIC = 0x46554747
+_U64 = struct.Struct("<Q")
 
 # GGUF metadata value types, as in PicoLM's model.c (and the GGUF spec).
 _T_UINT8, _T_INT8, _T_UINT16, _T_INT16, _T_UINT32, _T_INT32 = 0, 1, 2, 3, 4, 5
@@ -151,12 +158,47 @@ def _c_int(value: int) -> int:
 class _GGUFVocab:
     """What PicoLM's parse_gguf keeps for its tokenizer."""
 
-    tokens: list[bytes]
+    tokens: Sequence[bytes]
     scores: Sequence[float]
     vocab_size: int
     bos_id: int
     eos_id: int
     tokenizer_model: str | None
+
+
+class _RawStrings(Sequence[bytes]):
+    """GGUF strings as in the file (each one's 8-byte length, then its bytes), read one
+    at a time: a list of 32,000 ``bytes`` objects, even for the time it takes to pack
+    them, leaves about 1.5 MiB of holes in the heap behind (docs/benchmarks.md)."""
+
+    def __init__(self, raw: bytes, ends: array.array[int]) -> None:
+        self._raw = raw
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("string index out of range")
+        start = (self._ends[index - 1] if index else 0) + 8
+        return self._raw[start : self._ends[index]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        raw, start = self._raw, 8
+        for end in self._ends:
+            yield raw[start:end]
+            start = end + 8
 
 
 class _Reader:
@@ -197,6 +239,23 @@ class _Reader:
         s = self.buf[self.pos : self.pos + n]
         self.pos += n
         return s
+
+    def strings(self, count: int) -> _RawStrings:
+        """``count`` strings, held as they are in the file (not one object each)."""
+        # What skip_string does, with locals: this runs once per vocabulary entry.
+        buf, first, size = self.buf, self.pos, len(self.buf)
+        unpack = _U64.unpack_from
+        ends = array.array("Q")
+        pos = first
+        for _ in range(count):
+            if pos + 8 > size:
+                raise ValueError("truncated GGUF file")
+            pos += 8 + unpack(buf, pos)[0]
+            if pos > size:
+                raise ValueError("truncated GGUF file")
+            ends.append(pos - first)
+        self.pos = pos
+        return _RawStrings(buf[first:pos], ends)
 
     def skip_string(self) -> None:
         n = self.u64()
@@ -245,7 +304,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
         n_embd = 0
         vocab_size = 0
         bos_id, eos_id = 1, 2
-        tokens: list[bytes] = []
+        tokens: Sequence[bytes] = ()
         scores: Sequence[float] = ()
         tokenizer_model: str | None = None
         for _ in range(n_kv):
@@ -267,7 +326,7 @@ def _read_gguf_vocab(path: Path) -> _GGUFVocab:
                 # tokenizer_load reads every element as a string, whatever arr_type.
                 if arr_type != _T_STRING:
                     raise ValueError(f"{path}: tokenizer.ggml.tokens is not a string array")
-                tokens = [r.string() for _ in range(n)]
+                tokens = r.strings(n)
             elif key == b"tokenizer.ggml.scores" and vtype == _T_ARRAY:
                 arr_type = r.u32()
                 n = r.u64()
@@ -306,7 +365,7 @@ class PicoLMTokenizer:
 
     def __init__(
         self,
-        tokens: list[bytes],
+        tokens: Sequence[bytes],
         scores: Sequence[float],
         *,
         bos_id: int = 1,
@@ -322,9 +381,15 @@ class PicoLMTokenizer:
         """
         vs = len(tokens) if vocab_size is None else vocab_size
         # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
-        # missing ones empty; missing scores 0.0.
-        strs = [t.split(b"\0", 1)[0] for t in tokens[:vs]]
-        strs += [b""] * (vs - len(strs))
+        # missing ones empty; missing scores 0.0. One at a time (_RawStrings).
+        kept = max(min(len(tokens), vs), 0)
+        strs = PackedVocabulary(
+            itertools.chain(
+                (token.split(b"\0", 1)[0] for token in itertools.islice(tokens, kept)),
+                itertools.repeat(b"", vs - kept),
+            ),
+            size=vs,
+        )
         # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
         sc = array.array("f", scores[:vs])
         sc.extend([0.0] * (vs - len(sc)))
@@ -335,9 +400,10 @@ class PicoLMTokenizer:
         self.vocab_size = vs
         self.tokenizer_model = tokenizer_model
         self.signed_char = default_signed_char() if signed_char is None else signed_char
-        self._lookup = _findable_ids(strs, signed_char=self.signed_char)
+        _resolve_findable(strs, signed_char=self.signed_char)
+        self._lookup = strs.find
         # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
-        self._byte_ids = [self._lookup.get(b"<0x%02X>" % b, -1) for b in range(256)]
+        self._byte_ids = [strs.find(b"<0x%02X>" % b) for b in range(256)]
         # never_merged_across's answers, by junction bytes.
         self._junctions: dict[bytes, bool] = {}
 
@@ -359,16 +425,16 @@ class PicoLMTokenizer:
 
     def piece(self, token_id: int) -> str:
         """Vocabulary text of a token as PicoLM holds it (e.g. ``"</s>"``, ``"▁the"``)."""
-        return self._strs[token_id].decode("utf-8", "replace")
+        return self._strs.string(token_id).decode("utf-8", "replace")
 
     def piece_bytes(self, token_id: int) -> bytes:
         """Vocabulary string of a token, raw (cut at its first NUL, like PicoLM)."""
-        return self._strs[token_id]
+        return self._strs.string(token_id)
 
     def lookup(self, piece: str | bytes) -> int:
         """The id PicoLM's vocab_lookup returns for ``piece``, or -1 (not findable)."""
         key = piece.encode("utf-8") if isinstance(piece, str) else piece
-        return self._lookup.get(key, -1)
+        return self._strs.find(key)
 
     def decode(self, ids: list[int]) -> bytes:
         """The bytes PicoLM prints for ``ids`` (tokenizer_decode, token by token): a
@@ -376,7 +442,7 @@ class PicoLMTokenizer:
         out: list[bytes] = []
         previous = -1
         for token_id in ids:
-            piece = self._strs[token_id]
+            piece = self._strs.string(token_id)
             if len(piece) >= 6 and piece.startswith(b"<0x") and piece[5:6] == b">":
                 digits = piece[3:5]
                 try:
@@ -417,7 +483,8 @@ class PicoLMTokenizer:
     @functools.cached_property
     def max_piece_bytes(self) -> int:
         """The longest text one generated token can print (its vocabulary string)."""
-        return max((len(s) for s in self._strs), default=1) or 1
+        strs = self._strs
+        return max((strs.length(i) for i in range(len(strs))), default=1) or 1
 
     @functools.cached_property
     def _max_prompt_token_bytes(self) -> int | None:
@@ -428,7 +495,8 @@ class PicoLMTokenizer:
         # Every token is a findable entry and stands for at most its string's bytes
         # (a space is 3 bytes of "\u2581", a byte token 6); a merge's string is under
         # 256 bytes.
-        longest = max((len(s) for s in self._lookup), default=1)
+        strs = self._strs
+        longest = max((strs.length(i) for i in strs.found_ids()), default=1)
         return max(min(longest, _MERGE_BUF - 1), 1)
 
     def min_prompt_tokens(self, prompt_byte_length: int) -> int:
@@ -447,7 +515,7 @@ class PicoLMTokenizer:
     def never_merged_across(self, left: int, right: int) -> bool:
         """Whether no merge can ever join a symbol ending in token ``left`` with one
         starting with token ``right``: no findable string contains the junction."""
-        junction = self._strs[left][-3:] + self._strs[right][:3]
+        junction = self._strs.string(left)[-3:] + self._strs.string(right)[:3]
         known = self._junctions.get(junction)
         if known is None:
             if len(self._junctions) >= _MAX_JUNCTIONS:
@@ -457,8 +525,7 @@ class PicoLMTokenizer:
 
     @functools.cached_property
     def _findable_blob(self) -> bytes:
-        # Entries never contain NUL (cut at it), so NUL separates them.
-        return b"\0".join(self._lookup)
+        return self._strs.findable_blob()
 
     def _initial_tokens(self, data: bytes) -> list[int]:
         """Step 1 of tokenizer_encode: normalise, then one token per character/byte."""
@@ -475,7 +542,7 @@ class PicoLMTokenizer:
         while i < n:
             c = norm[i]
             clen = 4 if c >= 0xF0 else 3 if c >= 0xE0 else 2 if c >= 0xC0 else 1
-            tok = lookup.get(norm[i : i + clen], -1)  # slicing clips at the end, as C does
+            tok = lookup(norm[i : i + clen])  # slicing clips at the end, as C does
             if tok >= 0:
                 out.append(tok)
                 i += clen
@@ -496,7 +563,7 @@ class PicoLMTokenizer:
         n = len(toks)
         if n < 2:
             return toks
-        strs = self._strs
+        string = self._strs.string
         scores = self._scores
         lookup = self._lookup
         tok = list(toks)  # tok[i] == -1: symbol i was merged into its left neighbour
@@ -508,10 +575,10 @@ class PicoLMTokenizer:
 
         def pair(i: int, j: int) -> tuple[float, int, int, int, int] | None:
             a, b = tok[i], tok[j]
-            sa, sb = strs[a], strs[b]
+            sa, sb = string(a), string(b)
             if len(sa) + len(sb) >= _MERGE_BUF:
                 return None
-            m = lookup.get(sa + sb, -1)
+            m = lookup(sa + sb)
             # `scores[tok] > best_score` with best_score starting at -1e30f: a score
             # at or below that, or NaN, never merges.
             if m >= 0 and scores[m] > _SCORE_FLOOR:
@@ -525,7 +592,7 @@ class PicoLMTokenizer:
             # Stale if either symbol changed since the pair was scored.
             if tok[i] != a or nxt[i] != j or tok[j] != b:
                 continue
-            tok[i] = lookup[strs[a] + strs[b]]
+            tok[i] = lookup(string(a) + string(b))
             tok[j] = -1
             k = nxt[j]
             nxt[i] = k
@@ -592,14 +659,16 @@ class ReplyTokenCounter:
         return min(total, self._length + 2)
 
 
-def _c_lookup(strs: list[bytes], order: list[int], query: bytes, *, signed_char: bool) -> int:
+def _c_lookup(
+    strs: PackedVocabulary, order: Sequence[int], query: bytes, *, signed_char: bool
+) -> int:
     """PicoLM's vocab_lookup, step by step (binary search with its char quirk)."""
     n = len(query)
     lo, hi = 0, len(order) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
         idx = order[mid]
-        entry = strs[idx]
+        entry = strs.string(idx)
         head = entry[:n]
         # strncmp(entry, query, n): an entry shorter than n compares as smaller
         # (its NUL meets a non-NUL byte), which bytes ordering also gives.
@@ -619,41 +688,35 @@ def _c_lookup(strs: list[bytes], order: list[int], query: bytes, *, signed_char:
     return -1
 
 
-def _findable_ids(strs: list[bytes], *, signed_char: bool) -> dict[bytes, int]:
-    """Map each non-empty string to the id PicoLM's lookup returns for it.
+def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
+    """Make each non-empty string's lookup find the id PicoLM's lookup returns for it,
+    or nothing when that lookup cannot find it.
 
-    A string absent from the map is one the lookup cannot find.  Only two kinds of
-    string need the search simulated: duplicates (which copy is hit depends on the
-    path) and, with signed char, strings that are a proper prefix of some entry
-    whose next byte is >= 0x80 (the only case where the quirk changes the path).
-    For every other string the search is a correct binary search over a sorted
-    array, so it finds the string's single id.
+    Only two kinds of string need the search simulated: duplicates (which copy is hit
+    depends on the path) and, with signed char, strings that are a proper prefix of
+    some entry whose next byte is >= 0x80 (the only case where the quirk changes the
+    path). For every other string the search is a correct binary search over a sorted
+    array, so it finds the string's single id (which the table already gives).
     """
-    # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
-    # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
-    order = sorted(range(len(strs)), key=strs.__getitem__)
-    first: dict[bytes, int] = {}
-    dups: set[bytes] = set()
-    for i, s in enumerate(strs):
-        if not s:
-            continue  # a query is never empty
-        if s in first:
-            dups.add(s)
-        else:
-            first[s] = i
-    suspects: set[bytes] = set(dups)
+    suspects: set[bytes] = set(strs.duplicates)
     if signed_char:
-        for s in first:
+        # Each string taken one at a time (_RawStrings says why); few distinct prefixes.
+        known: dict[bytes, bool] = {}
+        for s in strs:
+            if s.isascii():
+                continue
             for k in range(1, len(s)):
                 if s[k] >= 0x80:
                     prefix = s[:k]
-                    if prefix in first:
+                    found = known.get(prefix)
+                    if found is None:
+                        found = known[prefix] = prefix in strs
+                    if found:
                         suspects.add(prefix)
-    result = dict(first)
+    if not suspects:
+        return
+    # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
+    # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
+    order = sorted(range(len(strs)), key=strs.string)
     for s in suspects:
-        found = _c_lookup(strs, order, s, signed_char=signed_char)
-        if found < 0:
-            del result[s]
-        else:
-            result[s] = found
-    return result
+        strs.resolve(s, _c_lookup(strs, order, s, signed_char=signed_char))

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from picolm_server.api.anthropic.envelope import is_messages_path
 from picolm_server.api.anthropic.errors import (
-    _rewritten,
+    anthropic_error_body,
     error_response,
     error_type,
-    is_messages_path,
     validation_error,
 )
 from picolm_server.api.anthropic.types import MessagesRequest
@@ -83,8 +83,8 @@ def test_rewrite_of_an_openai_body() -> None:
     openai_body = (
         b'{"error": {"message": "busy", "type": "rate_limit_error", "param": null, "code": null}}'
     )
-    rewritten = _rewritten(openai_body, 429)
+    rewritten = anthropic_error_body(openai_body, 429)
     assert rewritten is not None
     assert anthropic_types.error(rewritten).error.type == "rate_limit_error"
-    assert _rewritten(b"not json", 500) is None
-    assert _rewritten(rewritten, 429) is None  # already Anthropic's
+    assert anthropic_error_body(b"not json", 500) is None
+    assert anthropic_error_body(rewritten, 429) is None  # already Anthropic's

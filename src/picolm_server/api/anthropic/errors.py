@@ -2,11 +2,12 @@
 
 Every error of the server is an :class:`~picolm_server.errors.APIError`, answered in
 OpenAI's envelope wherever it is raised (a route, the key check, the body limit, the
-shutdown drain). On the Messages routes :class:`AnthropicErrorMiddleware` rewrites each
-such answer into ``{"type": "error", "error": {"type", "message"}}`` with the same
-status and headers (``Retry-After`` on a 429 included): one place, so no error on these
-routes can reach a client in the other envelope. Errors in a stream that has started
-are written by :mod:`.events` with :func:`error_response`.
+shutdown drain). On the Messages routes :class:`~.envelope.AnthropicErrorMiddleware`
+rewrites each such answer with :func:`anthropic_error_body` into ``{"type": "error",
+"error": {"type", "message"}}`` with the same status and headers (``Retry-After`` on a
+429 included): one place, so no error on these routes can reach a client in the other
+envelope. Errors in a stream that has started are written by :mod:`.events` with
+:func:`error_response`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...errors import APIError, InvalidRequestError
 from .types import SUPPORTED_BLOCK_TYPES, ErrorObject, ErrorResponse, ErrorType
-
-MESSAGES_PATH = "/v1/messages"
 
 _TYPE_BY_STATUS: dict[int, ErrorType] = {
     400: "invalid_request_error",
@@ -48,10 +46,6 @@ def error_response(status: int, message: str) -> ErrorResponse:
 
 def api_error_response(error: APIError) -> ErrorResponse:
     return error_response(error.status_code, error.message)
-
-
-def is_messages_path(path: str) -> bool:
-    return path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/")
 
 
 # ---- request validation ------------------------------------------------------------------
@@ -112,7 +106,7 @@ def unsupported_block(path: str, block_type: str) -> InvalidRequestError:
 # ---- the envelope on every answer of these routes ------------------------------------------
 
 
-def _rewritten(body: bytes, status: int) -> bytes | None:
+def anthropic_error_body(body: bytes, status: int) -> bytes | None:
     """The Anthropic body for an OpenAI error body, or None when it is not one."""
     try:
         document = json.loads(body)
@@ -124,50 +118,3 @@ def _rewritten(body: bytes, status: int) -> bytes | None:
         return None  # already Anthropic's
     message = document["error"].get("message")
     return error_response(status, str(message)).model_dump_json().encode()
-
-
-class AnthropicErrorMiddleware:
-    """On the Messages routes, an error answer in OpenAI's envelope becomes Anthropic's.
-
-    It sits inside the request log and CORS and outside every middleware that answers
-    with an error (key, body size, body time, drain, unexpected exceptions)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_messages_path(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        held: Message | None = None
-        chunks: list[bytes] = []
-
-        async def rewrite(message: Message) -> None:
-            nonlocal held
-            if message["type"] == "http.response.start":
-                if message["status"] >= 400 and _is_json(message):
-                    held = message
-                    return
-            elif held is not None and message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                body = b"".join(chunks)
-                new_body = _rewritten(body, held["status"]) or body
-                headers = [
-                    (name, value) for name, value in held["headers"] if name != b"content-length"
-                ]
-                headers.append((b"content-length", str(len(new_body)).encode()))
-                await send({**held, "headers": headers})
-                await send({"type": "http.response.body", "body": new_body})
-                return
-            await send(message)
-
-        await self.app(scope, receive, rewrite)
-
-
-def _is_json(message: Message) -> bool:
-    for name, value in message.get("headers", []):
-        if name.lower() == b"content-type":
-            return bool(value.startswith(b"application/json"))
-    return False

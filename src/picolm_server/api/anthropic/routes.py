@@ -1,6 +1,6 @@
 """``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: parse, check, hand the
 spec to the core, shape the answer. Errors on these paths are Anthropic's envelope
-(:class:`~.errors.AnthropicErrorMiddleware` rewrites every error answer there)."""
+(:class:`~.envelope.AnthropicErrorMiddleware` rewrites every error answer there)."""
 
 from __future__ import annotations
 
