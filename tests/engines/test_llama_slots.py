@@ -1,5 +1,6 @@
 """The llama.cpp decode loop with the real embedded model (SmolLM2-135M-Instruct): reuse
-of computed prompt states and batching of concurrent requests never change a reply.
+of computed prompt states never changes a reply, and with ``deterministic`` neither does
+batching concurrent requests.
 
 Each test compares replies token for token: greedy, and sampled with a fixed seed. The
 engines here are small (a 1,024-token context per slot) and in this process; nothing is
@@ -9,6 +10,7 @@ timed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,9 @@ TOPICS = [
 FOLLOW_UPS = ["Tell me more.", "Say it in one sentence.", "Give an example."]
 
 
-def make_engine(slots: int, reuse: bool, cache_max_bytes: int = 64 * 2**20) -> Any:
+def make_engine(
+    slots: int, reuse: bool, cache_max_bytes: int = 64 * 2**20, deterministic: bool = False
+) -> Any:
     from picolm_server.bootstrap import EMBEDDED_MODEL_ID, embedded_model_path
     from picolm_server.engines.llama_cpp import LlamaCppEngine, LlamaCppOptions
 
@@ -44,6 +48,7 @@ def make_engine(slots: int, reuse: bool, cache_max_bytes: int = 64 * 2**20) -> A
             slots=slots,
             prompt_reuse=reuse,
             cache_max_bytes=cache_max_bytes,
+            deterministic=deterministic,
         )
     )
 
@@ -152,9 +157,9 @@ def test_interleaved_conversations_reuse_state_and_keep_every_reply(
     assert [[r.text for r in c] for c in reused] == [[r.text for r in c] for c in cold]
     assert all(r.cached_tokens == 0 for c in cold for r in c)
     for conversation in reused:
-        for result in conversation[1:]:
-            # Everything up to the previous reply was kept: only the new turn is read.
-            assert result.cached_tokens > conversation[0].prompt_tokens
+        for before, result in itertools.pairwise(conversation):
+            # The previous prompt was kept: only the reply and the new turn are read.
+            assert result.cached_tokens == before.prompt_tokens
     assert warm.decode_loop.cache is not None and len(warm.decode_loop.cache) > 0
 
 
@@ -171,15 +176,10 @@ def test_cached_tokens_are_the_shared_prefix(warm: Any, template: Any) -> None:
 
     first_ids = warm.prompt_tokens(request(first_prompt, 1))
     second_ids = warm.prompt_tokens(request(second_prompt, 1))
-    reply_ids = warm.tokenize(first.text, add_special=False, parse_special=False)
-    held = first_ids + reply_ids  # what the slot computed (the last reply token is not)
-    shared = 0
-    for a, b in zip(held, second_ids, strict=False):
-        if a != b:
-            break
-        shared += 1
-    assert second.cached_tokens == min(shared, len(first_ids) + first.tokens - 1)
-    assert second.cached_tokens >= len(first_ids) - 1
+    # By default the slot keeps the first prompt's state, not its reply's (computed one
+    # row at a time, unlike a prompt): the second prompt starts after the first.
+    assert second_ids[: len(first_ids)] == first_ids
+    assert second.cached_tokens == len(first_ids)
 
     # The same prompt again: all of it is kept but its last token, whose logits start
     # the reply; and the reply is the same.
@@ -188,9 +188,17 @@ def test_cached_tokens_are_the_shared_prefix(warm: Any, template: Any) -> None:
     assert again.text == second.text
 
 
+@pytest.fixture(scope="module")
+def exact_alone() -> Iterator[Any]:
+    """Deterministic, reuse off, one slot."""
+    engine = make_engine(slots=1, reuse=False, deterministic=True)
+    yield engine
+    engine.close()
+
+
 @pytest.mark.parametrize("temperature,seed", [(0.0, None), (0.9, 1234)])
-def test_batched_replies_equal_replies_alone(
-    fresh: Any, template: Any, temperature: float, seed: int | None
+def test_deterministic_batched_replies_equal_replies_alone(
+    exact_alone: Any, template: Any, temperature: float, seed: int | None
 ) -> None:
     prompts = [
         conversation_prompt(template, [{"role": "user", "content": topic}]) for topic in TOPICS[:4]
@@ -198,10 +206,10 @@ def test_batched_replies_equal_replies_alone(
     # Different lengths, so requests join and leave while others decode.
     budgets = [12 + 4 * i for i in range(len(prompts))]
     alone = [
-        asyncio.run(run(fresh, request(p, n, temperature=temperature, seed=seed)))
+        asyncio.run(run(exact_alone, request(p, n, temperature=temperature, seed=seed)))
         for p, n in zip(prompts, budgets, strict=True)
     ]
-    engine = make_engine(slots=4, reuse=True)
+    engine = make_engine(slots=4, reuse=True, deterministic=True)
     try:
 
         async def together() -> list[Result]:
@@ -223,13 +231,13 @@ def test_batched_replies_equal_replies_alone(
 
 
 def test_cancelling_one_batched_request_leaves_the_others_unchanged(
-    fresh: Any, template: Any
+    exact_alone: Any, template: Any
 ) -> None:
     prompts = [
         conversation_prompt(template, [{"role": "user", "content": topic}]) for topic in TOPICS[:3]
     ]
-    alone = [asyncio.run(run(fresh, request(p, 24))) for p in prompts]
-    engine = make_engine(slots=3, reuse=True)
+    alone = [asyncio.run(run(exact_alone, request(p, 24))) for p in prompts]
+    engine = make_engine(slots=3, reuse=True, deterministic=True)
     try:
 
         async def together() -> list[Result]:
@@ -247,6 +255,20 @@ def test_cancelling_one_batched_request_leaves_the_others_unchanged(
     finally:
         engine.close()
     assert [batched[0].text, batched[2].text] == [alone[0].text, alone[2].text]
+
+
+def test_deterministic_reuse_keeps_the_reply_too(exact_alone: Any, template: Any) -> None:
+    """With every token computed two rows at a time, a reply's state is a prompt's: the
+    next turn starts after it, and its replies are those of a fresh run."""
+    engine = make_engine(slots=1, reuse=True, deterministic=True)
+    try:
+        cold = play(exact_alone, template, conversations=2, turns=2)
+        warm = play(engine, template, conversations=2, turns=2)
+    finally:
+        engine.close()
+    assert [[r.text for r in c] for c in warm] == [[r.text for r in c] for c in cold]
+    for before, after in (conversation for conversation in warm):
+        assert after.cached_tokens > before.prompt_tokens  # the reply was kept too
 
 
 def test_host_memory_budget_is_honoured(template: Any) -> None:
