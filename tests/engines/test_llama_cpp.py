@@ -142,8 +142,8 @@ def test_repeated_and_overlapping_requests_give_the_same_reply(
     llama_server: RunningServer,
 ) -> None:
     """A reply does not depend on what the model computed before it: not after a prompt
-    that shares a long prefix with it (reusing that state changes logits in the last
-    bits, enough to change a greedy reply), not when asked again, streamed or not."""
+    that shares a long prefix with it (whose state is then reused), not when asked
+    again, streamed or not."""
     messages = [SYSTEM, {"role": "user", "content": "Say hello and tell me who you are."}]
     first = chat(llama_server, messages, max_tokens=48).choices[0].message.content
     follow_up = [
@@ -157,6 +157,53 @@ def test_repeated_and_overlapping_requests_give_the_same_reply(
 
     assert again == first
     assert text == first
+
+
+def test_a_conversation_reuses_its_state_and_says_so(llama_server: RunningServer) -> None:
+    messages = [SYSTEM, {"role": "user", "content": "Name a colour of the rainbow."}]
+    first = chat(llama_server, messages, max_tokens=8)
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Name another one."},
+    ]
+    second = chat(llama_server, follow_up, max_tokens=8)
+    # The first prompt's state was kept; the reply and the new turn were computed.
+    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def deterministic_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    if not HAS_LLAMA:
+        pytest.skip("needs the llama extra")
+    config = {
+        "server": {"max_queue": 8},
+        "llama_cpp": {"parallel": 4, "deterministic": True},
+        "logging": {"level": "warning"},
+    }
+    with run_server(config, tmp_path_factory.mktemp("llama-deterministic")) as server:
+        yield server
+
+
+def test_concurrent_requests_keep_the_replies_they_get_alone(
+    deterministic_server: RunningServer,
+) -> None:
+    questions = ["What is a star?", "What do bees make?", "Where is Peru?", "Why do we sleep?"]
+    conversations = [[SYSTEM, {"role": "user", "content": q}] for q in questions]
+    alone = [streamed(deterministic_server, m, max_tokens=24)[0] for m in conversations]
+    together: list[str] = [""] * len(conversations)
+
+    def ask(index: int) -> None:
+        together[index] = streamed(deterministic_server, conversations[index], max_tokens=24)[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(conversations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CLIENT_TIMEOUT)
+    assert together == alone
+    assert all(alone)
 
 
 def test_usage_counts_are_the_models_own(

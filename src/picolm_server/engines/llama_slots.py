@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import threading
@@ -510,6 +511,8 @@ def deliver_to(
     put = queue.put_nowait
 
     def deliver(item: object) -> None:
-        loop.call_soon_threadsafe(put, item)
+        # A request whose event loop has closed has nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(put, item)
 
     return deliver
