@@ -1,38 +1,80 @@
-"""The decode loop's reading of how many cores other work leaves free."""
+"""The decode loop's reading of how many cores other work leaves free: the machine's
+busy CPU time less this process's own, from /proc files written here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from picolm_server.engines import cpu_load
 from picolm_server.engines.cpu_load import CpuLoad
 
 
-def loadavg(path: Path, running: int) -> None:
-    path.write_text(f"0.50 0.40 0.30 {running}/300 12345\n", encoding="ascii")
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
 
 
-def test_an_idle_machine_leaves_every_core(tmp_path: Path) -> None:
-    path = tmp_path / "loadavg"
-    loadavg(path, 2)  # the loop's own two threads
-    load = CpuLoad(cores=2, path=str(path))
-    assert [load.free_cores() for _ in range(5)] == [2] * 5
+def write(tmp_path: Path, machine_busy: int, own: int) -> None:
+    # user nice system idle iowait irq softirq steal
+    (tmp_path / "stat").write_text(
+        f"cpu  {machine_busy} 0 0 5000 7 0 0 0 0 0\ncpu0 1 2 3 4\n", encoding="ascii"
+    )
+    (tmp_path / "self").write_text(
+        f"42 (picolm server) S 1 2 3 4 5 6 7 8 9 10 {own} 0 0 0\n", encoding="ascii"
+    )
 
 
-def test_busy_processes_leave_one_core_at_least(tmp_path: Path) -> None:
-    path = tmp_path / "loadavg"
-    loadavg(path, 5)  # three others on two cores
-    load = CpuLoad(cores=2, path=str(path))
-    readings = [load.free_cores() for _ in range(10)]
-    assert readings[-1] == 1 and min(readings) == 1
-    loadavg(path, 2)
-    readings = [load.free_cores() for _ in range(20)]
-    assert readings[-1] == 2  # back once the smoothed count has come down
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(cpu_load.time, "monotonic", fake.monotonic)
+    return fake
 
 
-def test_an_unreadable_count_means_every_core(tmp_path: Path) -> None:
-    load = CpuLoad(cores=4, path=str(tmp_path / "missing"))
-    assert load.free_cores() == 4
-    garbled = tmp_path / "garbled"
-    garbled.write_text("nonsense", encoding="ascii")
-    load = CpuLoad(cores=4, path=str(garbled))
+def reading(tmp_path: Path, clock: Clock, steps: list[tuple[int, int]]) -> list[int]:
+    load = CpuLoad(cores=2, proc_stat=str(tmp_path / "stat"), self_stat=str(tmp_path / "self"))
+    load._ticks_per_second = 100
+    free = []
+    for machine, own in steps:
+        write(tmp_path, machine, own)
+        free.append(load.free_cores())
+        clock.now += 1.0  # 100 ticks per core
+    return free
+
+
+def test_only_this_process_busy_leaves_every_core(tmp_path: Path, clock: Clock) -> None:
+    # This process used both cores fully; nothing else ran.
+    assert reading(tmp_path, clock, [(0, 0), (200, 200), (400, 400)]) == [2, 2, 2]
+
+
+def test_a_little_other_work_takes_no_core(tmp_path: Path, clock: Clock) -> None:
+    assert reading(tmp_path, clock, [(0, 0), (130, 100), (260, 200)]) == [2, 2, 2]
+
+
+def test_busy_processes_leave_one_core_at_least(tmp_path: Path, clock: Clock) -> None:
+    # Others used a core, then two, then nothing again.
+    steps = [(0, 0), (200, 100), (400, 100), (500, 200)]
+    assert reading(tmp_path, clock, steps) == [2, 1, 1, 2]
+
+
+def test_the_reading_is_kept_within_its_window(tmp_path: Path, clock: Clock) -> None:
+    load = CpuLoad(cores=2, proc_stat=str(tmp_path / "stat"), self_stat=str(tmp_path / "self"))
+    load._ticks_per_second = 100
+    write(tmp_path, 0, 0)
+    load.free_cores()
+    clock.now += 1.0
+    write(tmp_path, 200, 0)
+    assert load.free_cores() == 1
+    clock.now += 0.1
+    write(tmp_path, 200, 200)  # not read yet: within the window
+    assert load.free_cores() == 1
+
+
+def test_unreadable_files_mean_every_core(tmp_path: Path) -> None:
+    load = CpuLoad(cores=4, proc_stat=str(tmp_path / "missing"), self_stat=str(tmp_path / "x"))
     assert load.free_cores() == 4 and not load.available

@@ -1,5 +1,5 @@
-"""Whether other work wants this machine's cores, for the llama.cpp decode loop's choice
-of threads.
+"""How many cores other work leaves free, for the llama.cpp decode loop's choice of
+threads.
 
 llama.cpp (built with OpenMP) splits each decode across its threads, which meet at a
 barrier after every operation, hundreds of times per token, and wait there spinning.
@@ -9,45 +9,68 @@ under a second took 40 to 70 seconds beside two busy processes on a 2-core machi
 thread has no barriers and only its own share of a core to wait for. So the loop decodes
 with no more threads than the cores other work leaves free (one at least).
 
-The reading is the kernel's count of runnable threads (``/proc/loadavg``), smoothed over
-steps. The loop's own threads account for up to two of them (the decoding thread and a
-llama.cpp worker still spinning after the last decode).
+The reading is the CPU time the whole machine spent busy (``/proc/stat``) less this
+process's own (``/proc/self/stat``), over the last fraction of a second: the cores other
+processes kept busy. (A count of runnable threads is no good: a client reading the
+stream, or this server's own event loop, shows up in it for moments that cost nothing.)
+Where those files cannot be read, every core is taken to be free.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
-LOADAVG = "/proc/loadavg"
-OWN_RUNNABLE = 2
-SMOOTHING = 0.3
+PROC_STAT = "/proc/stat"
+SELF_STAT = "/proc/self/stat"
+# How often the reading is renewed (seconds); between readings the last one stands.
+WINDOW = 0.25
+# Other work using at least this share of a core takes that core.
+CORE_TAKEN = 0.4
 
 
 class CpuLoad:
-    def __init__(self, cores: int | None = None, path: str = LOADAVG) -> None:
+    def __init__(
+        self, cores: int | None = None, proc_stat: str = PROC_STAT, self_stat: str = SELF_STAT
+    ) -> None:
         self.cores = cores or os.cpu_count() or 1
-        self._path = path
-        self._runnable = 0.0
-        self.available = os.path.exists(path)
+        self._proc_stat = proc_stat
+        self._self_stat = self_stat
+        self._ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = True
+        self._last: tuple[float, int, int] | None = None
+        self._free = self.cores
 
-    def runnable(self) -> int | None:
-        """Runnable threads on the machine now, or None where that cannot be read."""
-        try:
-            with open(self._path, encoding="ascii") as file:
-                field = file.read().split()[3]
-            return int(field.split("/")[0])
-        except (OSError, IndexError, ValueError):
-            return None
+    def _busy_ticks(self) -> tuple[int, int]:
+        """(CPU ticks the machine spent busy, ticks this process spent), since boot."""
+        with open(self._proc_stat, encoding="ascii") as file:
+            fields = [int(v) for v in file.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+        machine = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+        with open(self._self_stat, encoding="ascii") as file:
+            # After the command name (in parentheses, which may hold spaces): utime is the
+            # 12th field, stime the 13th.
+            after_name = file.read().rsplit(")", 1)[1].split()
+        own = int(after_name[11]) + int(after_name[12])
+        return machine, own
 
     def free_cores(self) -> int:
-        """Cores that other work leaves free (at least one): the cores less the other
-        runnable threads, smoothed."""
+        """Cores that other work leaves free (at least one)."""
         if not self.available:
             return self.cores
-        now = self.runnable()
-        if now is None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < WINDOW:
+            return self._free
+        try:
+            machine, own = self._busy_ticks()
+        except (OSError, IndexError, ValueError):
             self.available = False
             return self.cores
-        self._runnable += SMOOTHING * (now - self._runnable)
-        others = max(0.0, self._runnable - OWN_RUNNABLE)
-        return max(1, self.cores - round(others))
+        if self._last is not None:
+            then, machine_then, own_then = self._last
+            seconds = (now - then) * self._ticks_per_second
+            others = max(0, (machine - machine_then) - (own - own_then)) / seconds
+            taken = int(others + 1 - CORE_TAKEN)
+            self._free = max(1, self.cores - taken)
+        self._last = (now, machine, own)
+        return self._free
