@@ -26,7 +26,7 @@ SELF_STAT = "/proc/self/stat"
 # How often the reading is renewed (seconds); between readings the last one stands.
 WINDOW = 0.25
 # Other work using at least this share of a core takes that core.
-CORE_TAKEN = 0.4
+CORE_TAKEN = 0.6
 
 
 class CpuLoad:
