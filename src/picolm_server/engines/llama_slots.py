@@ -7,7 +7,8 @@ generating slot, then the next prompt chunks of slots still reading their prompt
 samples every slot that produced logits. A request joins between steps; one that
 finishes or is cancelled leaves between steps, and the others never notice.
 
-**Reuse.** A slot keeps the state of what it last computed when its request ends. A new
+**Reuse.** A slot keeps the state of what it last computed when its request ends (by
+default its prompt's: see the exactness paragraph below for why not the reply's). A new
 request takes the free slot sharing the longest token prefix with its prompt, or, when a
 state kept in host memory (:mod:`.llama_state_cache`) shares a longer one, restores that
 state into a free slot; a slot's state is saved there before it is overwritten. Only the
