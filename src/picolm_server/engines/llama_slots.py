@@ -292,8 +292,10 @@ class DecodeLoop:
         least_recent = min(free, key=lambda s: s.last_used)
         slot, shared = least_recent, 0
         if self.reuse:
-            best = max(free, key=lambda s: (common_prefix(s.tokens, prompt), s.last_used))
-            shared = common_prefix(best.tokens, prompt)
+            # Ties go to the most recently used, then the first slot (as max keeps it).
+            shared, _, _, best = max(
+                (common_prefix(s.tokens, prompt), s.last_used, -s.seq, s) for s in free
+            )
             if shared:
                 slot = best
             entry, entry_shared = (
@@ -447,14 +449,8 @@ class DecodeLoop:
 
     def _end(self, slot: Slot, reason: FinishReason | None) -> None:
         """The job leaves its slot: finished with ``reason``, or cancelled (None)."""
-        job = slot.job
-        assert job is not None
-        slot.job = None
+        job = self._vacate(slot)
         slot.last_used = time.monotonic()
-        self._leave_room(slot)
-        if not self.deterministic:
-            # Its reply was computed one row at a time: not what a prompt computes.
-            self._forget_reply(slot, job)
         if reason is not None:
             tail = job.decoder.decode(b"", final=True)
             if tail:
@@ -487,13 +483,19 @@ class DecodeLoop:
             self.model.forget(slot.seq, keep)
             slot.tokens = slot.tokens[:keep]
 
-    def _fail(self, slot: Slot, error: BaseException) -> None:
+    def _vacate(self, slot: Slot) -> Job:
+        """Take the job out of its slot, keeping of the slot's state what may be reused."""
         job = slot.job
         assert job is not None
         slot.job = None
         self._leave_room(slot)
         if not self.deterministic:
+            # Its reply was computed one row at a time: not what a prompt computes.
             self._forget_reply(slot, job)
+        return job
+
+    def _fail(self, slot: Slot, error: BaseException) -> None:
+        job = self._vacate(slot)
         job.sampler.close()
         job.deliver(error)
         job.deliver(JOB_RELEASED)
