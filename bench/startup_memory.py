@@ -7,7 +7,8 @@ the process to the first ``200`` from ``GET /health`` (polled every 5 ms), the C
 the server used until then (which a busy machine inflates less than the wall time), and,
 after ``--idle`` seconds of idling, the server's resident memory (VmRSS) and its peak
 (VmHWM) from ``/proc``. With ``--after-request`` it then sends one short chat completion
-and reads VmRSS again (what is loaded on first use shows there). It prints the median
+and reads VmRSS again (what is loaded on first use shows there), then a second one: the
+two requests' times show what loading on first use costs the first. It prints the median
 and the range of each, in MiB and in MB, as a Markdown table.
 
 With ``--imports N`` it also says where the start goes, per top-level package, for each
@@ -100,6 +101,8 @@ class Sample:
     rss: int  # bytes resident after idling
     peak: int  # the process's peak resident bytes until then
     rss_after_request: int | None  # bytes resident after one chat completion
+    first_request: float | None  # seconds of the first chat completion after start
+    second_request: float | None  # seconds of the next one (the same shape)
 
 
 def write_config(config: dict[str, Any], workdir: Path, port: int) -> Path:
@@ -109,15 +112,16 @@ def write_config(config: dict[str, Any], workdir: Path, port: int) -> Path:
     return config_path
 
 
-def one_request(port: int) -> None:
-    base = f"http://127.0.0.1:{port}/v1"
-    model = httpx.get(f"{base}/models", timeout=60).json()["data"][0]["id"]
+def one_request(port: int, model: str, content: str) -> float:
+    """Seconds one short chat completion takes, request to response."""
+    started = time.perf_counter()
     response = httpx.post(
-        f"{base}/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4},
         timeout=120,
     )
     response.raise_for_status()
+    return time.perf_counter() - started
 
 
 def one_start(
@@ -145,16 +149,22 @@ def one_start(
             time.sleep(0.005)
         time.sleep(idle)
         memory = proc_memory_kib(process.pid)
-        after = None
+        after = first = second = None
         if after_request:
-            one_request(port)
+            # The first request loads what the server leaves for its first use (the
+            # request types, the request path); the second, of the same shape (another
+            # prompt, so nothing is reused), shows what that cost.
+            base = f"http://127.0.0.1:{port}/v1"
+            model = httpx.get(f"{base}/models", timeout=60).json()["data"][0]["id"]
+            first = one_request(port, model, "Hi")
             time.sleep(idle)
             after = proc_memory_kib(process.pid)["VmRSS"] * 1024
+            second = one_request(port, model, "Ho")
     finally:
         process.terminate()
         process.wait(timeout=20)
         log.close()
-    return Sample(ready, cpu, memory["VmRSS"] * 1024, memory["VmHWM"] * 1024, after)
+    return Sample(ready, cpu, memory["VmRSS"] * 1024, memory["VmHWM"] * 1024, after, first, second)
 
 
 # ---- where the start goes ------------------------------------------------------------
@@ -356,11 +366,13 @@ def main() -> None:
     print("Medians (min-max) of", args.runs, "starts per engine.\n")
     print(
         "| engine | start to ready, s | CPU to ready, s | idle RSS, MiB | idle RSS, MB "
-        "| peak RSS, MiB | RSS after one request, MiB |"
+        "| peak RSS, MiB | RSS after one request, MiB | first request, s | second request, s |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in samples.items():
         after_request = [float(row.rss_after_request or 0) for row in rows]
+        first = [row.first_request or 0.0 for row in rows]
+        second = [row.second_request or 0.0 for row in rows]
         cells = [
             name,
             spread([row.ready for row in rows], 1, 3),
@@ -369,6 +381,8 @@ def main() -> None:
             spread([row.rss for row in rows], MB, 1),
             spread([row.peak for row in rows], MIB, 1),
             spread(after_request, MIB, 1) if args.after_request else "-",
+            spread(first, 1, 3) if args.after_request else "-",
+            spread(second, 1, 3) if args.after_request else "-",
         ]
         print("| " + " | ".join(cells) + " |")
     if args.imports:

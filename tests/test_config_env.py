@@ -1,10 +1,12 @@
 """Settings from the environment, the file and the flags are what they were when the
 settings class was pydantic-settings' ``BaseSettings`` with the file as a source: the
-reference below is that class, and the two must agree on every case (values, or the same
-errors)."""
+reference below is that class (a pydantic model built from the settings dataclasses),
+and the two must agree on every case (the same values, or errors at the same keys with
+the same messages)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -31,15 +33,17 @@ from picolm_server.config import (
     merge_sources,
     names_a_setting,
 )
+from picolm_server.config_check import SettingsInvalid
+from picolm_server.config_env import pydantic_model
 
 
-def reference(file_values: dict[str, Any], overrides: dict[str, Any]) -> BaseSettings:
-    class Reference(BaseSettings, Settings):
+def reference(file_values: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    class ReferenceBase(BaseSettings):
         model_config = SettingsConfigDict(
             env_prefix=ENV_PREFIX,
             env_nested_delimiter=ENV_NESTED_DELIMITER,
             extra="forbid",
-            validate_assignment=True,
+            validate_default=True,
         )
 
         @classmethod
@@ -57,22 +61,39 @@ def reference(file_values: dict[str, Any], overrides: dict[str, Any]) -> BaseSet
                 InitSettingsSource(settings_cls, init_kwargs=file_values),
             )
 
-    return Reference(**overrides)
+    return pydantic_model(Settings, ReferenceBase)(**overrides)
 
 
 def ours_now(file_values: dict[str, Any], overrides: dict[str, Any]) -> Settings:
     """What load_settings validates, from the same sources."""
-    return Settings.model_validate(merge_sources(overrides, environment_values(), file_values))
+    return Settings.from_values(merge_sources(overrides, environment_values(), file_values))
 
 
 def outcome(build: Any) -> Any:
-    """The values built, or the error: its class and what it says."""
+    """The values built, or the error: its class, and each problem's key and message
+    (pydantic's words; ours add the value given, and say "unknown key" for its
+    "Extra inputs are not permitted")."""
     try:
-        return ("ok", build().model_dump())
+        built = build()
     except ValidationError as exc:
-        return ("invalid", [(e["loc"], e["type"], e["msg"]) for e in exc.errors()])
+        return (
+            "invalid",
+            sorted(
+                (
+                    ".".join(str(part) for part in e["loc"]),
+                    "unknown key" if e["type"] == "extra_forbidden" else e["msg"],
+                )
+                for e in exc.errors()
+            ),
+        )
+    except SettingsInvalid as exc:
+        problems = [(key, message.split(" (got ")[0]) for key, message in exc.problems]
+        return ("invalid", sorted(problems))
     except SettingsError as exc:
         return ("settings error", str(exc))
+    if isinstance(built, Settings):
+        return ("ok", dataclasses.asdict(built))
+    return ("ok", built.model_dump())
 
 
 ENVIRONMENTS: list[dict[str, str]] = [
@@ -103,6 +124,29 @@ FILES: list[dict[str, Any]] = [
     {"server": {"port": 1, "host": "f", "cors_origins": "*"}, "engine": "llama_cpp"},
     {"server": "x", "logging": {"level": "INFO"}},
     {"picolm": {"binary": "/f", "threads": 1}, "unknown": 1},
+    # Lax conversions and bounds, as pydantic applies them.
+    {
+        "server": {
+            "port": "80",
+            "max_queue": 3.0,
+            "max_connections": 2.5,
+            "metrics_public": "on",
+            "ui": 0,
+            "header_timeout": 0,
+            "body_timeout": "1e3",
+            "cors_origins": ("a", 1),
+            "max_body": "1k",
+        },
+        "picolm": {"temperature": "2.5", "top_p": True, "threads": " 3 ", "prompt_cache": 2},
+        "llama_cpp": {"parallel": 65, "cache_max_bytes": "lots", "model_path": 5},
+        "logging": {"level": 5, "format": "JSON", "log_requests": "maybe"},
+        "responses": [],
+    },
+    {
+        "server": {"port": "8_080", "sse_ping_seconds": "inf", "cors_origins": ["x"]},
+        "picolm": {"context_length": "16", "timeout_seconds": "nan", "max_tokens": "2.0"},
+        "logging": {"level": "WARNING"},
+    },
 ]
 OVERRIDES: list[dict[str, Any]] = [{}, {"server": {"port": 3}}, {"engine": "picolm"}]
 

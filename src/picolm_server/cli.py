@@ -87,7 +87,7 @@ def load_from_args(argv: list[str] | None = None) -> Settings:
     config = args.config or os.environ.get("PICOLM_CONFIG")
     path = Path(config) if config else None
     # Two passes: which section --model-path belongs to depends on the rest.
-    first = load_settings(path, _overrides(args, Settings.model_construct()))
+    first = load_settings(path, _overrides(args, Settings()))
     return load_settings(path, _overrides(args, first))
 
 

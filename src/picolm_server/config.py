@@ -15,21 +15,17 @@ pydantic-settings merges them (:func:`merge_sources`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+
+from .config_check import Before, SettingsInvalid, setting, validate_settings
 
 ENV_PREFIX = "PICOLM_"
 ENV_NESTED_DELIMITER = "__"
@@ -70,7 +66,7 @@ def parse_size(value: object) -> int:
 
 
 # A byte count written as a number or with a unit ("4MiB").
-ByteSize = Annotated[int, BeforeValidator(parse_size)]
+ByteSize = Annotated[int, Before(parse_size)]
 
 
 def _split_origins(value: object) -> object:
@@ -80,69 +76,80 @@ def _split_origins(value: object) -> object:
     return value
 
 
-OriginList = Annotated[list[str], BeforeValidator(_split_origins)]
+OriginList = Annotated[list[str], Before(_split_origins)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
-class ServerSection(_Section):
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"], Before(_lower)]
+
+# Sections are plain dataclasses checked by config_check (pydantic's rules, without
+# loading pydantic before the server is ready: about a third of the start-up time).
+# Frozen: settings are read everywhere and changed nowhere once loaded.
+
+
+@dataclass(frozen=True)
+class ServerSection:
     host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = setting(8080, ge=0, le=65535)
     api_key: str = ""
     # Generations at once; 0: as many as the engine runs together (PicoLM one,
     # llama.cpp its ``parallel`` slots).
-    max_concurrent: int = Field(default=0, ge=0)
-    max_queue: int = Field(default=16, ge=0)
-    max_body: ByteSize = Field(default=4 * MIB, ge=1024)
+    max_concurrent: int = setting(0, ge=0)
+    max_queue: int = setting(16, ge=0)
+    max_body: ByteSize = setting(4 * MIB, ge=1024)
     # Limits on connections and time: see limits.py and drain.py.
-    max_connections: int = Field(default=100, ge=1)
-    max_header_size: ByteSize = Field(default=16 * 1024, ge=1024)
-    header_timeout: float = Field(default=10.0, gt=0.0)
-    body_timeout: float = Field(default=60.0, gt=0.0)
-    keep_alive_timeout: int = Field(default=5, ge=1)
-    shutdown_timeout: float = Field(default=30.0, ge=0.0)
+    max_connections: int = setting(100, ge=1)
+    max_header_size: ByteSize = setting(16 * 1024, ge=1024)
+    header_timeout: float = setting(10.0, gt=0.0)
+    body_timeout: float = setting(60.0, gt=0.0)
+    keep_alive_timeout: int = setting(5, ge=1)
+    shutdown_timeout: float = setting(30.0, ge=0.0)
     # Browser origins allowed to call the API ("*" for any); none by default.
-    cors_origins: OriginList = Field(default_factory=list)
+    cors_origins: OriginList = field(default_factory=list)
     metrics_public: bool = False  # /metrics without the key
     ui: bool = True  # the chat page at /
     # SSE comment sent when a stream has been quiet this long (0 = never).
-    sse_ping_seconds: float = Field(default=10.0, ge=0.0)
+    sse_ping_seconds: float = setting(10.0, ge=0.0)
 
 
-class GenerationDefaults(_Section):
+@dataclass(frozen=True)
+class GenerationDefaults:
     """Settings every engine has: what a request gets when it does not say."""
 
     model_path: str = ""
     model_id: str = ""
-    max_tokens: int = Field(default=256, ge=1)
-    threads: int = Field(default=4, ge=1)
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    context_length: int = Field(default=2048, ge=16)
-    timeout_seconds: float = Field(default=300.0, gt=0.0)
+    max_tokens: int = setting(256, ge=1)
+    threads: int = setting(4, ge=1)
+    temperature: float = setting(0.7, ge=0.0, le=2.0)
+    top_p: float = setting(0.9, gt=0.0, le=1.0)
+    context_length: int = setting(2048, ge=16)
+    timeout_seconds: float = setting(300.0, gt=0.0)
     chat_template: str = "auto"
 
 
+@dataclass(frozen=True)
 class PicoLMSection(GenerationDefaults):
     binary: str = ""
     model_id: str = "picolm-local"
     prompt_cache: bool = True
     cache_dir: str = ""
-    cache_max_bytes: ByteSize = Field(default=1024 * MIB, ge=0)
+    cache_max_bytes: ByteSize = setting(1024 * MIB, ge=0)
 
 
+@dataclass(frozen=True)
 class LlamaCppSection(GenerationDefaults):
     """The in-process llama.cpp engine; an empty ``model_path`` means the embedded model."""
 
-    threads: int = Field(default=0, ge=0)  # 0: every core
+    threads: int = setting(0, ge=0)  # 0: every core
     # Requests decoded together in one batch per step (each with its own context).
-    parallel: int = Field(default=4, ge=1, le=64)
+    parallel: int = setting(4, ge=1, le=64)
     # Reuse computed prompt states across requests (replies stay identical either way).
     prompt_cache: bool = True
     # Host memory for prompt states of slots about to be overwritten; LRU eviction.
-    cache_max_bytes: ByteSize = Field(default=256 * MIB, ge=0)
+    cache_max_bytes: ByteSize = setting(256 * MIB, ge=0)
     # Flash attention: faster on long contexts, but then a reply can depend on what was
     # reused or batched beside it (its kernel's last bits depend on the batch's shape).
     flash_attention: bool = False
@@ -153,42 +160,37 @@ class LlamaCppSection(GenerationDefaults):
     embedding_model_path: str = ""
 
 
-class ResponsesSection(_Section):
+@dataclass(frozen=True)
+class ResponsesSection:
     """The Responses API's store of past responses (api/responses/store.py)."""
 
     # The SQLite file; empty: $XDG_DATA_HOME/picolm-server/responses.sqlite3.
     store_path: str = ""
     # Past this total, the oldest stored responses are dropped.
-    store_max_bytes: ByteSize = Field(default=64 * MIB, ge=4096)
+    store_max_bytes: ByteSize = setting(64 * MIB, ge=4096)
 
 
-class LoggingSection(_Section):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+@dataclass(frozen=True)
+class LoggingSection:
+    level: LogLevel = "info"
     format: Literal["text", "json"] = "text"
     output: str = "stdout"
     log_requests: bool = True
-
-    @field_validator("level", mode="before")
-    @classmethod
-    def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
 
 
 EngineChoice = Literal["auto", "picolm", "llama_cpp"]
 
 
-class Settings(BaseModel):
+@dataclass(frozen=True)
+class Settings:
     """The whole configuration. Build it with :func:`load_settings`."""
 
-    # pydantic-settings' BaseSettings validates defaults too; so does this.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
-
     engine: EngineChoice = "auto"
-    server: ServerSection = Field(default_factory=ServerSection)
-    picolm: PicoLMSection = Field(default_factory=PicoLMSection)
-    llama_cpp: LlamaCppSection = Field(default_factory=LlamaCppSection)
-    logging: LoggingSection = Field(default_factory=LoggingSection)
-    responses: ResponsesSection = Field(default_factory=ResponsesSection)
+    server: ServerSection = field(default_factory=ServerSection)
+    picolm: PicoLMSection = field(default_factory=PicoLMSection)
+    llama_cpp: LlamaCppSection = field(default_factory=LlamaCppSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    responses: ResponsesSection = field(default_factory=ResponsesSection)
 
     def resolved_engine(self) -> Literal["picolm", "llama_cpp"]:
         """``auto`` means PicoLM when its binary and model are configured, else llama.cpp."""
@@ -197,6 +199,12 @@ class Settings(BaseModel):
         if self.picolm.binary and self.picolm.model_path:
             return "picolm"
         return "llama_cpp"
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from a mapping of sections (as a file gives them), checked; raises
+        :class:`~.config_check.SettingsInvalid` naming every problem."""
+        return validate_settings(cls, values)
 
 
 def _deep_update(mapping: Mapping[str, Any], updating: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,6 +227,9 @@ def merge_sources(
     return _deep_update(file, _deep_update(environment, overrides))
 
 
+SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Settings))
+
+
 def names_a_setting(variable: str) -> bool:
     """Whether the environment variable can set a value: ``PICOLM_<FIELD>`` or
     ``PICOLM_<FIELD>__...`` for a field of :class:`Settings`, in any case
@@ -229,8 +240,7 @@ def names_a_setting(variable: str) -> bool:
         return False
     rest = name[len(prefix) :]
     return any(
-        rest == field or rest.startswith(field + ENV_NESTED_DELIMITER)
-        for field in Settings.model_fields
+        rest == name or rest.startswith(name + ENV_NESTED_DELIMITER) for name in SETTING_NAMES
     )
 
 
@@ -266,18 +276,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
-    message = error["msg"]
-    if error["type"] not in ("missing",) and "input" in error:
-        shown = error["input"]
-        if isinstance(shown, (str, int, float, bool)) or shown is None:
-            message += f" (got {shown!r})"
-    return f"{key}: {message}"
-
-
 def load_settings(
     config_path: Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -287,7 +285,6 @@ def load_settings(
     source = f"config file {config_path}" if config_path else "configuration"
     values = merge_sources(overrides or {}, environment_values(), file_values)
     try:
-        return Settings.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(dict(error)) for error in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
+        return Settings.from_values(values)
+    except SettingsInvalid as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -197,6 +197,9 @@ class StringArray(Sequence[str]):
         return False
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     def __init__(self, buffer: mmap.mmap, path: Path) -> None:
         self.buffer = buffer
@@ -220,10 +223,6 @@ class _Cursor:
         self.offset = end
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self) -> None:
-        length = self.unpack("<Q")
-        self.offset += length
-
     def value(self, value_type: GGUFValueType) -> Any:
         if value_type == GGUFValueType.STRING:
             return self.string()
@@ -235,14 +234,27 @@ class _Cursor:
             return [self.value(item_type) for _ in range(count)]
         return self.unpack(_SCALAR_FORMATS[value_type])
 
+    def string_ends(self, count: int) -> array.array[int]:
+        """Skip ``count`` strings; where each ends, from the first one's start."""
+        # With locals, not unpack() per string: a vocabulary has tens of thousands.
+        buffer, first, size = self.buffer, self.offset, len(self.buffer)
+        unpack = _U64.unpack_from
+        ends = array.array("Q")
+        append = ends.append
+        offset = first
+        for _ in range(count):
+            if offset + 8 > size:
+                raise GGUFError(f"{self.path}: truncated GGUF metadata")
+            offset += 8 + unpack(buffer, offset)[0]
+            append(offset - first)
+        if offset > size:
+            raise GGUFError(f"{self.path}: truncated GGUF string")
+        self.offset = offset
+        return ends
+
     def string_array(self, count: int) -> StringArray:
         first = self.offset
-        ends = array.array("Q")
-        for _ in range(count):
-            self.skip_string()
-            ends.append(self.offset - first)
-        if self.offset > len(self.buffer):
-            raise GGUFError(f"{self.path}: truncated GGUF string")
+        ends = self.string_ends(count)
         return StringArray(self.buffer[first : self.offset], ends)
 
     def skip_array(self) -> int:
@@ -251,8 +263,7 @@ class _Cursor:
         if item_type in _SCALAR_FORMATS:
             self.offset += count * struct.calcsize(_SCALAR_FORMATS[item_type])
         elif item_type == GGUFValueType.STRING:
-            for _ in range(count):
-                self.skip_string()
+            self.string_ends(count)
         else:
             for _ in range(count):
                 self.skip_array()

@@ -1,25 +1,32 @@
 """HTTP routes shared by every API (models, health) and the helpers their handlers use:
-body parsing, validation errors, the client-disconnect guard, the generation core."""
+body parsing, validation errors, the client-disconnect guard, the generation core.
+
+pydantic (the request and model-list types) is imported by the handlers that use it,
+not with this module: the server answers ``/health`` before it has loaded it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import InvalidRequestError, ModelNotFoundError
 from .generation import GenerationCore
 from .json_text import escape_line_separators
-from .model_list import Model, ModelList
 from .routing import Routes
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+    from .model_list import Model
+
 T = TypeVar("T")
-RequestT = TypeVar("RequestT", bound=BaseModel)
+RequestT = TypeVar("RequestT", bound="BaseModel")
 
 router = Routes()
 
@@ -86,6 +93,8 @@ async def parse_request(
     """The body as ``kind``: JSON errors as :func:`parse_body` words them, validation
     errors by ``invalid`` (an API's own wording; OpenAI's :func:`validation_error` when
     None)."""
+    from pydantic import ValidationError
+
     body = await parse_body(request)
     try:
         return kind.model_validate(body)
@@ -134,12 +143,16 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 def _model(service: GenerationCore) -> Model:
+    from .model_list import Model
+
     info = service.engine.model
     return Model(id=info.id, created=info.created, owned_by=info.owned_by)
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
+    from .model_list import ModelList
+
     models = ModelList(data=[_model(core_of(request))])
     return Response(escape_line_separators(models.model_dump_json()), media_type="application/json")
 

@@ -234,7 +234,9 @@ def llama_faults() -> Iterator[InProcessServer]:
     from picolm_server.engines.llama_cpp import LlamaCppEngine
     from tests.support.server import free_port
 
-    settings = Settings(engine="llama_cpp", llama_cpp={"timeout_seconds": 300, "threads": 2})
+    settings = Settings.from_values(
+        {"engine": "llama_cpp", "llama_cpp": {"timeout_seconds": 300, "threads": 2}}
+    )
     service = build_service(settings)
     engine = service.engine
     assert isinstance(engine, LlamaCppEngine)

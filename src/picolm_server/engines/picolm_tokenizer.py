@@ -64,11 +64,14 @@ Python objects, for as long as the server runs.
 from __future__ import annotations
 
 import array
+import bisect
 import functools
 import heapq
 import itertools
 import mmap
+import operator
 import platform
+import re
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -167,9 +170,8 @@ class _GGUFVocab:
 
 
 class _RawStrings(Sequence[bytes]):
-    """GGUF strings as in the file (each one's 8-byte length, then its bytes), read one
-    at a time: a list of 32,000 ``bytes`` objects, even for the time it takes to pack
-    them, leaves about 1.5 MiB of holes in the heap behind (docs/benchmarks.md)."""
+    """GGUF strings as in the file (each one's 8-byte length, then its bytes), held as
+    the file's bytes: ``bytes`` objects are made only while the vocabulary is packed."""
 
     def __init__(self, raw: bytes, ends: array.array[int]) -> None:
         self._raw = raw
@@ -195,10 +197,9 @@ class _RawStrings(Sequence[bytes]):
         return self._raw[start : self._ends[index]]
 
     def __iter__(self) -> Iterator[bytes]:
-        raw, start = self._raw, 8
-        for end in self._ends:
-            yield raw[start:end]
-            start = end + 8
+        # Slices made by map (C) rather than a generator's loop: read while starting.
+        starts = itertools.chain((8,), map(operator.add, self._ends, itertools.repeat(8)))
+        return map(self._raw.__getitem__, map(slice, starts, self._ends))
 
 
 class _Reader:
@@ -381,15 +382,14 @@ class PicoLMTokenizer:
         """
         vs = len(tokens) if vocab_size is None else vocab_size
         # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
-        # missing ones empty; missing scores 0.0. One at a time (_RawStrings).
+        # missing ones empty; missing scores 0.0.
         kept = max(min(len(tokens), vs), 0)
-        strs = PackedVocabulary(
-            itertools.chain(
-                (token.split(b"\0", 1)[0] for token in itertools.islice(tokens, kept)),
-                itertools.repeat(b"", vs - kept),
-            ),
-            size=vs,
-        )
+        # Held as a list only while the vocabulary is packed (C-level passes need it).
+        listed = list(itertools.islice(tokens, kept))
+        if b"\0" in b"".join(listed):
+            listed = [token.split(b"\0", 1)[0] for token in listed]
+        listed.extend(itertools.repeat(b"", vs - kept))
+        strs = PackedVocabulary(listed)
         # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
         sc = array.array("f", scores[:vs])
         sc.extend([0.0] * (vs - len(sc)))
@@ -400,7 +400,8 @@ class PicoLMTokenizer:
         self.vocab_size = vs
         self.tokenizer_model = tokenizer_model
         self.signed_char = default_signed_char() if signed_char is None else signed_char
-        _resolve_findable(strs, signed_char=self.signed_char)
+        _resolve_findable(strs, listed, signed_char=self.signed_char)
+        del listed
         self._lookup = strs.find
         # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
         self._byte_ids = [strs.find(b"<0x%02X>" % b) for b in range(256)]
@@ -688,7 +689,10 @@ def _c_lookup(
     return -1
 
 
-def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
+_HIGH_BYTES = re.compile(rb"[\x80-\xff]+")
+
+
+def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_char: bool) -> None:
     """Make each non-empty string's lookup find the id PicoLM's lookup returns for it,
     or nothing when that lookup cannot find it.
 
@@ -700,11 +704,14 @@ def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
     """
     suspects: set[bytes] = set(strs.duplicates)
     if signed_char:
-        # Each string taken one at a time (_RawStrings says why); few distinct prefixes.
+        # The strings holding a byte >= 0x80 (a few hundred of tens of thousands),
+        # found by one scan of the packed strings and their start offsets.
         known: dict[bytes, bool] = {}
-        for s in strs:
-            if s.isascii():
-                continue
+        starts, ids = strs.starts, set()
+        for match in _HIGH_BYTES.finditer(strs.blob):
+            ids.add(bisect.bisect_right(starts, match.start()) - 1)
+        for token_id in sorted(ids):
+            s = strs.string(token_id)
             for k in range(1, len(s)):
                 if s[k] >= 0x80:
                     prefix = s[:k]
@@ -717,6 +724,6 @@ def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
         return
     # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
     # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
-    order = sorted(range(len(strs)), key=strs.string)
+    order = sorted(range(len(strings)), key=strings.__getitem__)
     for s in suspects:
         strs.resolve(s, _c_lookup(strs, order, s, signed_char=signed_char))

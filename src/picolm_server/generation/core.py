@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..chat_template import ChatTemplate
 from ..config import GenerationDefaults
@@ -24,10 +25,13 @@ from ..errors import APIError, EmbeddingsUnsupportedError, EngineCannotError, Mo
 from ..observation import NO_OBSERVER, GenerationObserver
 from ..scheduler import Scheduler
 from .events import Finish, FinishReason, TextDelta, ToolCallDone, Usage
-from .prepare import prepare
-from .run import Generation
-from .spec import GenerationSpec
-from .stream import EventStream
+
+if TYPE_CHECKING:
+    # The request path (request checks, tool calls, the rules applied to the output)
+    # is imported with the first generation: the server is ready before it loads.
+    from .run import Generation
+    from .spec import GenerationSpec
+    from .stream import EventStream
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class GenerationCore:
         self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
     ) -> Generation:
         """Validate and convert; raises 4xx errors before any engine work."""
+        from .prepare import prepare
+        from .run import Generation
+
         prepared = prepare(spec, self.engine, self.template, self.defaults)
         return Generation(
             engine=self.engine,
@@ -110,6 +117,8 @@ class GenerationCore:
         await generation.admit()
         slot = self._slot()
         await slot.__aenter__()
+        from .stream import EventStream
+
         stream = EventStream(generation, slot)
         try:
             await generation.start()
@@ -167,6 +176,8 @@ class GenerationCore:
         """The prompt tokens a generation of ``spec`` would report (template and tools
         rendered as it would be), without a slot and without refusing a prompt longer
         than the context: counting is how a client finds out."""
+        from .prepare import prepare
+
         self._require_tokenizer()
         prepared = prepare(spec, self.engine, self.template, self.defaults)
         return await asyncio.to_thread(self.engine.count_prompt_tokens, prepared.request)
