@@ -122,8 +122,7 @@ def person_format(schema: dict[str, Any]) -> dict[str, Any]:
 def test_a_grammar_engine_shows_the_response_schema_as_an_outline() -> None:
     text = system_text(plan(True, response_format=person_format(PERSON)))
     assert text == (
-        "Reply with only a JSON object, with no other text, of this form:\n"
-        '{"name": string, "age": integer, "city": string}'
+        'Reply with a JSON object of this form:\n{"name": string, "age": integer, "city": string}'
     )
 
 
