@@ -232,3 +232,49 @@ def test_the_converter_never_sees_a_remote_reference(monkeypatch: pytest.MonkeyP
     with pytest.raises(GrammarUnsupported):
         schema_rules({"properties": {"a": {"$ref": "https://127.0.0.1:9/x"}}}, "t-")
     assert seen == []
+
+
+# ---- what is kept between requests ----------------------------------------------------------
+
+
+def test_an_accepted_schema_is_checked_against_its_metaschema_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jsonschema.validators
+
+    checks: list[Any] = []
+    original = jsonschema.validators.Draft202012Validator.check_schema
+
+    def counted(schema: Any, *args: Any, **kwargs: Any) -> None:
+        checks.append(schema)
+        original(schema, *args, **kwargs)
+
+    monkeypatch.setattr(jsonschema.validators.Draft202012Validator, "check_schema", counted)
+    schema = {"type": "object", "properties": {"kept-once": {"type": "string"}}}
+    first = check_client_schema(schema, PARAM)
+    assert check_client_schema(json.loads(json.dumps(schema)), PARAM) == first
+    assert len(checks) == 1
+    # The same schema with one thing changed is a schema of its own, checked on its own.
+    changed = {"type": "object", "properties": {"kept-once": {"type": "nope"}}}
+    assert refused(changed).message == refused(changed).message
+    assert len(checks) == 3
+
+
+def test_a_refused_schema_is_refused_every_time_alike() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "nope"}}}
+    messages = {refused(schema).message for _ in range(3)}
+    assert len(messages) == 1
+    assert "'nope' is not valid" in next(iter(messages))
+
+
+@needs_llama
+def test_converted_schemas_are_kept_and_never_shared_mutably() -> None:
+    schema = {"type": "object", "properties": {"kept-rules": {"type": "integer"}}}
+    top, rules = schema_rules(schema, "r-")
+    rules.clear()  # the caller's copy
+    assert schema_rules(schema, "r-") == (
+        top,
+        schema_rules(json.loads(json.dumps(schema)), "r-")[1],
+    )
+    assert schema_rules(schema, "r-")[1]
+    assert all(name.startswith("q-") for name in schema_rules(schema, "q-")[1])

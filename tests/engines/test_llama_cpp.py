@@ -510,3 +510,89 @@ def test_engine_abilities_and_tokenizer(engine: Any, template: Any) -> None:
     )
     with pytest.raises(EmbeddingsUnsupportedError):
         asyncio.run(engine.embed(["hi"]))
+
+
+# ---- grammars: parsed once, copied per request -----------------------------------------------
+
+PERSON_GBNF = 'root ::= "{\\"name\\": \\"" [A-Za-z ]{1,20} "\\", \\"age\\": " [1-9] [0-9]? "}"'
+PERSON_ASK = [
+    SYSTEM,
+    {"role": "user", "content": "Invent a person. Reply with their name and age as JSON."},
+]
+
+
+def grammar_reply(engine: Any, prompt: str, gbnf: str) -> str:
+    from dataclasses import replace
+
+    from picolm_server.engines.base import OutputConstraint, TextDelta
+
+    constrained = replace(request(prompt, 40), constraint=OutputConstraint(gbnf=gbnf))
+
+    async def run() -> str:
+        text = ""
+        async for event in engine.generate(constrained):
+            if isinstance(event, TextDelta):
+                text += event.text
+        return text
+
+    return asyncio.run(run())
+
+
+def test_a_grammar_is_parsed_once_and_its_copies_reply_as_a_fresh_parse_does(
+    engine: Any, template: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from picolm_server.engines import llama_sampling
+
+    parses: list[str] = []
+    original = llama_sampling.grammar_sampler
+
+    def counted(vocab: Any, gbnf: str) -> Any:
+        parses.append(gbnf)
+        return original(vocab, gbnf)
+
+    monkeypatch.setattr(llama_sampling, "grammar_sampler", counted)
+    prompt = template.render(PERSON_ASK)
+    assert engine.grammar_error(PERSON_GBNF) is None  # as prepare checks it
+    replies = [grammar_reply(engine, prompt, PERSON_GBNF) for _ in range(3)]
+    assert parses == [PERSON_GBNF]
+    assert replies[0] == replies[1] == replies[2]
+    assert re.fullmatch(r'\{"name": "[A-Za-z ]{1,20}", "age": [1-9][0-9]?\}', replies[0])
+    # A sampler given a grammar of its own, parsed for it alone, writes the same reply.
+    monkeypatch.setattr(
+        engine._grammars, "sampler", lambda gbnf: original(engine.llama.vocab, gbnf)
+    )
+    assert grammar_reply(engine, prompt, PERSON_GBNF) == replies[0]
+
+
+def test_a_refused_grammar_is_refused_alike_every_time(engine: Any, template: Any) -> None:
+    from picolm_server.errors import EngineError
+
+    bad = 'root ::= "a" missing-rule'
+    first = engine.grammar_error(bad)
+    assert first and first == engine.grammar_error(bad)
+    prompt = template.render(FRANCE)
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(EngineError) as caught:
+            grammar_reply(engine, prompt, bad)
+        messages.add(caught.value.message)
+    assert messages == {f"The llama.cpp engine could not use the grammar ({first})."}
+
+
+def test_the_grammar_cache_keeps_the_most_recent_and_frees_the_rest(engine: Any) -> None:
+    from picolm_server.engines.llama_sampling import GrammarCache, GrammarError
+
+    grammars = [f'root ::= "{letter}"' for letter in "abc"]
+    cache = GrammarCache(engine.llama.vocab, size=2)
+    try:
+        for gbnf in grammars:
+            assert cache.error(gbnf) is None
+        assert list(cache._parsed) == grammars[1:]
+        cache.error(grammars[1])  # used again: now the most recent
+        cache.error(grammars[0])  # parsed again, evicting the least recent
+        assert list(cache._parsed) == [grammars[1], grammars[0]]
+        with pytest.raises(GrammarError):
+            cache.sampler("root ::= (")
+    finally:
+        cache.close()
+    assert not cache._parsed

@@ -2,11 +2,12 @@
 serving concurrent requests from one decode loop (:mod:`.llama_slots`).
 
 This module is the engine's face to the server: it loads the model, tokenizes prompts
-(before they wait for a slot), builds each request's sampler (its grammar parsed off the
-event loop) and hands the request to the loop, then turns what the loop delivers into
-engine events. Closing a generation cancels its job and waits until the loop has let
-go of it. Which prompt states are reused, and why replies stay identical, is the loop's
-business (see :mod:`.llama_slots`).
+(before they wait for a slot), builds each request's sampler (off the event loop, with
+a copy of its grammar, which llama.cpp parses once per grammar text: see
+:class:`~.llama_sampling.GrammarCache`) and hands the request to the loop, then turns
+what the loop delivers into engine events. Closing a generation cancels its job and
+waits until the loop has let go of it. Which prompt states are reused, and why replies
+stay identical, is the loop's business (see :mod:`.llama_slots`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .base import (
 )
 from .cpu_load import CpuLoad
 from .llama_embeddings import LlamaEmbedder
-from .llama_sampling import GrammarError, RequestSampler, SamplingSettings, grammar_sampler
+from .llama_sampling import GrammarCache, GrammarError, RequestSampler, SamplingSettings
 from .llama_slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
 from .llama_state_cache import StateCache, as_tokens
 from .picolm import context_exceeded
@@ -131,7 +132,10 @@ class LlamaCppEngine:
         # Marker text becomes a control token only where the chat template wrote it.
         self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
         self._vocabulary_size = int(self.llama.n_vocab())
-        # Prompts are tokenized (and grammars parsed) before they wait for the model, one
+        # Each grammar parsed once: checked before the prompt is built, then copied into
+        # the sampler of every request that uses it.
+        self._grammars = GrammarCache(vocab)
+        # Prompts are tokenized (and samplers built) before they wait for the model, one
         # at a time (this only reads the vocabulary, so it runs beside the decode loop).
         self._tokenizer_thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="llama-tokenize"
@@ -253,13 +257,9 @@ class LlamaCppEngine:
         return RequestSampler(settings, self._vocabulary_size, grammar)
 
     def grammar_error(self, gbnf: str) -> str | None:
-        """Why llama.cpp would refuse this grammar, or None if it parses."""
-        try:
-            sampler = grammar_sampler(self.llama.vocab, gbnf)
-        except GrammarError as exc:
-            return str(exc)
-        self._llama_cpp.llama_sampler_free(sampler)
-        return None
+        """Why llama.cpp would refuse this grammar, or None if it parses (the parsed
+        grammar is kept for the request's sampler)."""
+        return self._grammars.error(gbnf)
 
     def _grammar(self, request: GenerationRequest) -> Any:
         """The request's grammar sampler (None without a constraint)."""
@@ -272,7 +272,7 @@ class LlamaCppEngine:
 
             schema = constraint.json_schema if constraint.json_schema is not None else {}
             gbnf = json_schema_to_gbnf(json.dumps(schema or {"type": "object"}))
-        return grammar_sampler(self.llama.vocab, gbnf)
+        return self._grammars.sampler(gbnf)
 
     def close(self) -> None:
         if self._embedder is not None:
@@ -280,5 +280,6 @@ class LlamaCppEngine:
         self._tokenizer_thread.shutdown(wait=True)
         self.decode_loop.close()
         self.decode_loop.model.close()
+        self._grammars.close()
         self._llama_cpp.llama_free(self._context)
         self.llama.close()  # type: ignore[no-untyped-call]

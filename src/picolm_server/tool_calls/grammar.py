@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from .plan import CALL_CLOSE, CALL_OPEN, DEFAULT_CAPS, Caps, OutputPlan, compact_json
@@ -43,17 +44,32 @@ class GrammarUnsupported(Exception):
     """The schema has features the JSON-schema-to-grammar converter does not handle."""
 
 
+# Converted schemas kept (by their JSON text): an application sends the same ones again.
+SCHEMA_RULES_CACHE_SIZE = 64
+
+
 def schema_rules(
     schema: dict[str, Any], prefix: str, caps: Caps = DEFAULT_CAPS
 ) -> tuple[str, dict[str, str]]:
     """GBNF rules for a value matching ``schema``: the top rule's name and all rules,
     every name starting with ``prefix`` so several schemas live in one grammar."""
+    top, rules = _converted(json.dumps(schema), prefix, caps)
+    return top, dict(rules)
+
+
+@lru_cache(maxsize=SCHEMA_RULES_CACHE_SIZE)
+def _converted(
+    schema_text: str, prefix: str, caps: Caps
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """:func:`schema_rules` of a schema's JSON text, kept: the conversion runs in Python
+    on the event loop (0.3 ms for three fields, 20 ms for a schema with a large grammar),
+    and its result depends on nothing else. (GrammarUnsupported is not kept.)"""
     from llama_cpp import llama_grammar
 
     converter_class: Any = llama_grammar.SchemaConverter  # untyped library code
     converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     try:
-        resolved = converter.resolve_refs(grammar_schema(schema), "input")
+        resolved = converter.resolve_refs(grammar_schema(json.loads(schema_text)), "input")
         converter.visit(resolved, "")
     except Exception as exc:
         raise GrammarUnsupported(str(exc) or type(exc).__name__) from exc
@@ -72,7 +88,7 @@ def schema_rules(
             out.append(f"{prefix}{token}" if _NAME.fullmatch(token) and token in names else token)
         return "".join(out)
 
-    return f"{prefix}root", {f"{prefix}{name}": rename(body) for name, body in rules.items()}
+    return f"{prefix}root", tuple((f"{prefix}{name}", rename(body)) for name, body in rules.items())
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:

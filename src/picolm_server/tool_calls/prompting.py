@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .plan import CALL_CLOSE, CALL_OPEN, CallFormat, OutputPlan, compact_json
+from .plan import CALL_CLOSE, CALL_OPEN, CallFormat, OutputPlan, ToolSpec, compact_json
+from .schema_outline import schema_outline
 
 
 def format_call(name: str, arguments: Any, call_format: CallFormat) -> str:
@@ -20,8 +21,10 @@ def tool_section(plan: OutputPlan) -> str:
     """The system-prompt text that describes the tools and the exact output format."""
     lines: list[str] = []
     if plan.mode == "json":
-        return response_format_section(plan.response_schema)
+        return response_format_section(plan.response_schema, outline=plan.grammar_engine)
     tools = plan.prompt_tools
+    if plan.mode == "named" and plan.grammar_engine:
+        return named_call_section(tools[0], plan.call_format)
     if plan.arguments_only:
         tool = tools[0]
         lines.append(f"# Tool\n\nCall the function `{tool.name}` now.")
@@ -71,9 +74,44 @@ def tool_section(plan: OutputPlan) -> str:
     return "\n".join(lines)
 
 
-def response_format_section(schema: dict[str, Any] | None) -> str:
+def named_call_section(tool: ToolSpec, call_format: CallFormat) -> str:
+    """The section for a call a grammar forces (``tool_choice`` naming a function).
+
+    The grammar writes the call's wrapper and the function's name, so the model is
+    shown the one call to write, in the format the grammar holds it to, with the
+    arguments' outline in place of their values (:mod:`.schema_outline`). The full tools
+    section (every signature as JSON, the format described in words) cost SmolLM2 about
+    300 prompt tokens, over a second of prompt computation on 2 cores before the first
+    token; this one about half, and its arguments came out as good or better (the
+    number of guests right more often)."""
+    lines = [f"# Tool\n\nCall the function `{tool.name}` now."]
+    if tool.description:
+        lines[0] += f" It does this: {tool.description}"
+    outline = schema_outline(tool.parameters)
+    shape, _, descriptions = (outline or "<args-json-object>").partition("\n")
+    head = compact_json(tool.name)
+    call = f'{{"name": {head}, "arguments": {shape}}}'
+    if call_format == "hermes":
+        call = f"{CALL_OPEN}\n{call}\n{CALL_CLOSE}"
+    lines.append("Write the call like this:\n" + call)
+    if outline is None:
+        lines.append("The arguments must match this JSON schema:\n" + compact_json(tool.parameters))
+    elif descriptions:
+        lines.append(descriptions)
+    return "\n".join(lines)
+
+
+def response_format_section(schema: dict[str, Any] | None, *, outline: bool = False) -> str:
+    """The reply format for ``response_format``. With ``outline`` (a grammar holds the
+    reply to the schema) the schema is shown as an outline of the reply where it has
+    one (:mod:`.schema_outline`: the same facts in a third of the tokens); and as the
+    grammar admits nothing but the JSON, "only ..., with no other text" goes unsaid
+    (7 tokens less)."""
     if schema is None or schema == {"type": "object"}:
         return "Reply with only a JSON object, with no other text."
+    shape = schema_outline(schema) if outline else None
+    if shape is not None:
+        return "Reply with a JSON object of this form:\n" + shape
     return (
         "Reply with only a JSON object, with no other text, that matches this JSON "
         "schema:\n" + compact_json(schema)
