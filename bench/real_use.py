@@ -106,6 +106,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.server import free_port
 
+from picolm_server.tool_calls.prompting import response_format_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_ID = "SmolLM2-135M-Instruct"
@@ -202,6 +204,9 @@ PERSON_SCHEMA = {
     "required": ["name", "age", "city"],
     "additionalProperties": False,
 }
+# What picolm-server adds to the system message for PERSON_SCHEMA (a grammar holds the
+# reply to it): see tool_calls/prompting.py.
+PICOLM_SCHEMA_SECTION = response_format_section(PERSON_SCHEMA, outline=True)
 BOOKING_TOOL = {
     "type": "function",
     "function": {
@@ -720,6 +725,25 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
         out.setdefault("json_schema", []).append(
             {**reply.summary(), "valid": reply.ok and _valid_person(reply.content)}
         )
+        if ctx.key != PICOLM:
+            # The same request with picolm-server's own prompt: its system message and
+            # the reply's outline it adds there (what picolm-server's grammar requests
+            # compute as prompt), so the engines and grammars compare on equal prompts.
+            same_body = chat_body(
+                [
+                    {
+                        "role": "system",
+                        "content": f"[{nonce}-s] {STORY_SYSTEM}\n\n{PICOLM_SCHEMA_SECTION}",
+                    },
+                    schema_body["messages"][1],
+                ],
+                args.grammar_max_tokens,
+                response_format=json_schema_format(ctx.key, args.lcp_openai_json_schema),
+            )
+            reply = await ctx.request(same_body)
+            out.setdefault("json_schema_same_prompt", []).append(
+                {**reply.summary(), "valid": reply.ok and _valid_person(reply.content)}
+            )
         tool_body = chat_body(
             [
                 {"role": "system", "content": f"[{nonce}] {STORY_SYSTEM}"},
@@ -1324,18 +1348,34 @@ def report_concurrency(grouped: dict[str, list[dict[str, Any]]], servers: list[s
 
 def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str]) -> list[str]:
     rows = []
-    kinds = {"json_schema": "json_schema (3 fields)", "tool_call": "forced tool call (3 args)"}
+    kinds = {
+        "json_schema": "json_schema (3 fields)",
+        "json_schema_same_prompt": "json_schema, each given picolm-server's prompt",
+        "tool_call": "forced tool call (3 args)",
+    }
     for kind, title in kinds.items():
         base_rate: float | None = None
         per_server: dict[str, dict[str, Any]] = {}
         for server in servers:
-            runs = [r for rec in grouped.get(server, []) for r in rec["result"].get(kind, [])]
+            # picolm-server's own prompt is its json_schema request itself.
+            source = (
+                "json_schema" if (kind, server) == ("json_schema_same_prompt", PICOLM) else kind
+            )
+            runs = [r for rec in grouped.get(server, []) for r in rec["result"].get(source, [])]
             if not runs:
                 continue
             # A reply that breaks the format did not do the constrained work: left out.
             good = [r for r in runs if not r.get("error") and r.get("total") and r.get("valid")]
             rates = [r["completion_tokens"] / r["total"] for r in good]
+            after_first = [
+                (r["completion_tokens"] - 1) / (r["total"] - r["ttft"])
+                for r in good
+                if r.get("ttft") is not None
+                and r["total"] > r["ttft"]
+                and r["completion_tokens"] > 1
+            ]
             per_server[server] = {
+                "after_first": median(after_first),
                 "latency": median([r["total"] for r in good]),
                 "ttft": median([r["ttft"] for r in good if r.get("ttft") is not None]),
                 "tokens": median([r["completion_tokens"] for r in good]),
@@ -1354,6 +1394,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                     "—" if s["tokens"] is None else f"{s['tokens']:.0f}",
                     fmt_rate(s["rate"]),
                     fmt_ratio(s["rate"], base_rate),
+                    fmt_rate(s["after_first"]),
                     s["valid"],
                     s["errors"],
                 ]
@@ -1364,8 +1405,12 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
         "## Grammar-constrained replies",
         "",
         "Medians over the valid replies; tokens/s = completion tokens / latency (request "
-        "to last byte). llama-cpp-python gets the schema in its own dialect "
-        '(`{"type": "json_object", "schema": ...}`: it refuses `json_schema` with a 422).',
+        "to last byte); after the first token = (completion tokens - 1) / (latency - TTFT). "
+        "llama-cpp-python gets the schema in its own dialect "
+        '(`{"type": "json_object", "schema": ...}`: it refuses `json_schema` with a 422). '
+        "picolm-server adds an outline of the reply to the system message; the row "
+        '"each given picolm-server\'s prompt" sends the other servers that system '
+        "message.",
         "",
         table(
             [
@@ -1376,6 +1421,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                 "tokens",
                 "tokens/s",
                 f"vs {BASELINE}",
+                "after the first token, tokens/s",
                 "valid",
                 "errors",
             ],

@@ -596,3 +596,42 @@ def test_the_grammar_cache_keeps_the_most_recent_and_frees_the_rest(engine: Any)
     finally:
         cache.close()
     assert not cache._parsed
+
+
+LOWERCASE_GBNF = 'root ::= [a-df-z ,]{1,60} "."'  # no capitals, no "e": refused often
+
+
+def test_a_greedy_grammar_reply_is_the_one_masking_the_whole_vocabulary_gives(
+    engine: Any, template: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Greedy and refused, the sampler checks the best tokens first: it must pick what
+    masking the whole vocabulary picks (the highest logit the grammar accepts)."""
+    from picolm_server.engines import llama_sampling
+
+    calls = {"best": 0, "found": 0, "whole": 0}
+    best, whole = (
+        llama_sampling.RequestSampler._best_accepted,
+        llama_sampling.RequestSampler._sample_within_grammar,
+    )
+
+    def counted_best(self: Any, ctx: Any, row: int) -> int | None:
+        calls["best"] += 1
+        token = best(self, ctx, row)
+        calls["found"] += token is not None
+        return token
+
+    def counted_whole(self: Any, ctx: Any, row: int) -> int:
+        calls["whole"] += 1
+        return whole(self, ctx, row)
+
+    monkeypatch.setattr(llama_sampling.RequestSampler, "_best_accepted", counted_best)
+    monkeypatch.setattr(llama_sampling.RequestSampler, "_sample_within_grammar", counted_whole)
+    prompt = template.render(FRANCE)
+    checked_first = grammar_reply(engine, prompt, LOWERCASE_GBNF)
+    assert calls["found"] >= 3 and calls["whole"] == calls["best"] - calls["found"]
+    monkeypatch.setattr(llama_sampling, "GREEDY_CANDIDATES", 0)  # always the whole vocabulary
+    calls.update(best=0, found=0, whole=0)
+    masked = grammar_reply(engine, prompt, LOWERCASE_GBNF)
+    assert calls["found"] == 0 and calls["whole"] >= 3
+    assert checked_first == masked
+    assert re.fullmatch(r"[a-df-z ,]{1,60}\.", checked_first)

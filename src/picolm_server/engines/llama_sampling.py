@@ -8,6 +8,12 @@ draw or the greedy pick) samples from the raw logits first, and only the sampled
 is checked against the grammar. Only when the grammar rejects it are the logits masked
 by the grammar over the whole vocabulary and the chain run again. Replies still follow
 the grammar exactly: every accepted token has been checked.
+
+A greedy request skips even that: its pick is the highest logit the grammar accepts, so
+the best :data:`GREEDY_CANDIDATES` tokens are checked one by one, best first (ties to
+the lower id, as llama.cpp's greedy sampler breaks them), and the whole vocabulary is
+masked only when the grammar accepts none of them. Masking the vocabulary costs about
+10 ms here (SmolLM2's 49,152 tokens); a forced tool call meets it a few times.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ import numpy as np
 
 # llama_token_data is {int32 id; float logit; float p}: 12 bytes, no padding.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+# How many of the best tokens a greedy request checks against its grammar before it
+# masks the whole vocabulary.
+GREEDY_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class RequestSampler:
         self, settings: SamplingSettings, vocabulary_size: int, grammar: Any = None
     ) -> None:
         self._vocabulary_size = vocabulary_size
+        self._greedy = settings.temperature <= 0.0
         self._chain = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
         )
@@ -157,9 +168,25 @@ class RequestSampler:
             return token
         if not self._grammar_accepts(token):
             self.grammar_rejections += 1
-            token = self._sample_within_grammar(ctx, row)
+            found = self._best_accepted(ctx, row) if self._greedy else None
+            token = self._sample_within_grammar(ctx, row) if found is None else found
         llama_cpp.llama_sampler_accept(self._grammar, token)
         return token
+
+    def _best_accepted(self, ctx: Any, row: int) -> int | None:
+        """The highest-logit token the grammar accepts among the best
+        :data:`GREEDY_CANDIDATES` (ties to the lower id), or None."""
+        size = self._vocabulary_size
+        count = min(GREEDY_CANDIDATES, size)
+        if count <= 0:
+            return None
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(size,))
+        best = np.argpartition(logits, size - count)[size - count :]
+        for token in best[np.lexsort((best, -logits[best]))]:
+            if self._grammar_accepts(int(token)):
+                llama_cpp.llama_sampler_accept(self._chain, int(token))
+                return int(token)
+        return None
 
     def _grammar_accepts(self, token: int) -> bool:
         single: Any = self._single  # ctypes fields take plain ints
