@@ -170,8 +170,9 @@ class _GGUFVocab:
 
 
 class _RawStrings(Sequence[bytes]):
-    """GGUF strings as in the file (each one's 8-byte length, then its bytes), held as
-    the file's bytes: ``bytes`` objects are made only while the vocabulary is packed."""
+    """GGUF strings as in the file (each one's 8-byte length, then its bytes), read one
+    at a time: a list of 32,000 ``bytes`` objects, even for the time it takes to pack
+    them, leaves about 1.5 MiB of holes in the heap behind (docs/benchmarks.md)."""
 
     def __init__(self, raw: bytes, ends: array.array[int]) -> None:
         self._raw = raw
@@ -197,7 +198,7 @@ class _RawStrings(Sequence[bytes]):
         return self._raw[start : self._ends[index]]
 
     def __iter__(self) -> Iterator[bytes]:
-        # Slices made by map (C) rather than a generator's loop: read while starting.
+        # Still one at a time, the slices made by map (C) rather than a generator's loop.
         starts = itertools.chain((8,), map(operator.add, self._ends, itertools.repeat(8)))
         return map(self._raw.__getitem__, map(slice, starts, self._ends))
 
@@ -382,14 +383,15 @@ class PicoLMTokenizer:
         """
         vs = len(tokens) if vocab_size is None else vocab_size
         # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
-        # missing ones empty; missing scores 0.0.
+        # missing ones empty; missing scores 0.0. One at a time (_RawStrings).
         kept = max(min(len(tokens), vs), 0)
-        # Held as a list only while the vocabulary is packed (C-level passes need it).
-        listed = list(itertools.islice(tokens, kept))
-        if b"\0" in b"".join(listed):
-            listed = [token.split(b"\0", 1)[0] for token in listed]
-        listed.extend(itertools.repeat(b"", vs - kept))
-        strs = PackedVocabulary(listed)
+        strs = PackedVocabulary(
+            itertools.chain(
+                (token.split(b"\0", 1)[0] for token in itertools.islice(tokens, kept)),
+                itertools.repeat(b"", vs - kept),
+            ),
+            size=vs,
+        )
         # float32, as PicoLM holds them (and 4 bytes each instead of a float object's 32).
         sc = array.array("f", scores[:vs])
         sc.extend([0.0] * (vs - len(sc)))
@@ -400,8 +402,7 @@ class PicoLMTokenizer:
         self.vocab_size = vs
         self.tokenizer_model = tokenizer_model
         self.signed_char = default_signed_char() if signed_char is None else signed_char
-        _resolve_findable(strs, listed, signed_char=self.signed_char)
-        del listed
+        _resolve_findable(strs, signed_char=self.signed_char)
         self._lookup = strs.find
         # Byte fallback ids; -1 when "<0xHH>" is not findable (PicoLM drops the byte).
         self._byte_ids = [strs.find(b"<0x%02X>" % b) for b in range(256)]
@@ -692,7 +693,7 @@ def _c_lookup(
 _HIGH_BYTES = re.compile(rb"[\x80-\xff]+")
 
 
-def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_char: bool) -> None:
+def _resolve_findable(strs: PackedVocabulary, *, signed_char: bool) -> None:
     """Make each non-empty string's lookup find the id PicoLM's lookup returns for it,
     or nothing when that lookup cannot find it.
 
@@ -704,8 +705,8 @@ def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_ch
     """
     suspects: set[bytes] = set(strs.duplicates)
     if signed_char:
-        # The strings holding a byte >= 0x80 (a few hundred of tens of thousands),
-        # found by one scan of the packed strings and their start offsets.
+        # The strings holding a byte >= 0x80 (a few hundred of tens of thousands), found
+        # by one scan of the packed strings: no object made for the others.
         known: dict[bytes, bool] = {}
         starts, ids = strs.starts, set()
         for match in _HIGH_BYTES.finditer(strs.blob):
@@ -724,6 +725,6 @@ def _resolve_findable(strs: PackedVocabulary, strings: list[bytes], *, signed_ch
         return
     # qsort(strcmp) in glibc is a stable merge sort: equal strings stay in id order.
     # Python's sort is stable and bytes compare like strcmp (unsigned, NUL-free).
-    order = sorted(range(len(strings)), key=strings.__getitem__)
+    order = sorted(range(len(strs)), key=strs.string)
     for s in suspects:
         strs.resolve(s, _c_lookup(strs, order, s, signed_char=signed_char))

@@ -5,9 +5,7 @@ PicoLM cuts its strings at the first one), found by an array of start offsets; t
 lookup is an open-addressing hash table in an array of ids. A 32,000-entry vocabulary
 held as a list of ``bytes`` and a dict from string to id is about 4.5 MiB of Python
 objects; held so it is about 0.6 MiB, for a lookup that runs in Python instead of a
-dict's C (a fraction of a microsecond; docs/benchmarks.md). It is built from a list of
-the strings with C-level passes (join, map, dict), about 15 ms for 32,000 entries; the
-list is dropped once it is built.
+dict's C (a fraction of a microsecond; docs/benchmarks.md).
 
 Which id a string finds is decided by the tokenizer (:mod:`.picolm_tokenizer`, which
 reproduces PicoLM's binary search and its quirks): the table starts with each non-empty
@@ -18,7 +16,6 @@ from __future__ import annotations
 
 import array
 import itertools
-import operator
 from collections.abc import Callable, Iterable, Iterator
 
 # A table slot holds -1 when empty, the id a string finds (>= 0), or -2 - id for a
@@ -30,54 +27,62 @@ def _unfound(token_id: int) -> int:
     return -2 - token_id
 
 
+def _grown(
+    slots: array.array[int], blob: bytearray, starts: array.array[int]
+) -> tuple[array.array[int], int]:
+    """The table at twice its size, its entries placed again (each string hashed once
+    more: a few times in all while a vocabulary is read)."""
+    grown = array.array("i", [_EMPTY]) * (2 * len(slots))
+    mask = len(grown) - 1
+    for held in slots:
+        if held == _EMPTY:
+            continue
+        slot = hash(bytes(blob[starts[held] : starts[held + 1] - 1])) & mask
+        while grown[slot] != _EMPTY:
+            slot = (slot + 1) & mask
+        grown[slot] = held
+    return grown, mask
+
+
 class PackedVocabulary:
     """The strings of a vocabulary by id, and the id each string finds (or -1)."""
 
-    def __init__(self, strings: Iterable[bytes]) -> None:
-        """``strings`` in id order, each without NUL bytes."""
-        # Built with C-level passes (join, map, dict, set) wherever the order of the
-        # work allows: this runs while the server starts, for every entry.
-        listed = strings if isinstance(strings, list) else list(strings)
-        # Each string followed by a NUL; string i at starts[i]:starts[i + 1] - 1.
-        self._blob = b"".join(map(operator.add, listed, itertools.repeat(b"\0")))
-        self._starts: array.array[int] = array.array(
-            "I",
-            itertools.accumulate(
-                map(operator.add, map(len, listed), itertools.repeat(1)), initial=0
-            ),
-        )
-        self.size = len(listed)
-        # The table: open addressing, at most half full (a lookup probes 1.5 slots on
-        # average). Each bucket's first string goes to its own slot; the others (about
-        # a fifth) are placed after them, probing. Any order of insertion gives a table
-        # whose every lookup works, and each string is in it once.
+    def __init__(self, strings: Iterable[bytes], size: int = 0) -> None:
+        """``strings`` in id order, each without NUL bytes, taken one at a time;
+        ``size``, how many there are, saves growing the table as they come."""
+        # Each string followed by a NUL; string i at starts[i]:starts[i + 1] - 1. The
+        # table is filled in the same pass (at most half full: a lookup probes 1.5
+        # slots on average; it grows if more strings come than ``size`` said).
+        blob = bytearray()
+        starts = array.array("I", [0])
         capacity = 8
-        while capacity < 2 * len(listed):
+        while capacity < 2 * size:
             capacity *= 2
         slots = array.array("i", [_EMPTY]) * capacity
-        mask = capacity - 1
-        # Each distinct non-empty string once, at its first id (a query is never
-        # empty); the strings of more than one id are noted (their first id finds them).
-        first_ids = dict(zip(reversed(listed), reversed(range(len(listed))), strict=True))
-        first_ids.pop(b"", None)
-        ids = sorted(first_ids.values())
+        mask = len(slots) - 1
+        # Strings that are the string of more than one id (their first id finds them).
         self.duplicates: set[bytes] = set()
-        if len(ids) + listed.count(b"") < len(listed):
-            self.duplicates = {
-                listed[i] for i in set(range(len(listed))).difference(ids) if listed[i]
-            }
-        del first_ids
-        buckets = list(
-            map(operator.and_, map(hash, map(listed.__getitem__, ids)), itertools.repeat(mask))
-        )
-        firsts = dict(zip(reversed(buckets), reversed(ids), strict=True))
-        for bucket, token_id in firsts.items():
-            slots[bucket] = token_id
-        for token_id in sorted(set(ids).difference(firsts.values())):
-            slot = hash(listed[token_id]) & mask
-            while slots[slot] != _EMPTY:
-                slot = (slot + 1) & mask
-            slots[slot] = token_id
+        for token_id, string in enumerate(strings):
+            if string:  # a lookup's query is never empty
+                slot = hash(string) & mask
+                while True:
+                    held = slots[slot]
+                    if held == _EMPTY:
+                        slots[slot] = token_id
+                        break
+                    if blob[starts[held] : starts[held + 1] - 1] == string:
+                        self.duplicates.add(string)
+                        break
+                    slot = (slot + 1) & mask
+            blob += string
+            blob.append(0)
+            starts.append(len(blob))
+            if 2 * len(starts) > len(slots):
+                slots, mask = _grown(slots, blob, starts)
+        self._blob = bytes(blob)
+        del blob
+        self._starts = starts
+        self.size = len(starts) - 1
         self._slots = slots
         self._mask = mask
         self.find = self._finder()
