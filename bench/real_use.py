@@ -1367,9 +1367,11 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
             # A reply that breaks the format did not do the constrained work: left out.
             good = [r for r in runs if not r.get("error") and r.get("total") and r.get("valid")]
             rates = [r["completion_tokens"] / r["total"] for r in good]
+            # A tool call is released whole, once validated: no rate after its "first token".
             after_first = [
                 (r["completion_tokens"] - 1) / (r["total"] - r["ttft"])
                 for r in good
+                if kind != "tool_call"
                 if r.get("ttft") is not None
                 and r["total"] > r["ttft"]
                 and r["completion_tokens"] > 1

@@ -282,3 +282,41 @@ def test_host_memory_budget_is_honoured(template: Any) -> None:
         assert 0 < len(cache) < 5
     finally:
         engine.close()
+
+
+def test_an_idle_loop_keeps_its_reading_of_other_work_fresh() -> None:
+    """Idle, the loop renews the CPU reading every quarter second, so a request that
+    comes under load does not start from a reading that spans the whole idle time."""
+    import threading
+
+    from picolm_server.engines.llama_slots import DecodeLoop
+
+    class CountingLoad:
+        def __init__(self) -> None:
+            self.readings = 0
+            self.renewed = threading.Event()
+
+        def free_cores(self) -> int:
+            self.readings += 1
+            if self.readings >= 3:
+                self.renewed.set()
+            return 2
+
+    class IdleModel:  # nothing is decoded: no job is submitted
+        def close(self) -> None:
+            pass
+
+    load = CountingLoad()
+    loop = DecodeLoop(
+        IdleModel(),  # type: ignore[arg-type]
+        slots=1,
+        context_length=64,
+        reuse=False,
+        cache=None,
+        threads=2,
+        cpu_load=load,  # type: ignore[arg-type]
+    )
+    try:
+        assert load.renewed.wait(timeout=30), load.readings
+    finally:
+        loop.close()

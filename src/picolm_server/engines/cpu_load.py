@@ -13,7 +13,9 @@ The reading is the CPU time the whole machine spent busy (``/proc/stat``) less t
 process's own (``/proc/self/stat``), over the last fraction of a second: the cores other
 processes kept busy. (A count of runnable threads is no good: a client reading the
 stream, or this server's own event loop, shows up in it for moments that cost nothing.)
-Where those files cannot be read, every core is taken to be free.
+Where those files cannot be read, every core is taken to be free. The decode loop asks
+before every decode, and every :data:`WINDOW` while it is idle, so the reading a request
+starts from is recent.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ import llama_cpp
 import numpy as np
 
 from .base import Finished, FinishReason, PromptAccepted, TextDelta
+from .cpu_load import WINDOW as CPU_READING_SECONDS
 from .cpu_load import CpuLoad
 from .llama_sampling import RequestSampler
 from .llama_state_cache import StateCache, Tokens, as_tokens, common_prefix
@@ -229,7 +230,15 @@ class DecodeLoop:
         while True:
             with self._wake:
                 while not self._closing and not self._incoming and not self._has_work():
-                    self._wake.wait()
+                    if self._cpu_load is None:
+                        self._wake.wait()
+                    else:
+                        # Idle, the reading of other work is kept fresh (a few small
+                        # file reads a second): a request that comes under load starts
+                        # with the threads that load leaves, not with a reading that
+                        # spans the whole idle time.
+                        self._wake.wait(CPU_READING_SECONDS)
+                        self._cpu_load.free_cores()
                 if self._closing:
                     break
                 self._waiting.extend(self._incoming)
