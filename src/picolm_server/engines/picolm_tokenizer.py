@@ -485,8 +485,7 @@ class PicoLMTokenizer:
     @functools.cached_property
     def max_piece_bytes(self) -> int:
         """The longest text one generated token can print (its vocabulary string)."""
-        strs = self._strs
-        return max((strs.length(i) for i in range(len(strs))), default=1) or 1
+        return self._strs.longest() or 1
 
     @functools.cached_property
     def _max_prompt_token_bytes(self) -> int | None:

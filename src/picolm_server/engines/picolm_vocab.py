@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator
 
 # A table slot holds -1 when empty, the id a string finds (>= 0), or -2 - id for a
@@ -110,6 +111,11 @@ class PackedVocabulary:
     def string(self, token_id: int) -> bytes:
         """The string of ``token_id`` (a valid id)."""
         return self._blob[self._starts[token_id] : self._starts[token_id + 1] - 1]
+
+    def longest(self) -> int:
+        """The length of the longest string (0 for none)."""
+        starts = self._starts
+        return max(map(operator.sub, itertools.islice(starts, 1, None), starts), default=1) - 1
 
     def length(self, token_id: int) -> int:
         return self._starts[token_id + 1] - self._starts[token_id] - 1
