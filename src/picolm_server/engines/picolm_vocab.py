@@ -63,23 +63,26 @@ class PackedVocabulary:
         mask = len(slots) - 1
         # Strings that are the string of more than one id (their first id finds them).
         self.duplicates: set[bytes] = set()
+        # The loop runs once per entry while the server starts: locals, bound methods,
+        # and the table's size checked only once it may be full.
+        empty, add_start, add_byte = _EMPTY, starts.append, blob.append
+        full_at = len(slots) // 2 - 1  # the id at which the table is half full
         for token_id, string in enumerate(strings):
             if string:  # a lookup's query is never empty
                 slot = hash(string) & mask
-                while True:
-                    held = slots[slot]
-                    if held == _EMPTY:
-                        slots[slot] = token_id
-                        break
+                while (held := slots[slot]) != empty:
                     if blob[starts[held] : starts[held + 1] - 1] == string:
                         self.duplicates.add(string)
                         break
                     slot = (slot + 1) & mask
+                else:
+                    slots[slot] = token_id
             blob += string
-            blob.append(0)
-            starts.append(len(blob))
-            if 2 * len(starts) > len(slots):
+            add_byte(0)
+            add_start(len(blob))
+            if token_id >= full_at:
                 slots, mask = _grown(slots, blob, starts)
+                full_at = len(slots) // 2 - 1
         self._blob = bytes(blob)
         del blob
         self._starts = starts
