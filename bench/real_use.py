@@ -706,12 +706,13 @@ def json_schema_format(key: str, openai_form: bool) -> dict[str, Any]:
 
 async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
     args = ctx.args
-    out["response_format"] = json_schema_format(ctx.key, args.lcp_openai_json_schema)["type"]
-    for run in range(args.grammar_runs):
-        nonce = f"{ctx.nonce}-g{run}"
-        schema_body = chat_body(
+    response_format = json_schema_format(ctx.key, args.lcp_openai_json_schema)
+    out["response_format"] = response_format["type"]
+
+    async def ask_person(kind: str, system: str) -> None:
+        body = chat_body(
             [
-                {"role": "system", "content": f"[{nonce}] {STORY_SYSTEM}"},
+                {"role": "system", "content": system},
                 {
                     "role": "user",
                     "content": "Invent a person who lives in a city by the sea. "
@@ -719,30 +720,22 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
                 },
             ],
             args.grammar_max_tokens,
-            response_format=json_schema_format(ctx.key, args.lcp_openai_json_schema),
+            response_format=response_format,
         )
-        reply = await ctx.request(schema_body)
-        out.setdefault("json_schema", []).append(
+        reply = await ctx.request(body)
+        out.setdefault(kind, []).append(
             {**reply.summary(), "valid": reply.ok and _valid_person(reply.content)}
         )
+
+    for run in range(args.grammar_runs):
+        nonce = f"{ctx.nonce}-g{run}"
+        await ask_person("json_schema", f"[{nonce}] {STORY_SYSTEM}")
         if ctx.key != PICOLM:
             # The same request with picolm-server's own prompt: its system message and
             # the reply's outline it adds there (what picolm-server's grammar requests
             # compute as prompt), so the engines and grammars compare on equal prompts.
-            same_body = chat_body(
-                [
-                    {
-                        "role": "system",
-                        "content": f"[{nonce}-s] {STORY_SYSTEM}\n\n{PICOLM_SCHEMA_SECTION}",
-                    },
-                    schema_body["messages"][1],
-                ],
-                args.grammar_max_tokens,
-                response_format=json_schema_format(ctx.key, args.lcp_openai_json_schema),
-            )
-            reply = await ctx.request(same_body)
-            out.setdefault("json_schema_same_prompt", []).append(
-                {**reply.summary(), "valid": reply.ok and _valid_person(reply.content)}
+            await ask_person(
+                "json_schema_same_prompt", f"[{nonce}-s] {STORY_SYSTEM}\n\n{PICOLM_SCHEMA_SECTION}"
             )
         tool_body = chat_body(
             [

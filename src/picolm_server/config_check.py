@@ -16,6 +16,7 @@ start-up time; the request types load it with the first request that needs them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from collections.abc import Callable, Mapping
@@ -179,7 +180,8 @@ class _Checker:
             )
             return None
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        hints = _hints(cls)
+        settings_class: type = cls
+        hints = field_hints(settings_class)
         converted: dict[str, Any] = {}
         ok = True
         for name, f in fields.items():
@@ -256,15 +258,11 @@ class _SectionInvalid(Exception):
     """A section's (or a list's) own problems are already recorded."""
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    # The annotations are strings (``from __future__ import annotations``): resolved once.
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls, include_extras=True)
-    return hints
+@functools.cache
+def field_hints(cls: type) -> dict[str, Any]:
+    """The field types of a settings dataclass, ``Annotated`` extras kept. (Its
+    annotations are strings, ``from __future__ import annotations``: resolved once.)"""
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def validate_settings(cls: type[T], values: Mapping[str, Any]) -> T:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from .config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
-from .config_check import Before, Bounds
+from .config_check import Before, Bounds, field_hints
 
 
 def _annotation(hint: Any) -> Any:
@@ -42,7 +42,7 @@ def pydantic_model(cls: type, base: type[BaseModel] = BaseModel) -> type[BaseMod
     """A pydantic model with the fields of the settings dataclass ``cls`` (sections
     become nested models), forbidding unknown keys and validating defaults as the
     settings do."""
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = field_hints(cls)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         bounds: Bounds = f.metadata.get("bounds", Bounds())

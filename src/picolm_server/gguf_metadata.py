@@ -200,6 +200,26 @@ class StringArray(Sequence[str]):
 _U64 = struct.Struct("<Q")
 
 
+def string_ends(buffer: bytes | mmap.mmap, offset: int, count: int) -> array.array[int]:
+    """Where each of ``count`` GGUF strings (an 8-byte length, then the bytes) starting
+    at ``offset`` ends, counted from ``offset``; ValueError when the buffer ends first.
+    A vocabulary has tens of thousands: a loop over locals, not a reader's method per
+    string. (The last end tells how far the strings go.)"""
+    size = len(buffer)
+    unpack = _U64.unpack_from
+    ends = array.array("Q")
+    append = ends.append
+    position = offset
+    for _ in range(count):
+        if position + 8 > size:
+            raise ValueError("truncated GGUF file")
+        position += 8 + unpack(buffer, position)[0]
+        if position > size:
+            raise ValueError("truncated GGUF file")
+        append(position - offset)
+    return ends
+
+
 class _Cursor:
     def __init__(self, buffer: mmap.mmap, path: Path) -> None:
         self.buffer = buffer
@@ -236,20 +256,12 @@ class _Cursor:
 
     def string_ends(self, count: int) -> array.array[int]:
         """Skip ``count`` strings; where each ends, from the first one's start."""
-        # With locals, not unpack() per string: a vocabulary has tens of thousands.
-        buffer, first, size = self.buffer, self.offset, len(self.buffer)
-        unpack = _U64.unpack_from
-        ends = array.array("Q")
-        append = ends.append
-        offset = first
-        for _ in range(count):
-            if offset + 8 > size:
-                raise GGUFError(f"{self.path}: truncated GGUF metadata")
-            offset += 8 + unpack(buffer, offset)[0]
-            append(offset - first)
-        if offset > size:
-            raise GGUFError(f"{self.path}: truncated GGUF string")
-        self.offset = offset
+        try:
+            ends = string_ends(self.buffer, self.offset, count)
+        except ValueError:
+            raise GGUFError(f"{self.path}: truncated GGUF string") from None
+        if ends:
+            self.offset += ends[-1]
         return ends
 
     def string_array(self, count: int) -> StringArray:

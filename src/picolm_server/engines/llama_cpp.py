@@ -270,8 +270,7 @@ class LlamaCppEngine:
         if gbnf is None:
             from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-            schema = constraint.json_schema if constraint.json_schema is not None else {}
-            gbnf = json_schema_to_gbnf(json.dumps(schema or {"type": "object"}))
+            gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema or {"type": "object"}))
         return self._grammars.sampler(gbnf)
 
     def close(self) -> None:

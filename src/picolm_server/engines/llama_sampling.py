@@ -140,7 +140,7 @@ class RequestSampler:
             llama_cpp.llama_sampler_chain_default_params()
         )
         add = llama_cpp.llama_sampler_chain_add
-        if settings.temperature <= 0.0:
+        if self._greedy:
             add(self._chain, llama_cpp.llama_sampler_init_greedy())
         else:
             if settings.top_k > 0:
@@ -180,13 +180,18 @@ class RequestSampler:
         count = min(GREEDY_CANDIDATES, size)
         if count <= 0:
             return None
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(size,))
+        logits = self._logits(ctx, row)
         best = np.argpartition(logits, size - count)[size - count :]
         for token in best[np.lexsort((best, -logits[best]))]:
             if self._grammar_accepts(int(token)):
                 llama_cpp.llama_sampler_accept(self._chain, int(token))
                 return int(token)
         return None
+
+    def _logits(self, ctx: Any, row: int) -> Any:
+        """Batch row ``row``'s logits, over the vocabulary (a view, not a copy)."""
+        pointer = llama_cpp.llama_get_logits_ith(ctx, row)
+        return np.ctypeslib.as_array(pointer, shape=(self._vocabulary_size,))
 
     def _grammar_accepts(self, token: int) -> bool:
         single: Any = self._single  # ctypes fields take plain ints
@@ -203,7 +208,7 @@ class RequestSampler:
     def _sample_within_grammar(self, ctx: Any, row: int) -> int:
         """The chain run again on logits the grammar has masked, over the vocabulary."""
         size = self._vocabulary_size
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(size,))
+        logits = self._logits(ctx, row)
         candidates = np.empty(size, dtype=_TOKEN_DATA)
         candidates["id"] = np.arange(size, dtype=np.int32)
         candidates["logit"] = logits

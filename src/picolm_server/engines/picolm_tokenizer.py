@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from ..gguf_metadata import string_ends
 from .picolm_vocab import PackedVocabulary
 
 __all__ = ["PicoLMTokenizer", "ReplyTokenCounter", "default_signed_char", "prompt_bytes"]
@@ -96,7 +97,6 @@ _MERGE_BUF = 256
 _MAX_JUNCTIONS = 65536
 
 _GGUF_MAGIC = 0x46554747
-_U64 = struct.Struct("<Q")
 
 # GGUF metadata value types, as in PicoLM's model.c (and the GGUF spec).
 _T_UINT8, _T_INT8, _T_UINT16, _T_INT16, _T_UINT32, _T_INT32 = 0, 1, 2, 3, 4, 5
@@ -244,20 +244,11 @@ class _Reader:
 
     def strings(self, count: int) -> _RawStrings:
         """``count`` strings, held as they are in the file (not one object each)."""
-        # What skip_string does, with locals: this runs once per vocabulary entry.
-        buf, first, size = self.buf, self.pos, len(self.buf)
-        unpack = _U64.unpack_from
-        ends = array.array("Q")
-        pos = first
-        for _ in range(count):
-            if pos + 8 > size:
-                raise ValueError("truncated GGUF file")
-            pos += 8 + unpack(buf, pos)[0]
-            if pos > size:
-                raise ValueError("truncated GGUF file")
-            ends.append(pos - first)
-        self.pos = pos
-        return _RawStrings(buf[first:pos], ends)
+        first = self.pos
+        ends = string_ends(self.buf, first, count)
+        if ends:
+            self.pos += ends[-1]
+        return _RawStrings(self.buf[first : self.pos], ends)
 
     def skip_string(self) -> None:
         n = self.u64()
