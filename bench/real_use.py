@@ -204,8 +204,8 @@ PERSON_SCHEMA = {
     "required": ["name", "age", "city"],
     "additionalProperties": False,
 }
-# What picolm-server adds to the system message for PERSON_SCHEMA (a grammar holds the
-# reply to it): see tool_calls/prompting.py.
+# What picolm-server puts ahead of the system message's text for PERSON_SCHEMA (a
+# grammar holds the reply to it): see tool_calls/prompting.py.
 PICOLM_SCHEMA_SECTION = response_format_section(PERSON_SCHEMA, outline=True)
 BOOKING_TOOL = {
     "type": "function",
@@ -735,7 +735,7 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
             # the reply's outline it adds there (what picolm-server's grammar requests
             # compute as prompt), so the engines and grammars compare on equal prompts.
             await ask_person(
-                "json_schema_same_prompt", f"[{nonce}-s] {STORY_SYSTEM}\n\n{PICOLM_SCHEMA_SECTION}"
+                "json_schema_same_prompt", f"{PICOLM_SCHEMA_SECTION}\n\n[{nonce}-s] {STORY_SYSTEM}"
             )
         tool_body = chat_body(
             [

@@ -32,6 +32,7 @@ from picolm_server.tool_calls import (
     schema_error,
 )
 from picolm_server.tool_calls.grammar import _no_marker_text
+from picolm_server.tool_calls.prompting import response_format_section
 
 WEATHER = {
     "type": "function",
@@ -184,6 +185,26 @@ def test_hermes_tool_section_goes_first_in_the_system_message() -> None:
     assert "<tools>" in system and '"name": "send_email"' in system
     assert f'{CALL_OPEN}\n{{"name": <function-name>, "arguments": <args-json-object>}}' in system
     assert "You must call at least one function" in system
+
+
+@pytest.mark.parametrize("renders_tools", [False, True])
+def test_a_json_reply_section_goes_ahead_of_the_system_text(renders_tools: bool) -> None:
+    """The section is the same in every request with the schema: ahead of the client's
+    own system text, it is a prefix the engines compute once and reuse."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    plan = plan_for(response_format=fmt)
+    prompts = [
+        prompt_messages(
+            [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+            plan,
+            template_renders_tools=renders_tools,
+            call_format=plan.call_format,
+        )[0][0]["content"]
+        for system in ("Be brief.", "Today is Friday.")
+    ]
+    section = response_format_section(schema, outline=True)
+    assert prompts == [f"{section}\n\nBe brief.", f"{section}\n\nToday is Friday."]
 
 
 def test_a_system_message_is_added_when_there_is_none() -> None:

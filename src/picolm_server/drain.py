@@ -18,6 +18,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,14 +53,21 @@ class Drain:
             scope.cancel()
 
     @contextmanager
-    def guard(self) -> Iterator[None]:
+    def guard(self, deadline: float | None = None) -> Iterator[None]:
         """Run a block that the end of the drain interrupts with
-        :class:`ServerShuttingDownError`.
+        :class:`ServerShuttingDownError`, and that ``deadline`` (``time.monotonic()``
+        seconds), if given, interrupts with :class:`TimeoutError`.
 
+        One cancel scope does both: the generation enters this once per engine event,
+        and each scope costs the event loop more than the token's own handling.
         The block must not span a ``yield`` of an async generator: a cancel scope belongs
         to the task that entered it.
         """
-        with anyio.CancelScope() as scope:
+        scope = anyio.CancelScope()
+        if deadline is not None:
+            # anyio's clock is the event loop's; the deadline is given on the monotonic one.
+            scope.deadline = anyio.current_time() + (deadline - time.monotonic())
+        with scope:
             if self.expired:
                 scope.cancel()
             self._scopes.add(scope)
@@ -68,9 +76,11 @@ class Drain:
             finally:
                 self._scopes.discard(scope)
         if scope.cancelled_caught:
-            raise ServerShuttingDownError(
-                "The server is shutting down and stopped this request before it finished."
-            )
+            if self.expired:
+                raise ServerShuttingDownError(
+                    "The server is shutting down and stopped this request before it finished."
+                )
+            raise TimeoutError
 
 
 def ends_stream_with_done(error: APIError) -> bool:

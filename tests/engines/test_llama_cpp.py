@@ -12,6 +12,7 @@ that a broken server fails a test instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -171,6 +172,47 @@ def test_a_conversation_reuses_its_state_and_says_so(llama_server: RunningServer
     # The first prompt's state was kept; the reply and the new turn were computed.
     assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
+
+
+def test_json_replies_with_one_schema_reuse_its_section(
+    llama_server: RunningServer, tokenizer: Any, template: Any
+) -> None:
+    """The JSON reply's section goes ahead of the client's system text, so a request with
+    the same schema and another system text starts after it."""
+    from picolm_server.tool_calls.prompting import response_format_section
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "strict": True, "schema": schema},
+    }
+    section = response_format_section(schema, outline=True)
+    prompts: list[list[int]] = []
+    usages: list[Any] = []
+    for system in ("You are a helpful assistant.", "Today is Friday. Be brief."):
+        user = {"role": "user", "content": "Invent a person who lives by the sea."}
+        completion = chat(
+            llama_server,
+            [{"role": "system", "content": system}, user],
+            max_tokens=80,
+            response_format=response_format,
+        )
+        assert set(json.loads(completion.choices[0].message.content)) == {"name", "age"}
+        usages.append(completion.usage)
+        rendered = template.render([{"role": "system", "content": f"{section}\n\n{system}"}, user])
+        prompts.append(tokenizer.tokenize(rendered.encode("utf-8"), add_bos=True, special=True))
+    assert [usage.prompt_tokens for usage in usages] == [len(prompt) for prompt in prompts]
+    shared = next(
+        (n for n, (a, b) in enumerate(zip(*prompts, strict=False)) if a != b),
+        min(map(len, prompts)),
+    )
+    assert shared > count_tokens(tokenizer, section, prompt=False)
+    assert usages[1].prompt_tokens_details.cached_tokens == shared
 
 
 @pytest.fixture(scope="module")

@@ -131,25 +131,33 @@ def prompt_messages(
     describes the tools in its own words. Otherwise the tool section goes into the system
     message (a new one first when there is none), and earlier calls and tool results are
     written into assistant and user turns in the format the model is asked to use.
+
+    A JSON reply's section goes before the system message's own text: it is the same in
+    every request with that schema, so the engines' reuse of computed prompt prefixes
+    covers it even when the client's system text changes from request to request.
     """
     uses_tools = plan is not None and plan.mode != "json"
     if template_renders_tools:
         converted = [dict(message) for message in messages]
         tools = [tool.openai_dict() for tool in plan.prompt_tools] if plan and uses_tools else None
         if plan is not None and (plan.arguments_only or plan.mode == "json"):
-            _add_system(converted, tool_section(plan))
+            _add_system(converted, tool_section(plan), ahead=plan.mode == "json")
         return converted, tools
     converted = _inline_tool_turns(messages, call_format)
     if plan is not None:
-        _add_system(converted, tool_section(plan))
+        _add_system(converted, tool_section(plan), ahead=plan.mode == "json")
     return converted, None
 
 
-def _add_system(messages: list[dict[str, Any]], section: str) -> None:
+def _add_system(messages: list[dict[str, Any]], section: str, *, ahead: bool = False) -> None:
+    """Add ``section`` to the system message, after its text (``ahead``: before it)."""
     if messages and messages[0].get("role") == "system":
         first = dict(messages[0])
         text = str(first.get("content") or "")
-        first["content"] = f"{text}\n\n{section}" if text else section
+        if not text:
+            first["content"] = section
+        else:
+            first["content"] = f"{section}\n\n{text}" if ahead else f"{text}\n\n{section}"
         messages[0] = first
     else:
         messages.insert(0, {"role": "system", "content": section})
