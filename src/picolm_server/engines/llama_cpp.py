@@ -42,6 +42,7 @@ from .llama_embeddings import LlamaEmbedder
 from .llama_sampling import GrammarCache, GrammarError, RequestSampler, SamplingSettings
 from .llama_slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
 from .llama_state_cache import StateCache, as_tokens
+from .loop_wakeup import LoopWakeups
 from .picolm import context_exceeded
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
@@ -135,6 +136,8 @@ class LlamaCppEngine:
         # Each grammar parsed once: checked before the prompt is built, then copied into
         # the sampler of every request that uses it.
         self._grammars = GrammarCache(vocab)
+        # How the decode thread hands each request's events to its event loop.
+        self._wakeups = LoopWakeups()
         # Prompts are tokenized (and samplers built) before they wait for the model, one
         # at a time (this only reads the vocabulary, so it runs beside the decode loop).
         self._tokenizer_thread = concurrent.futures.ThreadPoolExecutor(
@@ -218,7 +221,7 @@ class LlamaCppEngine:
             # Room left in the context bounds the reply as well as max_tokens does.
             budget=max(1, min(request.max_tokens, self.context_length - len(tokens))),
             sampler=sampler,
-            deliver=deliver_to(loop, queue),
+            deliver=deliver_to(self._wakeups.of(loop), queue),
         )
         self.decode_loop.submit(job)
         released = False
@@ -278,6 +281,7 @@ class LlamaCppEngine:
             self._embedder.close()
         self._tokenizer_thread.shutdown(wait=True)
         self.decode_loop.close()
+        self._wakeups.close()
         self.decode_loop.model.close()
         self._grammars.close()
         self._llama_cpp.llama_free(self._context)

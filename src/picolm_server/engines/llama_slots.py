@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import ctypes
 import logging
 import threading
@@ -51,6 +50,7 @@ from .cpu_load import WINDOW as CPU_READING_SECONDS
 from .cpu_load import CpuLoad
 from .llama_sampling import RequestSampler
 from .llama_state_cache import StateCache, Tokens, as_tokens, common_prefix
+from .loop_wakeup import LoopWakeup
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
 
@@ -516,15 +516,12 @@ class DecodeLoop:
         job.deliver(JOB_RELEASED)
 
 
-def deliver_to(
-    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object]
-) -> Callable[[object], None]:
-    """A ``Job.deliver`` that hands events to ``queue`` on ``loop``."""
+def deliver_to(wakeup: LoopWakeup, queue: asyncio.Queue[object]) -> Callable[[object], None]:
+    """A ``Job.deliver`` that hands events to ``queue`` on the wakeup's loop."""
     put = queue.put_nowait
+    call = wakeup.call
 
     def deliver(item: object) -> None:
-        # A request whose event loop has closed has nobody left to tell.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(put, item)
+        call(put, item)
 
     return deliver
