@@ -19,10 +19,10 @@ class Clock:
         return self.now
 
 
-def write(tmp_path: Path, machine_busy: int, own: int) -> None:
-    # user nice system idle iowait irq softirq steal
+def write(tmp_path: Path, machine_busy: int, own: int, steal: int = 0) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
     (tmp_path / "stat").write_text(
-        f"cpu  {machine_busy} 0 0 5000 7 0 0 0 0 0\ncpu0 1 2 3 4\n", encoding="ascii"
+        f"cpu  {machine_busy} 0 0 5000 7 0 0 {steal} 0 0\ncpu0 1 2 3 4\n", encoding="ascii"
     )
     (tmp_path / "self").write_text(
         f"42 (picolm server) S 1 2 3 4 5 6 7 8 9 10 {own} 0 0 0\n", encoding="ascii"
@@ -60,6 +60,21 @@ def test_busy_processes_leave_one_core_at_least(tmp_path: Path, clock: Clock) ->
     # Others used a core, then two, then nothing again.
     steps = [(0, 0), (200, 100), (400, 100), (500, 200)]
     assert reading(tmp_path, clock, steps) == [2, 1, 1, 2]
+
+
+def test_time_the_hypervisor_took_is_not_other_work(tmp_path: Path, clock: Clock) -> None:
+    load = CpuLoad(cores=2, proc_stat=str(tmp_path / "stat"), self_stat=str(tmp_path / "self"))
+    load._ticks_per_second = 100
+    write(tmp_path, 0, 0)
+    assert load.free_cores() == 2
+    clock.now += 1.0
+    # This process used one core; the hypervisor took the other.
+    write(tmp_path, 100, 100, steal=100)
+    assert load.free_cores() == 2
+    clock.now += 1.0
+    # Kernel work on behalf of others (system, irq, softirq) is other work.
+    (tmp_path / "stat").write_text("cpu  200 0 60 5000 7 10 10 140 0 0\n", encoding="ascii")
+    assert load.free_cores() == 1
 
 
 def test_the_reading_is_kept_within_its_window(tmp_path: Path, clock: Clock) -> None:
