@@ -27,11 +27,18 @@ def long_switch_interval() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def call_from_a_thread(wakeup: LoopWakeup, calls: list[Any], log: list[str]) -> threading.Thread:
+def call_from_a_thread(
+    wakeup: LoopWakeup, call: str, log: list[str], arrived: asyncio.Event
+) -> threading.Thread:
+    """A thread that hands ``call`` to the loop and then notes that it went on."""
+
+    def on_the_loop(item: str) -> None:
+        log.append(item)
+        arrived.set()
+
     def work() -> None:
-        for call in calls:
-            wakeup.call(log.append, call)
-            log.append(f"after {call}")
+        wakeup.call(on_the_loop, call)
+        log.append(f"after {call}")
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -73,16 +80,19 @@ def test_the_loop_runs_a_call_only_once_the_caller_gives_up_the_gil(
         logs: list[list[str]] = []
         for _ in range(20):
             log: list[str] = []
-            thread = call_from_a_thread(wakeup, ["first"], log)
-            while "first" not in log:
-                await asyncio.sleep(0.005)
+            arrived = asyncio.Event()
+            thread = call_from_a_thread(wakeup, "first", log, arrived)
+            # Polled, not awaited: a loop that wakes often (as a serving one does) is
+            # ready to take the GIL the moment the calling thread lets it go.
+            while not arrived.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
             thread.join()
             logs.append(log)
         wakeup.close()
         return logs
 
     # Each time, the calling thread went on to its next statement before the loop ran
-    # the call (call_soon_threadsafe lets the loop in first about half the time).
+    # the call (call_soon_threadsafe lets the loop in first in a good share of them).
     assert asyncio.run(main()) == [["after first", "first"]] * 20
 
 
@@ -96,17 +106,16 @@ def test_a_loop_without_add_reader_gets_call_soon_threadsafe() -> None:
     try:
         wakeup = LoopWakeup(loop)
         assert not wakeup.keeps_the_gil
-        seen: list[str] = []
+        log: list[str] = []
 
         async def main() -> None:
-            thread = threading.Thread(target=wakeup.call, args=(seen.append, "x"))
-            thread.start()
-            while not seen:
-                await asyncio.sleep(0.01)
+            arrived = asyncio.Event()
+            thread = call_from_a_thread(wakeup, "x", log, arrived)
+            await asyncio.wait_for(arrived.wait(), 30)
             thread.join()
 
         loop.run_until_complete(main())
-        assert seen == ["x"]
+        assert sorted(log) == ["after x", "x"]
         wakeup.close()  # nothing to close
     finally:
         loop.close()
