@@ -7,7 +7,9 @@ the batch), for W in ``--widths``: tokens per second = W / time per step. The ra
 W=4 to W=1 is the most any server built on this library can gain from 4 concurrent
 clients here, whatever its own overhead. The model and the context are set up as the
 embedded engine sets them up (``engines/llama_cpp.py``): a KV buffer per sequence,
-2,048 positions each, flash attention off, ``--threads`` threads.
+2,048 positions each, flash attention off, ``--threads`` threads (``--flash-attn`` and
+``--kv-unified`` show what the two settings the engine keeps off for exactness would
+change).
 
 Each width's sequences first read a 40-token prompt, then ``--steps`` decode steps are
 timed; widths are interleaved over ``--rounds`` rounds (noise falls on all alike) and
@@ -28,7 +30,16 @@ from typing import Any
 
 
 class Bench:
-    def __init__(self, model_path: Path, threads: int, max_width: int, context: int) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        threads: int,
+        max_width: int,
+        context: int,
+        *,
+        flash_attention: bool = False,
+        kv_unified: bool = False,
+    ) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaModel
         from llama_cpp._logger import set_verbose
@@ -44,10 +55,14 @@ class Bench:
         params.n_ctx = context * max_width
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = max_width
-        params.kv_unified = False
+        params.kv_unified = kv_unified
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attention
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self.ctx = llama_cpp.llama_init_from_model(self.model.model, params)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(512, 0, 1)
@@ -92,6 +107,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    # The engine keeps both off for exact replies; these show what they would change.
+    parser.add_argument("--flash-attn", action="store_true", help="flash attention on")
+    parser.add_argument("--kv-unified", action="store_true", help="one KV buffer for all")
     args = parser.parse_args()
     widths = [int(width) for width in args.widths.split(",")]
     if args.model is None:
@@ -100,7 +118,14 @@ def main() -> None:
         model = embedded_model_path()
     else:
         model = args.model
-    bench = Bench(model, args.threads, max(widths), 2048)
+    bench = Bench(
+        model,
+        args.threads,
+        max(widths),
+        2048,
+        flash_attention=args.flash_attn,
+        kv_unified=args.kv_unified,
+    )
     load_before = os.getloadavg()
     results: dict[int, list[float]] = {width: [] for width in widths}
     for round_index in range(args.rounds):
@@ -109,7 +134,9 @@ def main() -> None:
             results[width].append(bench.step_seconds(width, args.steps))
     base: Any = None
     print(
-        f"Model {model.name}, {args.threads} threads, {args.steps} steps, "
+        f"Model {model.name}, {args.threads} threads, flash attention "
+        f"{'on' if args.flash_attn else 'off'}, KV buffer "
+        f"{'unified' if args.kv_unified else 'per sequence'}, {args.steps} steps, "
         f"{args.rounds} rounds (median of the rounds' median step times).\n"
     )
     print("| rows per step | ms per step | tokens/s | tokens/s vs 1 row |")

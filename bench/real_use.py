@@ -1403,9 +1403,10 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
         "to last byte); after the first token = (completion tokens - 1) / (latency - TTFT). "
         "llama-cpp-python gets the schema in its own dialect "
         '(`{"type": "json_object", "schema": ...}`: it refuses `json_schema` with a 422). '
-        "picolm-server adds an outline of the reply to the system message; the row "
-        '"each given picolm-server\'s prompt" sends the other servers that system '
-        "message.",
+        "picolm-server puts an outline of the reply ahead of the system message's text "
+        "(the same in every run, so it is computed once: each run's nonce comes after "
+        'it); the row "each given picolm-server\'s prompt" sends the other servers that '
+        "system message.",
         "",
         table(
             [
