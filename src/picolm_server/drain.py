@@ -18,7 +18,6 @@ import logging
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,10 +52,10 @@ class Drain:
             scope.cancel()
 
     @contextmanager
-    def guard(self, deadline: float | None = None) -> Iterator[None]:
+    def guard(self, seconds: float | None = None) -> Iterator[None]:
         """Run a block that the end of the drain interrupts with
-        :class:`ServerShuttingDownError`, and that ``deadline`` (``time.monotonic()``
-        seconds), if given, interrupts with :class:`TimeoutError`.
+        :class:`ServerShuttingDownError`, and that running longer than ``seconds``, if
+        given, interrupts with :class:`TimeoutError`.
 
         One cancel scope does both: the generation enters this once per engine event,
         and each scope costs the event loop more than the token's own handling.
@@ -64,9 +63,8 @@ class Drain:
         to the task that entered it.
         """
         scope = anyio.CancelScope()
-        if deadline is not None:
-            # anyio's clock is the event loop's; the deadline is given on the monotonic one.
-            scope.deadline = anyio.current_time() + (deadline - time.monotonic())
+        if seconds is not None:
+            scope.deadline = anyio.current_time() + seconds
         with scope:
             if self.expired:
                 scope.cancel()

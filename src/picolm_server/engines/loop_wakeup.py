@@ -58,7 +58,8 @@ class LoopWakeup:
         self._pending: deque[tuple[Call, Any]] = deque()
         self._read_fd = self._write_fd = -1
         self._close_pipe: weakref.finalize[Any, Any] | None = None
-        if _WRITE is None:
+        self._write = _WRITE
+        if self._write is None:
             return
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -78,7 +79,7 @@ class LoopWakeup:
         return self._write_fd >= 0
 
     def call(self, function: Call, argument: Any) -> None:
-        if self._write_fd < 0:
+        if self._write is None or self._write_fd < 0:
             loop = self._loop()
             # A request whose event loop has closed has nobody left to tell.
             if loop is not None:
@@ -86,9 +87,8 @@ class LoopWakeup:
                     loop.call_soon_threadsafe(function, argument)
             return
         self._pending.append((function, argument))
-        assert _WRITE is not None
         # A full pipe (the loop far behind) refuses the byte: the loop is woken anyway.
-        _WRITE(self._write_fd, b"\0", 1)
+        self._write(self._write_fd, b"\0", 1)
 
     def _run_pending(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):

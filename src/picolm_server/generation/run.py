@@ -102,7 +102,7 @@ class Generation:
             # In this task, not in one of its own as asyncio.wait_for would run it: a
             # cancellation (client gone) then reaches the engine's generator directly, and
             # close() never finds the generator still running in an orphaned task.
-            with self.drain.guard(max(self._deadline, time.monotonic() + 0.001)):
+            with self.drain.guard(max(self._deadline - time.monotonic(), 0.001)):
                 event = await self._events.__anext__()
         except TimeoutError:
             error: APIError = self._timed_out()

@@ -136,16 +136,18 @@ def prompt_messages(
     every request with that schema, so the engines' reuse of computed prompt prefixes
     covers it even when the client's system text changes from request to request.
     """
-    uses_tools = plan is not None and plan.mode != "json"
+    json_reply = plan is not None and plan.mode == "json"
     if template_renders_tools:
         converted = [dict(message) for message in messages]
-        tools = [tool.openai_dict() for tool in plan.prompt_tools] if plan and uses_tools else None
-        if plan is not None and (plan.arguments_only or plan.mode == "json"):
-            _add_system(converted, tool_section(plan), ahead=plan.mode == "json")
+        tools = (
+            [tool.openai_dict() for tool in plan.prompt_tools] if plan and not json_reply else None
+        )
+        if plan is not None and (plan.arguments_only or json_reply):
+            _add_system(converted, tool_section(plan), ahead=json_reply)
         return converted, tools
     converted = _inline_tool_turns(messages, call_format)
     if plan is not None:
-        _add_system(converted, tool_section(plan), ahead=plan.mode == "json")
+        _add_system(converted, tool_section(plan), ahead=json_reply)
     return converted, None
 
 

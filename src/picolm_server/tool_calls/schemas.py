@@ -25,10 +25,8 @@ good share of the start-up time; README, "What the server loads").
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
@@ -54,8 +52,6 @@ REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 # same ones with every request, and checking one against its dialect's metaschema takes
 # 1-3 ms on the event loop (for three fields), far more than the rest of the checks.
 ACCEPTED_CACHE_SIZE = 128
-_ACCEPTED: OrderedDict[str, None] = OrderedDict()
-_ACCEPTED_LOCK = threading.Lock()
 
 # Keywords whose schemas apply to the same instance as the schema holding them: a cycle
 # through these (and references) never reaches a smaller part of the instance.
@@ -104,7 +100,6 @@ def check_client_schema(schema: Any, param: str) -> int:
     JSON values, which the caller adds up over the request."""
     if not isinstance(schema, dict):
         raise InvalidRequestError(f"Invalid schema for '{param}': must be an object.", param=param)
-    import jsonschema.exceptions
     import jsonschema.validators
 
     validator_class = _dialect(schema, param)
@@ -114,22 +109,25 @@ def check_client_schema(schema: Any, param: str) -> int:
     )
     nodes = _check_shape(schema, param, legacy_id=legacy_id)
     # Checked for its shape, so bounded: its text is a fair key.
-    text = json.dumps(schema)
-    with _ACCEPTED_LOCK:
-        if text in _ACCEPTED:
-            _ACCEPTED.move_to_end(text)
-            return nodes
+    _check_dialect_and_references(json.dumps(schema), validator_class, param)
+    return nodes
+
+
+@lru_cache(maxsize=ACCEPTED_CACHE_SIZE)
+def _check_dialect_and_references(
+    schema_text: str, validator_class: type[jsonschema.protocols.Validator], param: str
+) -> None:
+    """The schema (as JSON text) against its dialect's metaschema, and its references;
+    kept for the schemas that pass (one that fails raises, and no exception is kept)."""
+    import jsonschema.exceptions
+
+    schema = json.loads(schema_text)
     try:
         validator_class.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
         where = "/".join(str(part) for part in exc.path)
         raise _invalid(param, exc.message + (f" (at {where})" if where else "")) from None
     _check_references(schema, param)
-    with _ACCEPTED_LOCK:
-        _ACCEPTED[text] = None
-        if len(_ACCEPTED) > ACCEPTED_CACHE_SIZE:
-            _ACCEPTED.popitem(last=False)
-    return nodes
 
 
 def check_total_size(total_nodes: int, param: str) -> None:
