@@ -57,6 +57,12 @@ class ReferenceMetrics:
             registry=registry,
         )
         queued.labels(engine).set_function(lambda: scheduler.queued)
+        Gauge(
+            "picolm_response_store_available",
+            "1 while the Responses API's store works (its last use succeeded), else 0.",
+            ["engine"],
+            registry=registry,
+        ).labels(engine).set_function(lambda: 1)
         self.rejected = Counter(
             "picolm_requests_rejected",
             "Requests refused with 429 because the queue was full.",

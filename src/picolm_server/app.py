@@ -29,6 +29,7 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
 )
+from .footprint import IdleTrimMiddleware
 from .generation import GenerationCore
 from .http_manners import (
     HeadAsGetMiddleware,
@@ -182,10 +183,15 @@ def create_app(
         StarletteHTTPException: _http_error,
     }
     app = Starlette(routes=routes, exception_handlers=exception_handlers)
+    # A path with a stray slash is a 404 like any unknown path: Starlette's redirect to
+    # the path without it builds its Location from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.core = service
-    app.state.metrics = ServerMetrics(engine_name or "unknown", service.scheduler)
     # Opened on first use: an app that never serves /v1/responses makes no file.
-    app.state.response_store = response_store or ResponseStore(None)
+    store = app.state.response_store = response_store or ResponseStore(None)
+    app.state.metrics = ServerMetrics(
+        engine_name or "unknown", service.scheduler, lambda: store.status == "ok"
+    )
     open_paths = set(OPEN_PATHS)
     if metrics_public:
         open_paths.add("/metrics")
@@ -217,6 +223,7 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(IdleTrimMiddleware)
     app.add_middleware(
         RequestLogMiddleware,
         metrics=app.state.metrics,

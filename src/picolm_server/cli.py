@@ -18,7 +18,7 @@ from .api.responses.store import ResponseStore
 from .app import create_app
 from .bootstrap import build_service
 from .config import ConfigError, Settings, load_settings
-from .footprint import release_startup_memory
+from .footprint import map_large_allocations, release_startup_memory
 from .logging_setup import configure_logging
 from .runner import serve
 
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"picolm-server: {exc}", file=sys.stderr)
         return 2
+    response_store = ResponseStore(
+        Path(settings.responses.store_path) if settings.responses.store_path else None,
+        settings.responses.store_max_bytes,
+    )
+    response_store.check()
     app = create_app(
         service,
         api_key=settings.server.api_key,
@@ -110,12 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics_public=settings.server.metrics_public,
         ui=settings.server.ui,
         sse_ping_seconds=settings.server.sse_ping_seconds,
-        response_store=ResponseStore(
-            Path(settings.responses.store_path) if settings.responses.store_path else None,
-            settings.responses.store_max_bytes,
-        ),
+        response_store=response_store,
     )
     release_startup_memory()
+    map_large_allocations()
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
     serve(app, settings.server, service.drain)
     return 0

@@ -51,9 +51,46 @@ class InvalidRequestError(APIError):
 
 
 class ContextLengthExceededError(InvalidRequestError):
-    """400: the prompt (plus what must be generated) does not fit the context."""
+    """400: the prompt (plus what must be generated) does not fit the context.
+
+    Engines raise it with :meth:`prompt` (the counts, worded for chat's ``messages``);
+    the generation core names the field the prompt came from with :meth:`for_field`.
+    """
 
     default_code = "context_length_exceeded"
+    # Set by :meth:`prompt`: the counts the message is made of.
+    prompt_tokens: int | None = None
+    context_length: int = 0
+    at_least: bool = False
+
+    @classmethod
+    def prompt(
+        cls,
+        prompt_tokens: int,
+        context_length: int,
+        *,
+        at_least: bool = False,
+        field: str = "messages",
+    ) -> ContextLengthExceededError:
+        count = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+        error = cls(
+            f"This model's maximum context length is {context_length} tokens. However, your "
+            f"{field} resulted in {count} tokens. Please reduce the length of the {field}.",
+            param=field,
+        )
+        error.prompt_tokens = prompt_tokens
+        error.context_length = context_length
+        error.at_least = at_least
+        return error
+
+    def for_field(self, field: str) -> ContextLengthExceededError:
+        """The same refusal naming ``field`` (``input``, ``prompt``): itself when it
+        already does, or when it is not a prompt's refusal."""
+        if self.prompt_tokens is None or self.param == field:
+            return self
+        return self.prompt(
+            self.prompt_tokens, self.context_length, at_least=self.at_least, field=field
+        )
 
 
 class AuthenticationError(APIError):

@@ -14,6 +14,7 @@ nobody scrapes never loads it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -38,7 +39,12 @@ UNMATCHED_ROUTE = "unmatched"
 
 
 class ServerMetrics:
-    def __init__(self, engine: str, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        engine: str,
+        scheduler: Scheduler,
+        store_available: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.engine = engine
         self.registry = registry = Registry()
         self._exposition: Exposition | None = None
@@ -64,6 +70,11 @@ class ServerMetrics:
             ["engine"],
         )
         queued.labels(engine).set_function(lambda: scheduler.queued)
+        registry.gauge(
+            "picolm_response_store_available",
+            "1 while the Responses API's store works (its last use succeeded), else 0.",
+            ["engine"],
+        ).labels(engine).set_function(lambda: 1 if store_available() else 0)
         self._rejected = registry.counter(
             "picolm_requests_rejected",
             "Requests refused with 429 because the queue was full.",

@@ -269,6 +269,20 @@ def prompt_token_ids(prompt: SplitPrompt, tokenizer: PromptTokenizer) -> list[in
     return ids
 
 
+def plain_text_bytes(prompt: SplitPrompt, tokenizer: PromptTokenizer) -> int:
+    """How many UTF-8 bytes of the prompt :func:`prompt_token_ids` tokenizes as plain
+    text: all of it but the control markers it cuts out."""
+    pieces = prompt.pieces if prompt.is_split else (PromptPiece(prompt.whole, False),)
+    total = 0
+    for piece in pieces:
+        total += len(piece.text.encode("utf-8"))
+        if not piece.from_request and tokenizer.pattern is not None:
+            total -= sum(
+                len(m.group().encode("utf-8")) for m in tokenizer.pattern.finditer(piece.text)
+            )
+    return total
+
+
 def _control_text_in(texts: Iterable[str], pattern: re.Pattern[str] | None) -> str | None:
     if pattern is None:
         return None

@@ -38,6 +38,12 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
+def request_id_of(scope: Scope) -> str | None:
+    """The id the request log gave this request (None outside the middleware)."""
+    record: RequestRecord | None = scope.get("state", {}).get(_STATE_KEY)
+    return None if record is None else record.request_id
+
+
 def observer_of(scope: Scope) -> GenerationObserver:
     """The request's record as the serving layer's observer (a no-op outside the
     middleware, e.g. when the app is driven without it)."""

@@ -176,5 +176,7 @@ async def health(request: Request) -> JSONResponse:
         "model": service.model_id,
         "running": service.scheduler.running,
         "queued": service.scheduler.queued,
+        # Shown, not a 503: everything but stored responses still works without it.
+        "response_store": request.app.state.response_store.status,
     }
     return JSONResponse(body, status_code=200 if state.ok else 503)

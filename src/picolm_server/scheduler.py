@@ -1,9 +1,13 @@
-"""Admission control: a fixed number of generations at once and a bounded FIFO queue.
+"""Admission control: a fixed number of jobs at once and a bounded FIFO queue.
 
 On a small machine one generation already uses every core, so by default one runs at a
 time and the rest wait in arrival order. When the queue is full a request is refused at
 once (429 with ``Retry-After``) rather than left to time out; a request whose client
 goes away while it waits is cancelled, which takes it out of the queue.
+
+The generation core keeps two: one for generations, and one for the tokenizer work that
+requests ask for outside a generation (``/tokenize``, counting tokens), whose CPU and
+memory grow with the text and so must be bounded the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from .errors import QueueFullError
 
 
 class Scheduler:
-    def __init__(self, max_concurrent: int, max_queue: int) -> None:
+    def __init__(self, max_concurrent: int, max_queue: int, what: str = "generation") -> None:
         self.max_concurrent = max_concurrent
+        self.what = what  # what a slot runs, for the 429's message
         self.max_queue = max_queue
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -53,7 +58,7 @@ class Scheduler:
         if len(self._waiters) >= self.max_queue:
             seconds = self.retry_after_seconds()
             raise QueueFullError(
-                f"The server is busy: {self.running} generation(s) running and "
+                f"The server is busy: {self.running} {self.what}(s) running and "
                 f"{len(self._waiters)} waiting. Retry after {seconds} s.",
                 headers={"Retry-After": str(seconds)},
             )

@@ -21,6 +21,7 @@ from picolm_server.engines.base import (
     ModelInfo,
     PromptAccepted,
     TextDelta,
+    TokenLimitExceeded,
 )
 from picolm_server.errors import EmbeddingsUnsupportedError, EngineError, InvalidRequestError
 
@@ -82,12 +83,16 @@ class ScriptedEngine:
     def grammar_error(self, gbnf: str) -> str | None:
         return self.grammar_problem
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool, limit: int | None = None
+    ) -> list[int]:
         ids = [0] if add_special else []
         for word in text.split():
             if word.lower() not in self.vocabulary:
                 raise InvalidRequestError(f"no token for {word!r}")
             ids.append(self.vocabulary.index(word.lower()))
+        if limit is not None and len(ids) > limit:
+            raise TokenLimitExceeded(len(ids))
         return ids
 
     def detokenize(self, tokens: Sequence[int]) -> str:

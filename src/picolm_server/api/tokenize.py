@@ -4,11 +4,15 @@ exact tokenizer (through the core, which refuses them where the engine has none)
 ``{"content": "...", "add_special": false, "parse_special": true, "with_pieces": false}``
 gives ``{"tokens": [ids]}``, or with pieces ``{"tokens": [{"id": 1, "piece": "..."}]}``;
 ``{"tokens": [ids]}`` gives ``{"content": "..."}``. An id outside the vocabulary is a 400.
+
+The core admits the work one request at a time and refuses a text of more than
+``MAX_TOKENIZE_TOKENS`` tokens, so the reply is bounded too: with pieces, it is written
+as JSON text one token at a time (each distinct token's entry made once), never as a
+list of objects, which took about 250 bytes of memory per token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -49,9 +53,18 @@ def piece_value(piece: bytes) -> str | list[int]:
         return list(piece)
 
 
-def pieces(engine: Engine, tokens: Sequence[int]) -> list[dict[str, Any]]:
-    """Each token with its own text, as llama-server's ``with_pieces`` gives them."""
-    return [{"id": token, "piece": piece_value(engine.token_piece(token))} for token in tokens]
+def pieces_json(engine: Engine, tokens: Sequence[int]) -> str:
+    """``{"tokens": [{"id", "piece"}, ...]}``: each token with its own text, as
+    llama-server's ``with_pieces`` gives them."""
+    entries: dict[int, str] = {}
+    parts: list[str] = []
+    for token in tokens:
+        entry = entries.get(token)
+        if entry is None:
+            piece = json.dumps(piece_value(engine.token_piece(token)), ensure_ascii=False)
+            entry = entries[token] = f'{{"id":{token},"piece":{piece}}}'
+        parts.append(entry)
+    return escape_line_separators('{"tokens":[' + ",".join(parts) + "]}")
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -64,11 +77,15 @@ async def tokenize(request: Request) -> Response:
     parsed = await parse_request(request, TokenizeRequest)
     core = core_of(request)
     tokens = await core.tokenize(
-        parsed.content, add_special=parsed.add_special, parse_special=parsed.parse_special
+        parsed.content,
+        add_special=parsed.add_special,
+        parse_special=parsed.parse_special,
+        param="content",
     )
     if not parsed.with_pieces:
         return _json({"tokens": tokens})
-    return _json({"tokens": await asyncio.to_thread(pieces, core.engine, tokens)})
+    text = await core.tokenizer_job(lambda: pieces_json(core.engine, tokens))
+    return Response(text, media_type="application/json")
 
 
 @router.post("/detokenize")

@@ -171,6 +171,19 @@ class EngineHealth:
     detail: str
 
 
+class TokenLimitExceeded(Exception):
+    """A text holds more tokens than the ``limit`` it was tokenized with: ``count`` of
+    them, or at least that many when ``at_least`` (an engine may stop counting early)."""
+
+    def __init__(self, count: int, *, at_least: bool = False) -> None:
+        super().__init__(count)
+        self.count = count
+        self.at_least = at_least
+
+    def describe(self) -> str:
+        return f"at least {self.count}" if self.at_least else str(self.count)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """An inference backend. ``generate`` is the whole of the work."""
@@ -196,11 +209,14 @@ class Engine(Protocol):
         asked of engines whose abilities say ``grammar``)."""
         ...
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool, limit: int | None = None
+    ) -> list[int]:
         """The model's token ids for ``text``: ``add_special`` adds what the model puts
         before a prompt (BOS), ``parse_special`` reads marker text (``<|im_start|>``) as
-        control tokens. Only exact when abilities say ``tokenize``. May block: call it
-        off the event loop for long texts."""
+        control tokens. More than ``limit`` of them raises :class:`TokenLimitExceeded`
+        (an engine that can stops before it holds them all). Only exact when abilities
+        say ``tokenize``. May block: call it off the event loop for long texts."""
         ...
 
     def detokenize(self, tokens: Sequence[int]) -> str:

@@ -23,8 +23,18 @@ from typing import Any
 
 import anyio
 
-from ..errors import EmbeddingsUnsupportedError, EngineError, InvalidRequestError
-from ..prompt_tokens import SplitPrompt, llama_prompt_tokenizer, prompt_token_ids
+from ..errors import (
+    ContextLengthExceededError,
+    EmbeddingsUnsupportedError,
+    EngineError,
+    InvalidRequestError,
+)
+from ..prompt_tokens import (
+    SplitPrompt,
+    llama_prompt_tokenizer,
+    plain_text_bytes,
+    prompt_token_ids,
+)
 from .base import (
     EmbeddingInput,
     Embeddings,
@@ -42,8 +52,8 @@ from .llama_embeddings import LlamaEmbedder
 from .llama_sampling import GrammarCache, GrammarError, RequestSampler, SamplingSettings
 from .llama_slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
 from .llama_state_cache import StateCache, as_tokens
+from .llama_vocab import TokenFloor, tokenize_capped
 from .loop_wakeup import LoopWakeups
-from .picolm import context_exceeded
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
 
@@ -132,6 +142,8 @@ class LlamaCppEngine:
         self._embedder = embedder
         # Marker text becomes a control token only where the chat template wrote it.
         self._prompt_tokenizer = llama_prompt_tokenizer(self.llama)
+        # How short a prompt's token count can be, from its length alone.
+        self._token_floor = TokenFloor(vocab)
         self._vocabulary_size = int(self.llama.n_vocab())
         # Each grammar parsed once: checked before the prompt is built, then copied into
         # the sampler of every request that uses it.
@@ -161,11 +173,16 @@ class LlamaCppEngine:
     def health(self) -> EngineHealth:
         return EngineHealth(True, f"llama.cpp in-process ({self.options.model_path.name})")
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        tokens: list[int] = self.llama.tokenize(
-            text.encode("utf-8"), add_bos=add_special, special=parse_special
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool, limit: int | None = None
+    ) -> list[int]:
+        return tokenize_capped(
+            self.llama.vocab,
+            text.encode("utf-8"),
+            add_bos=add_special,
+            special=parse_special,
+            limit=limit,
         )
-        return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         vocabulary = int(self.llama.n_vocab())
@@ -194,6 +211,16 @@ class LlamaCppEngine:
             raise EmbeddingsUnsupportedError("llama.cpp")
         return await self._embedder.embed(inputs)
 
+    def _min_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The fewest tokens the prompt can be, from its length (llama_vocab.py). Only
+        a prompt of at least a byte per context token can be refused that way, so the
+        vocabulary is only read for one."""
+        split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
+        plain = plain_text_bytes(split, self._prompt_tokenizer)
+        if plain < self.context_length:
+            return 0
+        return len(self._prompt_tokenizer.prefix) + self._token_floor.min_tokens(plain)
+
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
         split = request.split_prompt or SplitPrompt.unsplit(request.prompt)
         return prompt_token_ids(split, self._prompt_tokenizer)
@@ -202,9 +229,12 @@ class LlamaCppEngine:
         if request.prompt_tokens is not None:
             return request
         loop = asyncio.get_running_loop()
+        floor = await loop.run_in_executor(self._tokenizer_thread, self._min_prompt_tokens, request)
+        if floor >= self.context_length:
+            raise ContextLengthExceededError.prompt(floor, self.context_length, at_least=True)
         tokens = await loop.run_in_executor(self._tokenizer_thread, self.prompt_tokens, request)
         if len(tokens) >= self.context_length:
-            raise context_exceeded(len(tokens), self.context_length)
+            raise ContextLengthExceededError.prompt(len(tokens), self.context_length)
         return replace(request, prompt_tokens=tuple(tokens))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:

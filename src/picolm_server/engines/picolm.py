@@ -54,6 +54,7 @@ from .base import (
     ModelInfo,
     PromptAccepted,
     TextDelta,
+    TokenLimitExceeded,
 )
 from .picolm_tokenizer import PicoLMTokenizer
 from .prompt_cache import CacheLease, PromptCache, craft_prompt
@@ -85,18 +86,6 @@ class PicoLMOptions:
     model_id: str
     threads: int
     context_length: int
-
-
-def context_exceeded(
-    prompt_tokens: int, context_length: int, *, at_least: bool = False
-) -> ContextLengthExceededError:
-    count = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
-    return ContextLengthExceededError(
-        f"This model's maximum context length is {context_length} tokens. However, your "
-        f"messages resulted in {count} tokens. Please reduce the length of the "
-        "messages.",
-        param="messages",
-    )
 
 
 class TrailerFilter:
@@ -236,13 +225,22 @@ class PicoLMEngine:
     def grammar_error(self, gbnf: str) -> str | None:
         return "PicoLM does not take grammars"
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool, limit: int | None = None
+    ) -> list[int]:
         """PicoLM's own tokens (it reads marker text as text: ``parse_special`` changes
         nothing). Without its vocabulary (unreadable model file), an estimate is not
         given: the abilities say ``tokenize`` is off and this refuses."""
         if self.tokenizer is None:
             raise InvalidRequestError("The model's vocabulary could not be read: cannot tokenize.")
-        return self.tokenizer.encode(text, bos=add_special)
+        if limit is not None and "\0" not in text:  # the floor's arithmetic holds then
+            floor = self.tokenizer.min_prompt_tokens(len(text.encode("utf-8")))
+            if floor - (not add_special) > limit:  # the floor counts a BOS
+                raise TokenLimitExceeded(floor - (not add_special), at_least=True)
+        tokens = self.tokenizer.encode(text, bos=add_special)
+        if limit is not None and len(tokens) > limit:
+            raise TokenLimitExceeded(len(tokens))
+        return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         if self.tokenizer is None:
@@ -306,14 +304,14 @@ class PicoLMEngine:
         size = len(request.prompt.encode("utf-8"))
         floor = self.tokenizer.min_prompt_tokens(size)
         if floor >= self.context_length:
-            raise context_exceeded(floor, self.context_length, at_least=True)
+            raise ContextLengthExceededError.prompt(floor, self.context_length, at_least=True)
         encode = functools.partial(self.tokenizer.encode, request.prompt)
         if size <= _SMALL_PROMPT_BYTES:
             tokens = await asyncio.to_thread(encode)
         else:
             tokens = await asyncio.get_running_loop().run_in_executor(self._long_prompts, encode)
         if len(tokens) >= self.context_length:
-            raise context_exceeded(len(tokens), self.context_length)
+            raise ContextLengthExceededError.prompt(len(tokens), self.context_length)
         return replace(request, prompt_tokens=tuple(tokens))
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
@@ -478,7 +476,7 @@ class PicoLMEngine:
                     prompt_differs=report.prompt_tokens != run.expected_prompt_tokens,
                 )
             if report.prompt_tokens >= self.context_length:
-                raise context_exceeded(report.prompt_tokens, self.context_length)
+                raise ContextLengthExceededError.prompt(report.prompt_tokens, self.context_length)
             yield PromptAccepted(report.prompt_tokens, report.cached_tokens)
 
             budget = self.budget(request)

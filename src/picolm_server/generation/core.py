@@ -7,21 +7,34 @@ first token are raised here, while an adapter can still answer with a status);
 ``complete`` runs one to the end and returns a :class:`Reply`. ``tokenize``,
 ``detokenize`` and ``embed`` give adapters the engine's tokenizer and embeddings,
 refused clearly where the engine cannot.
+
+Tokenizer work outside a generation (``tokenize``, ``detokenize``, token counts, and
+what an adapter runs with :meth:`GenerationCore.tokenizer_job`) costs CPU and memory in
+proportion to the client's text, so it is admitted like a generation: one job at a time
+(``tokenizer_work``), a bounded queue, 429 past it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..chat_template import ChatTemplate
 from ..config import GenerationDefaults
 from ..drain import Drain
-from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities
-from ..errors import APIError, EmbeddingsUnsupportedError, EngineCannotError, ModelNotFoundError
+from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities, TokenLimitExceeded
+from ..errors import (
+    APIError,
+    ContextLengthExceededError,
+    EmbeddingsUnsupportedError,
+    EngineCannotError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
 from ..observation import NO_OBSERVER, GenerationObserver
 from ..scheduler import Scheduler
 from .events import Finish, FinishReason, TextDelta, ToolCallDone, Usage
@@ -32,6 +45,15 @@ if TYPE_CHECKING:
     from .run import Generation
     from .spec import GenerationSpec
     from .stream import EventStream
+
+T = TypeVar("T")
+
+# The most tokens one request may have tokenized outside a generation (``/tokenize``):
+# OpenAI's bound on the tokens of one embeddings request, the other API whose answer
+# grows with every token.
+MAX_TOKENIZE_TOKENS = 300_000
+# Tokenizer jobs that may wait for the one running; more are refused (429).
+TOKENIZER_QUEUE = 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,9 @@ class GenerationCore:
     defaults: GenerationDefaults
     scheduler: Scheduler
     drain: Drain = field(default_factory=Drain)
+    tokenizer_work: Scheduler = field(
+        default_factory=lambda: Scheduler(1, TOKENIZER_QUEUE, what="tokenizer job")
+    )
 
     @property
     def model_id(self) -> str:
@@ -114,7 +139,10 @@ class GenerationCore:
         a prompt that does not fit, an engine that cannot start) is raised here. The
         returned stream owns the slot and the engine until it is closed."""
         generation = self.prepare(spec, observer)
-        await generation.admit()
+        try:
+            await generation.admit()
+        except ContextLengthExceededError as exc:
+            raise exc.for_field(spec.prompt.param) from None
         slot = self._slot()
         await slot.__aenter__()
         from .stream import EventStream
@@ -122,8 +150,10 @@ class GenerationCore:
         stream = EventStream(generation, slot)
         try:
             await generation.start()
-        except BaseException:
+        except BaseException as exc:
             await stream.aclose()
+            if isinstance(exc, ContextLengthExceededError):
+                raise exc.for_field(spec.prompt.param) from None
             raise
         return stream
 
@@ -158,19 +188,56 @@ class GenerationCore:
                 "This model's engine cannot tokenize: its vocabulary could not be read."
             )
 
+    async def tokenizer_job(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (tokenizer work on a client's text) in a worker thread, admitted
+        through ``tokenizer_work``. A cancelled caller waits for the thread to finish:
+        the slot is never free while its work still runs."""
+        async with self.tokenizer_work.slot():
+            future = asyncio.get_running_loop().run_in_executor(None, work)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                while not future.done():  # a thread cannot be stopped: wait for it
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({future})
+                if not future.cancelled():
+                    future.exception()  # retrieved: nobody is left to be told of it
+                raise
+
     async def tokenize(
-        self, text: str, *, add_special: bool = True, parse_special: bool = True
+        self,
+        text: str,
+        *,
+        add_special: bool = True,
+        parse_special: bool = True,
+        param: str = "content",
     ) -> list[int]:
-        """The model's exact token ids for ``text`` (off the event loop)."""
+        """The model's exact token ids for ``text``; more than
+        :data:`MAX_TOKENIZE_TOKENS` of them is a 400 naming ``param``."""
         self._require_tokenizer()
-        return await asyncio.to_thread(
-            self.engine.tokenize, text, add_special=add_special, parse_special=parse_special
-        )
+
+        def work() -> list[int]:
+            return self.engine.tokenize(
+                text,
+                add_special=add_special,
+                parse_special=parse_special,
+                limit=MAX_TOKENIZE_TOKENS,
+            )
+
+        try:
+            return await self.tokenizer_job(work)
+        except TokenLimitExceeded as exc:
+            raise InvalidRequestError(
+                f"'{param}' is {exc.describe()} tokens long; at most {MAX_TOKENIZE_TOKENS} "
+                "tokens can be tokenized in one request.",
+                param=param,
+                code="invalid_value",
+            ) from None
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens``; an id outside the vocabulary is a 400 (``tokens``)."""
         self._require_tokenizer()
-        return await asyncio.to_thread(self.engine.detokenize, list(tokens))
+        return await self.tokenizer_job(lambda: self.engine.detokenize(list(tokens)))
 
     async def count_prompt_tokens(self, spec: GenerationSpec) -> int:
         """The prompt tokens a generation of ``spec`` would report (template and tools
@@ -180,7 +247,7 @@ class GenerationCore:
 
         self._require_tokenizer()
         prepared = prepare(spec, self.engine, self.template, self.defaults)
-        return await asyncio.to_thread(self.engine.count_prompt_tokens, prepared.request)
+        return await self.tokenizer_job(lambda: self.engine.count_prompt_tokens(prepared.request))
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
         """One embedding per input; engines that cannot embed get a 400

@@ -100,12 +100,11 @@ def sampled_request(
     )
 
 
-def refuse_nul(prompt: str, locate: str | None) -> None:
+def refuse_nul(prompt: str, param: str) -> None:
     """Refuse a prompt with a NUL character, naming where it is (for engines that would
     end the prompt there, see ``EngineAbilities.prompt_accepts_nul``)."""
     if "\0" not in prompt:
         return
-    param = locate or "messages"
     raise InvalidRequestError(
         f"{param} contains a NUL character (\\u0000), which this model's engine cannot "
         "take: it would end the prompt there.",
@@ -113,11 +112,11 @@ def refuse_nul(prompt: str, locate: str | None) -> None:
     )
 
 
-def _nul_param(spec: GenerationSpec) -> str | None:
+def _nul_param(spec: GenerationSpec) -> str:
     prompt = spec.prompt
     if isinstance(prompt, RawPrompt):
         return prompt.param
-    return prompt.locate_nul() if prompt.locate_nul is not None else None
+    return prompt.locate_nul() if prompt.locate_nul is not None else prompt.param
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,14 @@ class Conversation:
     """Messages, rendered with the model's chat template (tools included).
 
     ``locate_nul`` names the request field holding a NUL character, for engines that
-    cannot take one (see ``EngineAbilities.prompt_accepts_nul``); None: ``messages``.
+    cannot take one (see ``EngineAbilities.prompt_accepts_nul``); None: ``param``.
+    ``param`` names the field the conversation came from (a prompt too long for the
+    context is refused naming it).
     """
 
     messages: tuple[Turn, ...]
     locate_nul: Callable[[], str] | None = None
+    param: str = "messages"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ names them, and the rewrite of error answers on the Messages paths."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -83,8 +84,10 @@ def test_rewrite_of_an_openai_body() -> None:
     openai_body = (
         b'{"error": {"message": "busy", "type": "rate_limit_error", "param": null, "code": null}}'
     )
-    rewritten = anthropic_error_body(openai_body, 429)
+    rewritten = anthropic_error_body(openai_body, 429, "req_1")
     assert rewritten is not None
-    assert anthropic_types.error(rewritten).error.type == "rate_limit_error"
-    assert anthropic_error_body(b"not json", 500) is None
-    assert anthropic_error_body(rewritten, 429) is None  # already Anthropic's
+    error = anthropic_types.error(rewritten)
+    assert error.error.type == "rate_limit_error"
+    assert json.loads(rewritten)["request_id"] == "req_1"
+    assert anthropic_error_body(b"not json", 500, "req_1") is None
+    assert anthropic_error_body(rewritten, 429, "req_1") is None  # already Anthropic's

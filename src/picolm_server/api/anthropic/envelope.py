@@ -1,11 +1,14 @@
 """The middleware that puts every error answer on the Messages routes in Anthropic's
-envelope (:mod:`.errors` says how). It is part of every app, so it imports nothing of the
-Messages API until it rewrites an answer: the API's models load with its first request
-(api/routers.py)."""
+envelope (:mod:`.errors` says how), with the request's id in it, and sends that id in
+Anthropic's ``request-id`` header too (its SDK reads ``APIError.request_id`` there). It is
+part of every app, so it imports nothing of the Messages API until it rewrites an answer:
+the API's models load with its first request (api/routers.py)."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ...request_log import request_id_of
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -29,10 +32,14 @@ class AnthropicErrorMiddleware:
             return
         held: Message | None = None
         chunks: list[bytes] = []
+        request_id = request_id_of(scope)
 
         async def rewrite(message: Message) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
+                if request_id is not None:
+                    id_header = (b"request-id", request_id.encode("ascii"))
+                    message = {**message, "headers": [*message.get("headers", []), id_header]}
                 if message["status"] >= 400 and _is_json(message):
                     held = message
                     return
@@ -44,7 +51,7 @@ class AnthropicErrorMiddleware:
                 # Imported here, with the first error answer on these paths (module doc).
                 from .errors import anthropic_error_body
 
-                new_body = anthropic_error_body(body, held["status"]) or body
+                new_body = anthropic_error_body(body, held["status"], request_id) or body
                 headers = [
                     (name, value) for name, value in held["headers"] if name != b"content-length"
                 ]

@@ -40,12 +40,14 @@ def error_type(status: int) -> ErrorType:
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
-def error_response(status: int, message: str) -> ErrorResponse:
-    return ErrorResponse(error=ErrorObject(type=error_type(status), message=message))
+def error_response(status: int, message: str, request_id: str | None = None) -> ErrorResponse:
+    return ErrorResponse(
+        error=ErrorObject(type=error_type(status), message=message), request_id=request_id
+    )
 
 
-def api_error_response(error: APIError) -> ErrorResponse:
-    return error_response(error.status_code, error.message)
+def api_error_response(error: APIError, request_id: str | None = None) -> ErrorResponse:
+    return error_response(error.status_code, error.message, request_id)
 
 
 # ---- request validation ------------------------------------------------------------------
@@ -106,7 +108,7 @@ def unsupported_block(path: str, block_type: str) -> InvalidRequestError:
 # ---- the envelope on every answer of these routes ------------------------------------------
 
 
-def anthropic_error_body(body: bytes, status: int) -> bytes | None:
+def anthropic_error_body(body: bytes, status: int, request_id: str | None) -> bytes | None:
     """The Anthropic body for an OpenAI error body, or None when it is not one."""
     try:
         document = json.loads(body)
@@ -117,4 +119,4 @@ def anthropic_error_body(body: bytes, status: int) -> bytes | None:
     if document.get("type") == "error":
         return None  # already Anthropic's
     message = document["error"].get("message")
-    return error_response(status, str(message)).model_dump_json().encode()
+    return error_response(status, str(message), request_id).model_dump_json().encode()

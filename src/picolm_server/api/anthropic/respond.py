@@ -25,7 +25,9 @@ def reply_message(reply: Reply, model: str) -> Message:
     )
 
 
-async def message_events(stream: EventStream, model: str) -> AsyncIterator[bytes]:
+async def message_events(
+    stream: EventStream, model: str, request_id: str | None = None
+) -> AsyncIterator[bytes]:
     """The SSE events of a started stream; closes it when done (or abandoned)."""
     writer = MessageStream(model)
     async with stream:
@@ -43,4 +45,4 @@ async def message_events(stream: EventStream, model: str) -> AsyncIterator[bytes
                     yield writer.finish(event.reason, event.stop_sequence, tokens)
         except APIError as exc:
             # The 200 and earlier events are already sent: report in-band, then end.
-            yield writer.error(api_error_response(exc))
+            yield writer.error(api_error_response(exc, request_id))

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...json_text import escape_line_separators
-from ...request_log import observer_of
+from ...request_log import observer_of, request_id_of
 from ...routes import core_of, parse_request, until_disconnected
 from ...routing import Routes
 from .convert import count_spec, generation_spec
@@ -43,7 +43,7 @@ async def create_message(request: Request) -> Response:
     if parsed.stream:
         stream = await until_disconnected(request, core.open(spec, observer))
         return StreamingResponse(
-            message_events(stream, core.model_id),
+            message_events(stream, core.model_id, request_id_of(request.scope)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

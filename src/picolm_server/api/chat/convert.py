@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from ...errors import InvalidRequestError
 from ...generation import (
     Conversation,
@@ -17,6 +14,7 @@ from ...generation import (
     Sampling,
     Turn,
 )
+from ...json_text import call_arguments
 from ...protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from ...tool_calls import OutputPlan, make_plan
 
@@ -112,21 +110,16 @@ def template_messages(messages: list[ChatMessage]) -> list[Turn]:
                     "type": "function",
                     "function": {
                         "name": call.function.name,
-                        "arguments": arguments_object(call.function.arguments),
+                        "arguments": call_arguments(
+                            call.function.arguments,
+                            f"messages[{index}].tool_calls[{call_index}].function.arguments",
+                        ),
                     },
                 }
-                for call in message.tool_calls
+                for call_index, call in enumerate(message.tool_calls)
             ]
         converted.append(entry)
     return converted
-
-
-def arguments_object(arguments: str) -> Any:
-    """A call's arguments as an object when they are JSON (templates expect one)."""
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
 
 
 def nul_location(request: ChatCompletionRequest) -> str:

@@ -28,6 +28,7 @@ from ...generation import (
     ToolChoiceMode,
     Turn,
 )
+from ...json_text import call_arguments
 from .types import (
     AllowedToolsChoice,
     ContentPart,
@@ -232,14 +233,6 @@ def output_as_items(response: ResponseObject) -> list[Item]:
 # ---- to a generation spec -------------------------------------------------------------
 
 
-def _arguments_object(arguments: str) -> Any:
-    """A call's arguments as an object when they are JSON (templates expect one)."""
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
-
-
 def conversation_turns(
     instructions: str | None, items: list[Item], item_params: list[str]
 ) -> tuple[list[Turn], list[str]]:
@@ -270,7 +263,7 @@ def conversation_turns(
                 "type": "function",
                 "function": {
                     "name": item["name"],
-                    "arguments": _arguments_object(item["arguments"]),
+                    "arguments": call_arguments(item["arguments"], f"{param}.arguments"),
                 },
             }
             last = turns[-1] if turns else None
@@ -372,7 +365,9 @@ def generation_spec(
     if not turns:
         raise InvalidRequestError("Missing required parameter: 'input'.", param="input")
     return GenerationSpec(
-        prompt=Conversation(tuple(turns), locate_nul=lambda: _nul_location(sources, turns)),
+        prompt=Conversation(
+            tuple(turns), locate_nul=lambda: _nul_location(sources, turns), param="input"
+        ),
         output=OutputRequest(
             tools=_function_tools(request),
             tool_choice=_tool_choice(request),

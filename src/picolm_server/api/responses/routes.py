@@ -65,7 +65,8 @@ async def delete_response(request: Request, response_id: str) -> Response:
 def _limit(value: str | None) -> int:
     if value is None:
         return 20
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²" and "١", which int() refuses or reads.
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIST_LIMIT:
         raise InvalidRequestError(
             f"Invalid value for 'limit': expected an integer from 1 to {MAX_LIST_LIMIT}.",
             param="limit",
