@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..chat_template import ChatTemplate
-from ..config import GenerationDefaults
+from ..config import GenerationDefaults, PromptSchemaSetting
 from ..drain import Drain
 from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities
 from ..errors import APIError, EmbeddingsUnsupportedError, EngineCannotError, ModelNotFoundError
@@ -59,6 +59,8 @@ class GenerationCore:
     defaults: GenerationDefaults
     scheduler: Scheduler
     drain: Drain = field(default_factory=Drain)
+    # Where a schema written in the prompt is taken as the reply's (structured_output).
+    prompt_schema: PromptSchemaSetting = "json_object"
 
     @property
     def model_id(self) -> str:
@@ -82,7 +84,9 @@ class GenerationCore:
         from .prepare import prepare
         from .run import Generation
 
-        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
+        if prepared.plan is not None and prepared.plan.schema_from_prompt:
+            observer.schema_from_prompt()
         return Generation(
             engine=self.engine,
             request=prepared.request,
@@ -179,7 +183,7 @@ class GenerationCore:
         from .prepare import prepare
 
         self._require_tokenizer()
-        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
         return await asyncio.to_thread(self.engine.count_prompt_tokens, prepared.request)
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
