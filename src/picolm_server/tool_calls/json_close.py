@@ -44,6 +44,7 @@ class JSONCloser:
 
     def __init__(self) -> None:
         self.text = ""
+        self._length = 0  # of the text scanned (it is appended once per piece)
         self._stack: list[_Container] = []
         self._expect: Expect = "value"
         self._in_string = False
@@ -61,10 +62,14 @@ class JSONCloser:
         return self.ended or self.repeated
 
     def feed(self, text: str) -> str:
+        taken = 0
         for char in text:
             if self.done:
                 break
+            self._length += 1
+            taken += 1
             self._char(char)
+        self.text += text[:taken]
         released = self.text[self._sent : self._safe]
         self._sent = self._safe
         return released
@@ -75,6 +80,8 @@ class JSONCloser:
         if self.ended:
             return self.text[: self._safe]
         head = self.text[: self._safe]
+        if not head:
+            return "{}"  # nothing written yet: the shortest object
         scanner = JSONCloser()
         scanner.feed(head)
         return head + scanner._completion()
@@ -82,14 +89,13 @@ class JSONCloser:
     # -- scanning ------------------------------------------------------------------------
 
     def _char(self, char: str) -> None:
-        self.text += char
         if self._in_string:
             self._string_char(char)
             return
         if self._word:
             if char.isalnum() or char in "+-.":
                 self._word += char
-                self._safe = len(self.text)
+                self._safe = self._length
                 return
             self._word = ""
             self._value_done()
@@ -103,7 +109,7 @@ class JSONCloser:
             self._is_key = self._expect == "key"
             self._string = ""
             if not self._is_key:
-                self._safe = len(self.text)
+                self._safe = self._length
             return  # a key is held until it is complete
         if char == ":":
             self._expect = "value"
@@ -115,7 +121,7 @@ class JSONCloser:
             self._value_done()
         else:  # a number or a literal
             self._word = char
-        self._safe = len(self.text)
+        self._safe = self._length
 
     def _string_char(self, char: str) -> None:
         if self._escape:
@@ -135,12 +141,12 @@ class JSONCloser:
                 self._expect = "colon"
             else:
                 self._value_done()
-            self._safe = len(self.text)
+            self._safe = self._length
             return
         if self._is_key:
             self._string += char
         elif not self._escape:  # an escape sequence is sent whole
-            self._safe = len(self.text)
+            self._safe = self._length
 
     def _value_done(self) -> None:
         self._expect = "after"

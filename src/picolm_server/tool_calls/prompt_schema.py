@@ -40,10 +40,11 @@ from ..config import PromptSchemaSetting
 from ..errors import InvalidRequestError
 from .schemas import check_client_schema
 
-# The most prompt text looked at, and the most JSON texts tried that turn out not to be
-# JSON: a prompt full of braces costs a bounded amount of work.
+# The most prompt text looked at, and the most characters the JSON decoder may read in
+# all while trying each brace: a prompt full of braces that never close (each try reading
+# to its end) costs a bounded amount of work.
 MAX_SCANNED_CHARS = 200_000
-MAX_FAILED_DECODES = 200
+MAX_DECODED_CHARS = 1_000_000
 
 # A JSON object's start: a brace and (after whitespace) a key's quote or the closing brace.
 _OBJECT_START = re.compile(r'\{\s*["}]')
@@ -82,18 +83,22 @@ def is_object_schema(value: Any) -> bool:
 def _objects(text: str) -> Iterable[Any]:
     """Every top-level JSON object in ``text`` (one inside another is part of it)."""
     decoder = json.JSONDecoder()
-    failures = 0
+    decoded = 0
     position = 0
-    while failures < MAX_FAILED_DECODES:
+    while decoded < MAX_DECODED_CHARS:
         match = _OBJECT_START.search(text, position)
         if match is None:
             return
+        start = match.start()
         try:
-            value, end = decoder.raw_decode(text, match.start())
-        except ValueError:
-            failures += 1
-            position = match.start() + 1
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as error:
+            decoded += error.pos - start + 1
+            position = start + 1
             continue
+        except RecursionError:  # nesting deeper than the decoder goes
+            return
+        decoded += end - start
         yield value
         position = end
 
