@@ -45,6 +45,7 @@ import jsonschema
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.picolm_setup import PicoLMFiles
 from tests.support.server import RunningServer, run_server
+from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,7 +269,11 @@ def engine_config(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, An
     if binary == "stand-in":
         (workdir / "stand-in").mkdir(parents=True, exist_ok=True)
         files = PicoLMFiles.create(workdir / "stand-in")
-        binary, model = str(files.binary), str(files.model)
+        # The tiny model with a context that fits the longest prompts here.
+        model = str(
+            build_tiny_llama_gguf(workdir / "stand-in" / "tiny-4k.gguf", context_length=4096)
+        )
+        binary = str(files.binary)
     section = {"binary": binary, "model_path": model, "model_id": "picolm-bench", "threads": 2}
     return {"engine": "picolm", "picolm": section}, "picolm-bench"
 

@@ -164,23 +164,24 @@ def test_off_turns_it_off(llama_off: RunningServer) -> None:
     assert "schema=" not in logged(llama_off, response)
 
 
-# Requests SmolLM2 ran away on before json_object replies were made to end (bench/json_replies.py).
-RUNAWAY_PROMPTS = [
-    "Count the colors red, blue and green in this list: red, blue, red, green, blue, red. "
-    "Answer in JSON.",
-    "Return a JSON object that maps the numbers one to five to their squares.",
-    "Give me a recipe for pancakes as JSON with ingredients and steps.",
+# Requests (prompt and seed, the server's default sampling) that SmolLM2 ran away on until
+# max_tokens before json_object replies were made to end (bench/json_replies.py, seeds
+# 4, 15 and 17 there).
+RUNAWAY_REQUESTS = [
+    ("List three fruits and their colours as a JSON object.", 4),
+    ("Give me a recipe for pancakes as JSON with ingredients and steps.", 15),
+    ("Classify the sentiment of 'This movie was terrible' as JSON.", 17),
 ]
 
 
 @requires_llama
 @pytest.mark.llama
-@pytest.mark.parametrize("prompt", RUNAWAY_PROMPTS)
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("prompt", "seed"), RUNAWAY_REQUESTS)
 def test_json_object_replies_end_complete_and_valid(
     llama_server: RunningServer, prompt: str, seed: int
 ) -> None:
-    # The server's default sampling and max_tokens, as a client of JSON mode sends it.
+    # The server's default temperature, top_p and max_tokens, as a client of JSON mode
+    # sends it.
     response = chat(
         llama_server,
         LLAMA_MODEL,
@@ -276,3 +277,23 @@ def test_picolm_off_turns_it_off(pico_off: PicoLMServer) -> None:
     assert response.json()["choices"][0]["message"]["content"] == reply
     assert HEADER not in response.headers
     assert "schema=" not in logged(pico_off.server, response)
+
+
+def test_picolm_responses_api_takes_the_schema_from_the_instructions(pico: PicoLMServer) -> None:
+    # The same rule on every API that can ask for json_object (here text.format).
+    response = httpx.post(
+        f"{pico.server.openai_base_url}/responses",
+        json={
+            "model": PICOLM_MODEL,
+            "instructions": pydantic_ai_instructions(CITY),
+            "input": TEXT + ' [[reply:{"town": "Paris"}]]',
+            "text": {"format": {"type": "json_object"}},
+            "temperature": 0,
+            "store": False,
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers[HEADER] == "prompt"
+    text = response.json()["output"][0]["content"][0]["text"]
+    jsonschema.validate(json.loads(text), CITY)
