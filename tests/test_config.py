@@ -136,3 +136,20 @@ def test_browser_and_metrics_keys(tmp_path: Path) -> None:
     assert load_settings(overrides={"server": {"cors_origins": ["*"]}}).server.cors_origins == ["*"]
     with pytest.raises(ConfigError, match=r"server\.sse_ping_seconds"):
         load_settings(overrides={"server": {"sse_ping_seconds": -1}})
+
+
+def test_prompt_schema_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().structured_output.prompt_schema == "json_object"
+    path = write(tmp_path, {"structured_output": {"prompt_schema": "any"}})
+    assert load_settings(path).structured_output.prompt_schema == "any"
+    monkeypatch.setenv("PICOLM_STRUCTURED_OUTPUT__PROMPT_SCHEMA", "off")
+    assert load_settings(path).structured_output.prompt_schema == "off"
+    monkeypatch.setenv("PICOLM_STRUCTURED_OUTPUT__PROMPT_SCHEMA", "sometimes")
+    with pytest.raises(ConfigError, match=r"structured_output\.prompt_schema"):
+        load_settings(path)
+
+
+def test_the_example_file_is_the_defaults() -> None:
+    # config.example.yaml lists every key with its default.
+    example = Path(__file__).resolve().parents[1] / "config.example.yaml"
+    assert load_settings(example) == load_settings()

@@ -363,10 +363,11 @@ def test_invalid_schemas_are_400s_naming_the_param(client: openai.OpenAI) -> Non
 def test_a_schema_the_grammar_cannot_enforce_never_yields_an_invalid_call(
     llama_server: Any,
 ) -> None:
-    # The grammar cannot express "minimum"; the server's validation must catch it.
+    # The grammar cannot express "multipleOf" (it holds numbers to their bounds, not to
+    # this); the server's validation must catch it.
     params = {
         "type": "object",
-        "properties": {"n": {"type": "integer", "minimum": 1000000000}},
+        "properties": {"n": {"type": "integer", "multipleOf": 1000003}},
         "required": ["n"],
     }
     body = {
@@ -387,7 +388,7 @@ def test_a_schema_the_grammar_cannot_enforce_never_yields_an_invalid_call(
         assert response.status_code == 500
         error = response.json()["error"]
         assert error["code"] == "invalid_model_output"
-        assert "minimum" in error["message"]
+        assert "multiple" in error["message"]
         assert response.headers["x-should-retry"] == "false"  # greedy: a retry repeats it
 
 

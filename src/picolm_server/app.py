@@ -42,7 +42,7 @@ from .http_manners import (
 from .limits import BodyDeadlineMiddleware
 from .metrics import ServerMetrics
 from .metrics import router as metrics_router
-from .request_log import REQUEST_ID_HEADER, RequestLogMiddleware
+from .request_log import REQUEST_ID_HEADER, SCHEMA_SOURCE_HEADER, RequestLogMiddleware
 from .routes import ClientDisconnected, router
 from .ui import CHAT_PAGE_PATH
 from .ui import router as ui_router
@@ -216,6 +216,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=[
                 REQUEST_ID_HEADER.decode(),
+                SCHEMA_SOURCE_HEADER.decode(),
                 SESSION_HEADER,
                 "Retry-After",
                 "x-should-retry",

@@ -282,4 +282,5 @@ def build_service(settings: Settings) -> GenerationCore:
         scheduler=Scheduler(
             settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
         ),
+        prompt_schema=settings.structured_output.prompt_schema,
     )

@@ -170,6 +170,19 @@ class ResponsesSection:
     store_max_bytes: ByteSize = setting(64 * MIB, ge=4096)
 
 
+# Where a JSON Schema written in the prompt becomes the reply's schema: "json_object"
+# (when the request asks for a JSON object), "any" (also when the prompt asks for a
+# ```json fenced block), or "off".
+PromptSchemaSetting = Literal["json_object", "any", "off"]
+
+
+@dataclass(frozen=True)
+class StructuredOutputSection:
+    """JSON replies (tool_calls/prompt_schema.py)."""
+
+    prompt_schema: PromptSchemaSetting = "json_object"
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     level: LogLevel = "info"
@@ -191,6 +204,7 @@ class Settings:
     llama_cpp: LlamaCppSection = field(default_factory=LlamaCppSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     responses: ResponsesSection = field(default_factory=ResponsesSection)
+    structured_output: StructuredOutputSection = field(default_factory=StructuredOutputSection)
 
     def resolved_engine(self) -> Literal["picolm", "llama_cpp"]:
         """``auto`` means PicoLM when its binary and model are configured, else llama.cpp."""

@@ -20,6 +20,9 @@ class GenerationObserver(Protocol):
     def request_parsed(self, model: str) -> None:
         """The model the request asked for (before it is checked)."""
 
+    def schema_from_prompt(self) -> None:
+        """The reply is held to a JSON Schema found in the prompt (not sent as one)."""
+
     def prompt_accepted(self, prompt_tokens: int, cached_tokens: int) -> None:
         """The engine took the prompt: its size and how much came from saved state."""
 
@@ -37,6 +40,9 @@ class NoObserver:
     """Nobody is watching: every hook does nothing."""
 
     def request_parsed(self, model: str) -> None:
+        pass
+
+    def schema_from_prompt(self) -> None:
         pass
 
     def prompt_accepted(self, prompt_tokens: int, cached_tokens: int) -> None:
@@ -74,11 +80,16 @@ class RequestRecord:
     duration_seconds: float | None = None
     disconnected: bool = False
     engine_error: EngineFailure | None = None
+    # Where the reply's JSON Schema came from, when not from the request's parameters.
+    schema_source: Literal["prompt"] | None = None
 
     # ---- GenerationObserver ----
 
     def request_parsed(self, model: str) -> None:
         self.model = model
+
+    def schema_from_prompt(self) -> None:
+        self.schema_source = "prompt"
 
     def prompt_accepted(self, prompt_tokens: int, cached_tokens: int) -> None:
         self.prompt_tokens = prompt_tokens

@@ -2,7 +2,8 @@
 
 Each request gets a :class:`~.observation.RequestRecord`: the id the client sent in
 ``X-Request-ID`` when it is sane (short, plain characters), a new one otherwise, and it
-goes back in the response's ``X-Request-ID``. The chat route hands the record to the
+goes back in the response's ``X-Request-ID`` (and a reply held to a schema found in the
+prompt says so in ``x-picolm-schema-source: prompt``). The chat route hands the record to the
 serving layer as its :class:`~.observation.GenerationObserver`, which fills in the model,
 the token counts and the time to first token. When the response is complete, the record
 is counted in the metrics and written as one log line (``logging.log_requests``).
@@ -25,6 +26,9 @@ from .observation import NO_OBSERVER, GenerationObserver, RequestRecord
 access_logger = logging.getLogger("picolm_server.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Says where the reply's JSON Schema came from when the request did not send it
+# ("prompt": found in its messages, see tool_calls/prompt_schema.py).
+SCHEMA_SOURCE_HEADER = b"x-picolm-schema-source"
 # An id the client sends is kept when it could not upset a log reader or a header: at
 # most 128 of these characters (UUIDs, hex, base64 and most tracing ids fit).
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}")
@@ -79,6 +83,7 @@ def log_fields(record: RequestRecord) -> dict[str, Any]:
         "duration_ms": ms(record.duration_seconds),
         "disconnected": record.disconnected,
         "engine_error": record.engine_error,
+        "schema_source": record.schema_source,
     }
 
 
@@ -94,6 +99,8 @@ def _log(record: RequestRecord) -> None:
         )
     if record.ttft_seconds is not None:
         text += f" ttft={record.ttft_seconds:.3f}s"
+    if record.schema_source is not None:
+        text += f" schema={record.schema_source}"
     if record.engine_error is not None:
         text += f" engine_{record.engine_error}"
     if record.disconnected:
@@ -148,7 +155,10 @@ class RequestLogMiddleware:
                     for name, value in message.get("headers", [])
                     if name.lower() != REQUEST_ID_HEADER
                 ]
-                message = {**message, "headers": [*headers, id_header]}
+                headers.append(id_header)
+                if record.schema_source is not None:
+                    headers.append((SCHEMA_SOURCE_HEADER, record.schema_source.encode("ascii")))
+                message = {**message, "headers": headers}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 # Counted before the last bytes go out: a client that reads /metrics as
                 # soon as it has this response must find it counted.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from ..chat_template import ChatTemplate
-from ..config import GenerationDefaults
+from ..config import GenerationDefaults, PromptSchemaSetting
 from ..drain import Drain
 from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities, TokenLimitExceeded
 from ..errors import (
@@ -84,6 +84,8 @@ class GenerationCore:
     tokenizer_work: Scheduler = field(
         default_factory=lambda: Scheduler(1, TOKENIZER_QUEUE, what="tokenizer job")
     )
+    # Where a schema written in the prompt is taken as the reply's (structured_output).
+    prompt_schema: PromptSchemaSetting = "json_object"
 
     @property
     def model_id(self) -> str:
@@ -107,7 +109,9 @@ class GenerationCore:
         from .prepare import prepare
         from .run import Generation
 
-        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
+        if prepared.plan is not None and prepared.plan.schema_from_prompt:
+            observer.schema_from_prompt()
         return Generation(
             engine=self.engine,
             request=prepared.request,
@@ -246,7 +250,7 @@ class GenerationCore:
         from .prepare import prepare
 
         self._require_tokenizer()
-        prepared = prepare(spec, self.engine, self.template, self.defaults)
+        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
         return await self.tokenizer_job(lambda: self.engine.count_prompt_tokens(prepared.request))
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:

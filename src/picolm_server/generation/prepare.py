@@ -12,11 +12,20 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..chat_template import ChatTemplate
-from ..config import GenerationDefaults
+from ..config import GenerationDefaults, PromptSchemaSetting
 from ..engines.base import Engine, EngineAbilities, GenerationRequest, OutputConstraint
 from ..errors import EngineCannotError, InvalidRequestError
 from ..prompt_tokens import PromptPiece, SplitPrompt
-from ..tool_calls import OutputPlan, build_grammar, is_hermes_template, make_plan, prompt_messages
+from ..tool_calls import (
+    JSONOutput,
+    OutputPlan,
+    OutputRequest,
+    build_grammar,
+    is_hermes_template,
+    make_plan,
+    prompt_messages,
+)
+from ..tool_calls.prompt_schema import find_prompt_schema
 from ..tool_calls.reply_schema import reply_schema
 from .spec import Conversation, GenerationSpec, RawPrompt
 
@@ -174,15 +183,40 @@ def raw_text(raw: RawPrompt, plan: OutputPlan | None) -> PromptText:
     return PromptText(raw.text, raw.split or raw_split(raw.text, raw.parse_special))
 
 
+def with_prompt_schema(
+    output: OutputRequest, conversation: Conversation | None, setting: PromptSchemaSetting
+) -> OutputRequest:
+    """The request's output with the schema its prompt holds as the reply's, where that
+    applies (:mod:`~picolm_server.tool_calls.prompt_schema`): no tools, and JSON asked
+    for without a schema (or, with ``any``, a fenced JSON block asked for in words)."""
+    json_output = output.json_output
+    if conversation is None or output.tools or (json_output and json_output.schema is not None):
+        return output
+    found = find_prompt_schema(
+        conversation.messages, asked_for_json=json_output is not None, setting=setting
+    )
+    if found is None:
+        return output
+    return replace(
+        output,
+        json_output=JSONOutput(found.schema, "messages", from_prompt=True, fenced=found.fenced),
+    )
+
+
 def prepare(
-    spec: GenerationSpec, engine: Engine, template: ChatTemplate, defaults: GenerationDefaults
+    spec: GenerationSpec,
+    engine: Engine,
+    template: ChatTemplate,
+    defaults: GenerationDefaults,
+    prompt_schema: PromptSchemaSetting = "json_object",
 ) -> Prepared:
-    """Validate and convert; raises 4xx errors before any engine work."""
+    """Validate and convert; raises 4xx errors before any engine work. ``prompt_schema``:
+    where a schema written in the prompt is taken as the reply's."""
     abilities = engine.abilities
     conversation = spec.prompt if isinstance(spec.prompt, Conversation) else None
     hermes = conversation is not None and is_hermes_template(template.source)
     plan = make_plan(
-        spec.output,
+        with_prompt_schema(spec.output, conversation, prompt_schema),
         hermes_template=hermes,
         grammar_engine=abilities.grammar,
         max_tokens=max_tokens(spec, defaults),

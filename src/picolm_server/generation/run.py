@@ -25,6 +25,7 @@ from ..tool_calls import (
     ReplyEvent,
     argument_fragments,
 )
+from ..tool_calls.prompt_schema import FENCE_CLOSE, FENCE_OPEN
 from .echo import WrapperEcho
 from .events import (
     Finish,
@@ -85,6 +86,7 @@ class Generation:
         self._scanner = StopScanner(self.stops)
         self._echo = WrapperEcho() if self.drop_result_echo else None
         self._at_start = True
+        self._at_fence_start = True
 
     @property
     def _events(self) -> AsyncGenerator[EngineEvent, None]:
@@ -195,6 +197,10 @@ class Generation:
             if self.request.temperature == 0 or not exc.retryable:
                 exc.headers = {**exc.headers, "x-should-retry": "false"}
             raise
+        if decoder.closed_by_rule:
+            # A json_object reply ended by the rules that keep it valid (json_close).
+            self.outcome.finish_reason = "stop"
+            self.outcome.stop_sequence = None
         if decoder.calls:
             # Complete, valid calls: a call the model was still writing when max_tokens
             # ran out is dropped (never sent), and the reply is the calls made.
@@ -208,8 +214,13 @@ class Generation:
                 yield TextDelta(piece)
         else:
             index = 0
+            fenced = self.plan.fenced
             async for reply in self.replies():
                 if isinstance(reply, ContentPiece):
+                    if fenced and self._at_fence_start:
+                        # The client asked for a ```json block: the JSON is written in one.
+                        self._at_fence_start = False
+                        yield TextDelta(FENCE_OPEN)
                     yield TextDelta(reply.text)
                     continue
                 yield ToolCallStart(index, reply.id, reply.name)
@@ -217,6 +228,8 @@ class Generation:
                     yield ToolCallArguments(index, fragment)
                 yield ToolCallDone(index, reply.id, reply.name, reply.arguments)
                 index += 1
+            if fenced and not self._at_fence_start:
+                yield TextDelta(FENCE_CLOSE)
         outcome = self.outcome
         yield Finish(outcome.finish_reason, outcome.usage(), outcome.stop_sequence)
 

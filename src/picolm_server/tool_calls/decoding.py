@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .json_close import JSONCloser
 from .json_stream import JSONPieces
 from .plan import CALL_CLOSE, CALL_OPEN, InvalidModelOutputError, OutputPlan, ToolSpec
 from .schemas import validator
@@ -97,9 +98,13 @@ class ReplyDecoder:
         elif plan.mode == "json":
             self._state = "json"
         self._marker = CALL_OPEN if plan.call_format == "hermes" else "{"
-        # A JSON reply's text released so far (see json_stream).
+        # A JSON reply's text released so far (see json_stream); a json_object reply
+        # under a grammar is released by the rules that always end it (json_close).
         self._json = JSONPieces()
         self._json_sent = ""
+        self._closer = JSONCloser() if plan.free_json_object and plan.grammar_engine else None
+        # The reply was ended or completed by those rules (it ends with "stop").
+        self.closed_by_rule = False
 
     # -- feeding --
 
@@ -130,7 +135,11 @@ class ReplyDecoder:
         return []
 
     def _json_pieces(self, text: str) -> list[ReplyEvent]:
-        released = self._json.feed(text)
+        if self._closer is not None:
+            released = self._closer.feed(text)
+            self.done = self._closer.repeated
+        else:
+            released = self._json.feed(text)
         if not released:
             return []
         self._json_sent += released
@@ -224,6 +233,10 @@ class ReplyDecoder:
 
     def _finish_json(self, truncated: bool) -> list[ReplyEvent]:
         text, self._buffer = self._buffer.strip(), ""
+        if self._closer is not None and (truncated or self.done):
+            text = self._closer.closed()
+            truncated = False
+            self.closed_by_rule = True
         # What was streamed is a prefix of the stripped reply: the rest is still to send.
         unsent = text[len(self._json_sent) :]
         schema = self.plan.response_schema or {"type": "object"}

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
+from .number_grammar import bounded_number_rule
 from .plan import CALL_CLOSE, CALL_OPEN, DEFAULT_CAPS, Caps, OutputPlan, compact_json
 
 # JSON strings may not hold raw control characters; llama-cpp-python's converter allows them.
@@ -64,10 +65,9 @@ def _converted(
     """:func:`schema_rules` of a schema's JSON text, kept: the conversion runs in Python
     on the event loop (0.3 ms for three fields, 20 ms for a schema with a large grammar),
     and its result depends on nothing else. (GrammarUnsupported is not kept.)"""
-    from llama_cpp import llama_grammar
-
-    converter_class: Any = llama_grammar.SchemaConverter  # untyped library code
-    converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter = _bounded_converter()(
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
     try:
         resolved = converter.resolve_refs(grammar_schema(json.loads(schema_text)), "input")
         converter.visit(resolved, "")
@@ -89,6 +89,25 @@ def _converted(
         return "".join(out)
 
     return f"{prefix}root", tuple((f"{prefix}{name}", rename(body)) for name, body in rules.items())
+
+
+@cache
+def _bounded_converter() -> Any:
+    """llama-cpp-python's schema converter, with numbers held to their bounds
+    (:mod:`.number_grammar`), which it leaves out."""
+    from llama_cpp import llama_grammar
+
+    base: Any = llama_grammar.SchemaConverter  # untyped library code
+
+    class BoundedNumbers(base):  # type: ignore[misc]
+        def visit(self, schema: dict[str, Any], name: str) -> str:
+            body = bounded_number_rule(schema) if isinstance(schema, dict) else None
+            if body is None:
+                return str(super().visit(schema, name))
+            rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+            return str(self._add_rule(rule_name, body + " space"))
+
+    return BoundedNumbers
 
 
 def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:

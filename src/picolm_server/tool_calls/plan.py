@@ -16,6 +16,8 @@ Mode = Literal["auto", "required", "named", "json"]
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# The schema of a json_object reply: any JSON object.
+FREE_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 class InvalidModelOutputError(APIError):
@@ -82,13 +84,14 @@ DEFAULT_CAPS = Caps()
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """How one request's reply is constrained and read.
+    r"""How one request's reply is constrained and read.
 
     ``mode``: ``auto`` (text or calls), ``required`` (one or more calls), ``named`` (one
     call to ``tools[0]``), ``json`` (a JSON reply, no tools). ``prompt_tools`` are the
     tools described to the model, ``tools`` the ones it may call. ``response_schema`` is
     the schema of a JSON text reply (``{"type": "object"}`` for json_object), or None
-    for free text.
+    for free text. ``schema_from_prompt``: that schema was found in the prompt
+    (:mod:`.prompt_schema`); ``fenced``: the reply is written as a \`\`\`json block.
     """
 
     mode: Mode
@@ -99,6 +102,14 @@ class OutputPlan:
     response_schema: dict[str, Any] | None = None
     grammar_engine: bool = True
     caps: Caps = DEFAULT_CAPS
+    schema_from_prompt: bool = False
+    fenced: bool = False
+
+    @property
+    def free_json_object(self) -> bool:
+        """A JSON reply of any object (``json_object``): nothing but the server's rules
+        keeps it from running on (see :mod:`.json_close`)."""
+        return self.mode == "json" and self.response_schema == FREE_OBJECT
 
     @property
     def arguments_only(self) -> bool:
@@ -141,11 +152,14 @@ ToolChoiceMode = Literal["none", "auto", "required"]
 
 @dataclass(frozen=True)
 class JSONOutput:
-    """A reply that must be JSON: ``schema`` (None: any JSON object), and where the
-    request holds it (errors name it)."""
+    r"""A reply that must be JSON: ``schema`` (None: any JSON object), and where the
+    request holds it (errors name it). ``from_prompt``: the schema was found in the
+    prompt; ``fenced``: the reply is written as a \`\`\`json fenced block."""
 
     schema: dict[str, Any] | None = None
     param: str = "response_format.json_schema.schema"
+    from_prompt: bool = False
+    fenced: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,7 +214,7 @@ def _response_schema(request: OutputRequest, size: _RequestSize) -> dict[str, An
     if output is None:
         return None
     if output.schema is None:
-        return {"type": "object"}
+        return FREE_OBJECT
     size.add(check_client_schema(output.schema, output.param), output.param)
     return output.schema
 
@@ -237,7 +251,15 @@ def make_plan(
         # text; earlier calls in the conversation are still rendered.
         if response_schema is None:
             return None
-        return OutputPlan("json", response_schema=response_schema, **common)  # type: ignore[arg-type]
+        output = request.json_output
+        assert output is not None
+        return OutputPlan(
+            "json",
+            response_schema=response_schema,
+            schema_from_prompt=output.from_prompt,
+            fenced=output.fenced,
+            **common,  # type: ignore[arg-type]
+        )
     if isinstance(choice, NamedTool) or (
         choice == "required" and len(specs) == 1 and not grammar_engine
     ):

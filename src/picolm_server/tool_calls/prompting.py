@@ -21,6 +21,9 @@ def tool_section(plan: OutputPlan) -> str:
     """The system-prompt text that describes the tools and the exact output format."""
     lines: list[str] = []
     if plan.mode == "json":
+        if plan.schema_from_prompt and not plan.grammar_engine:
+            # The schema is in the prompt already, and the JSON writer holds the reply to it.
+            return response_format_section(None)
         return response_format_section(plan.response_schema, outline=plan.grammar_engine)
     tools = plan.prompt_tools
     if plan.mode == "named" and plan.grammar_engine:
