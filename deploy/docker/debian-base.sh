@@ -23,10 +23,15 @@ case "$arch" in
     i386) platform=linux/386 ;;
     *) platform=linux/$arch ;;
 esac
+# PyYAML publishes no wheel for 32-bit ARM: there the image's venv uses Debian's
+# (python3-yaml, seen through --system-site-packages; see the Dockerfile's VENV_OPTIONS).
+case "$arch" in
+    armhf | armel) packages=python3,python3-venv,ca-certificates,python3-yaml ;;
+    *) packages=python3,python3-venv,ca-certificates ;;
+esac
 root="$(mktemp -d)"
 trap 'umount "$root/proc" 2>/dev/null || true; rm -rf --one-file-system "$root"' EXIT
-debootstrap --arch="$arch" --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$root"
+debootstrap --arch="$arch" --variant=minbase --include="$packages" bookworm "$root"
 
 import() {
     # Package lists, cached packages and documentation: not needed to run anything.
