@@ -95,21 +95,43 @@ docker-picolm: wheelhouse picolm-src
 docker-base:
 	BUILD_TAG=picolm-build:bookworm deploy/docker/debian-base.sh picolm-base:bookworm
 
-# Builds the image, runs it and sends it real requests (PICOLM_BINARY=/path/to/picolm to
-# try your own PicoLM build in it too).
-docker-test: docker
+# Builds the image (tests/support/image_build.py: the tiny test model built in through
+# MODEL_URL from a local nginx; PicoLM from PICOLM_SRC, else the stand-in), runs it and
+# sends it real requests (PICOLM_BINARY=/path/to/picolm to try your own build in it too).
+docker-test: wheelhouse
+	$(BIN)/python -m tests.support.image_build --tag $(IMAGE) --target full \
+		--base $(BASE_IMAGE) --build-image $(BUILD_IMAGE) --docker $(DOCKER) \
+		$(if $(PICOLM_SRC),--picolm-src $(PICOLM_SRC))
 	PICOLM_DOCKER_IMAGE=$(IMAGE) $(BIN)/python -m pytest tests/deploy/test_docker.py $(ARGS)
 
 # ---- ARM images, built and tested under emulation (docs/deploy.md) -----------------------
-# For each of ARM_ARCHES: a Debian base made with debootstrap (made when missing), a
-# wheelhouse of that architecture's wheels from PyPI (build/wheelhouse-ARCH), and the
-# PicoLM-only image with PicoLM compiled inside, run under qemu in --memory 512m. Needs
-# root, qemu-user-static and binfmt-support (.ci/docker-test-arm installs them). Without
-# PICOLM_SRC the image carries the stand-in (tests/support/picolm_standin.py) instead of
-# PicoLM, so that the rest is tested where PicoLM's source cannot be had.
+# For each of ARM_ARCHES (Debian's names): a base and a build image made with debootstrap
+# (when missing; picolm-base:bookworm-ARCH, picolm-build:bookworm-ARCH), a wheelhouse of
+# PyPI's wheels for that architecture (build/wheelhouse-ARCH; nothing is compiled but
+# PicoLM), and the PicoLM-only image with PicoLM compiled inside, run under qemu in
+# --memory 512m (tests/deploy/test_docker_picolm.py). Needs root, debootstrap,
+# qemu-user-static and binfmt-support: .ci/docker-test-arm installs them. Without
+# PICOLM_SRC the images carry the stand-in instead of PicoLM.
 ARM_ARCHES ?= arm64 armhf
 
 .PHONY: docker-test-arm
 
 docker-test-arm: install
-	$(BIN)/python -m tests.deploy.arm_images $(if $(PICOLM_SRC),--picolm-src $(PICOLM_SRC)) $(ARM_ARCHES)
+	set -e; for arch in $(ARM_ARCHES); do \
+		case $$arch in armhf) platform=arm; venv=--system-site-packages ;; *) platform=$$arch; venv= ;; esac; \
+		start=$$(date +%s); \
+		$(DOCKER) image inspect picolm-base:bookworm-$$arch >/dev/null 2>&1 \
+			&& $(DOCKER) image inspect picolm-build:bookworm-$$arch >/dev/null 2>&1 \
+			|| BUILD_TAG=picolm-build:bookworm-$$arch deploy/docker/debian-base.sh picolm-base:bookworm-$$arch $$arch; \
+		echo "$$arch: base images ready after $$(($$(date +%s) - start)) s"; \
+		$(BIN)/python deploy/docker/foreign_wheelhouse.py $$arch build/wheelhouse-$$arch 2>/dev/null; \
+		$(BIN)/python -m tests.support.image_build --tag picolm-server:picolm-$$arch --target picolm \
+			--base picolm-base:bookworm-$$arch --build-image picolm-build:bookworm-$$arch \
+			--wheelhouse build/wheelhouse-$$arch --venv-options "$$venv" --docker $(DOCKER) \
+			$(if $(PICOLM_SRC),--picolm-src $(PICOLM_SRC)); \
+		echo "$$arch: image size $$($(DOCKER) image inspect --format '{{.Size}}' picolm-server:picolm-$$arch) bytes"; \
+		tests=$$(date +%s); \
+		PICOLM_DOCKER_PICOLM_IMAGE=picolm-server:picolm-$$arch PICOLM_DOCKER_ARCH=$$platform \
+			$(BIN)/python -m pytest -s --durations=0 tests/deploy/test_docker_picolm.py $(ARGS); \
+		echo "$$arch: tests $$(($$(date +%s) - tests)) s; all $$(($$(date +%s) - start)) s"; \
+	done

@@ -33,6 +33,28 @@ root="$(mktemp -d)"
 trap 'umount "$root/proc" 2>/dev/null || true; rm -rf --one-file-system "$root"' EXIT
 debootstrap --arch="$arch" --variant=minbase --include="$packages" bookworm "$root"
 
+# docker import records this machine's architecture whatever --platform says (Docker
+# 20.10's daemon): write the image's own into its configuration, so that images built on
+# it carry it too (and a Raspberry Pi's Docker runs them without a platform warning).
+label() {
+    [ "$arch" = "$(dpkg --print-architecture)" ] && return 0
+    saved="$(mktemp -d)"
+    "$docker" save "$1" | tar -C "$saved" -x
+    python3 - "$saved" "$platform" <<'PYTHON'
+import json, pathlib, sys
+root, platform = pathlib.Path(sys.argv[1]), sys.argv[2].split("/")
+(manifest,) = json.loads((root / "manifest.json").read_text())
+config_path = root / manifest["Config"]
+config = json.loads(config_path.read_text())
+config["architecture"] = platform[1]
+if len(platform) > 2:
+    config["variant"] = platform[2]
+config_path.write_text(json.dumps(config))
+PYTHON
+    tar -C "$saved" -c . | "$docker" load >/dev/null
+    rm -rf "$saved"
+}
+
 import() {
     # Package lists, cached packages and documentation: not needed to run anything.
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
@@ -40,6 +62,7 @@ import() {
     tar -C "$root" -c . | "$docker" import --platform "$platform" \
         --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         --change "ENV LANG=C.UTF-8" - "$1"
+    label "$1"
     echo "built $1 ($platform)"
 }
 import "$tag"
