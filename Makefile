@@ -127,7 +127,7 @@ docker-test-arm: install
 		$(BIN)/python deploy/docker/foreign_wheelhouse.py $$arch build/wheelhouse-$$arch 2>/dev/null; \
 		$(BIN)/python -m tests.support.image_build --tag picolm-server:picolm-$$arch --target picolm \
 			--base picolm-base:bookworm-$$arch --build-image picolm-build:bookworm-$$arch \
-			--wheelhouse build/wheelhouse-$$arch --venv-options "$$venv" --docker $(DOCKER) \
+			--wheelhouse build/wheelhouse-$$arch --venv-options="$$venv" --docker $(DOCKER) \
 			$(if $(PICOLM_SRC),--picolm-src $(PICOLM_SRC)); \
 		echo "$$arch: image size $$($(DOCKER) image inspect --format '{{.Size}}' picolm-server:picolm-$$arch) bytes"; \
 		tests=$$(date +%s); \
