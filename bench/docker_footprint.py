@@ -1,11 +1,15 @@
 """The container image's footprint: its size, and the memory of a running container
 when idle, before and after its first completion (a measurement, not a test).
 
-    python bench/docker_footprint.py [IMAGE]      (default picolm-server:latest)
+    python bench/docker_footprint.py [IMAGE [DOCKER-RUN-OPTIONS...]]
+        (default picolm-server:latest; e.g. --tmpfs /models to start the full image
+        with no model, so that it serves the embedded one)
 
 Runs the image on the host network on a free loopback port (as tests/deploy/test_docker.py
 does), reads the container's memory from its cgroup through ``docker stats`` (usage less
-page cache), and removes the container.
+page cache), and removes the container. The completion asks for the model the server
+lists first. Start to healthy: until the image's own health check first passes (asked
+every second here).
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ def memory_mib(name: str) -> float:
 
 def main() -> None:
     image = sys.argv[1] if len(sys.argv) > 1 else "picolm-server:latest"
+    options = sys.argv[2:]
     size = int(docker("image", "inspect", "--format", "{{.Size}}", image))
     port = free_port()
     name = f"picolm-footprint-{uuid.uuid4().hex[:8]}"
     docker(
         "run", "--detach", "--name", name, "--network", "host", "--init",
         "--env", "PICOLM_SERVER__HOST=127.0.0.1", "--env", f"PICOLM_SERVER__PORT={port}",
-        image,
+        "--health-interval", "1s", *options, image,
     )  # fmt: skip
     try:
         started = time.monotonic()
@@ -55,12 +60,16 @@ def main() -> None:
             except httpx.TransportError:
                 time.sleep(0.2)
         ready = time.monotonic() - started
+        while docker("inspect", "--format", "{{.State.Health.Status}}", name).strip() != "healthy":
+            time.sleep(0.1)
+        healthy = time.monotonic() - started
         time.sleep(5)
         idle = memory_mib(name)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=60).json()["data"]
         reply = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={
-                "model": "SmolLM2-135M-Instruct",
+                "model": models[0]["id"],
                 "temperature": 0,
                 "max_tokens": 32,
                 "messages": [{"role": "user", "content": "Say hello."}],
@@ -77,7 +86,9 @@ def main() -> None:
             {
                 "image": image,
                 "image_size_mb": round(size / 1e6, 1),
+                "model": models[0]["id"],
                 "start_to_health_s": round(ready, 1),
+                "start_to_healthy_s": round(healthy, 1),
                 "idle_memory_mib": round(idle, 1),
                 "idle_memory_after_one_completion_mib": round(after, 1),
             },

@@ -50,6 +50,10 @@ NOT_AT_START = (
     "pydantic",
     "pydantic_core",
     "picolm_server.model_list",  # GET /v1/models
+    # `picolm-server pull` only (models/download.py): the HTTP client and the progress bar.
+    "httpx",
+    "tqdm",
+    "picolm_server.models.download",
     # The request path: request checks, tool calls, the rules applied to the output
     # (generation/core.py imports them with the first generation).
     "picolm_server.tool_calls",

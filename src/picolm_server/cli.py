@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="picolm-server",
         description="OpenAI-compatible HTTP API for local LLM inference (PicoLM or llama.cpp).",
+        epilog="picolm-server pull URL [--models-dir DIR] [--name ID] [--sha256 HEX] "
+        "downloads a GGUF model (picolm-server pull --help).",
     )
 
     def flag(name: str, **kwargs: Any) -> None:
@@ -92,8 +94,13 @@ def load_from_args(argv: list[str] | None = None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["pull"]:
+        from .models.pull import main as pull  # the download code loads only for pulls
+
+        return pull(args[1:])
     try:
-        settings = load_from_args(argv)
+        settings = load_from_args(args)
         configure_logging(settings.logging)
         service = build_service(settings)
     except ConfigError as exc:

@@ -40,29 +40,36 @@ def bind_sources(service: dict[str, Any], base: Path) -> list[Path]:
     return sources
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "picolm.yaml"])
+@pytest.mark.parametrize("name", ["embedded.yaml", "picolm.yaml"])
 def test_container_configurations_are_valid(name: str) -> None:
     settings = load_settings(REPO / "deploy" / "docker" / name)
     assert settings.server.port == 8080 and settings.server.host == "0.0.0.0"
     if name == "picolm.yaml":
+        # The original server's layout: its binary, its model, a time limit, logging.
+        data = load(REPO / "deploy" / "docker" / name)
+        assert set(data) >= {"picolm", "logging"}
+        assert {"binary", "model_path", "timeout_seconds"} <= set(data["picolm"])
         assert settings.engine == "picolm"
-        assert settings.picolm.binary == "/opt/picolm/picolm"
+        assert settings.picolm.binary == "/usr/local/bin/picolm"
         assert settings.picolm.model_path == "/models/model.gguf"
         assert settings.picolm.cache_dir == "/var/cache/picolm-server"
+    else:
+        assert settings.engine == "llama_cpp" and settings.llama_cpp.model_path == ""
 
 
-def test_compose_serves_the_embedded_model_by_default_and_picolm_on_request() -> None:
+def test_compose_builds_with_a_model_url_and_mounts_models_on_request() -> None:
     services = load(REPO / "compose.yaml")["services"]
-    default, picolm = services["picolm-server"], services["picolm"]
-    assert "profiles" not in default and picolm["profiles"] == ["picolm"]
-    assert default["build"] == "."
-    for service in (default, picolm):
+    default, models = services["picolm-server"], services["models"]
+    assert "profiles" not in default and models["profiles"] == ["models"]
+    assert default["build"]["context"] == "."
+    assert set(default["build"]["args"]) == {"MODEL_URL", "MODEL_NAME", "MODEL_SHA256"}
+    for service in (default, models):
         assert service["image"] == "picolm-server:latest"
-        assert service["environment"]["PICOLM_CONFIG"] == "/etc/picolm-server/config.yaml"
-        assert any(v.endswith(":/etc/picolm-server/config.yaml:ro") for v in service["volumes"])
-        for source in bind_sources(service, REPO):
-            assert source.is_file(), source
-    assert any(":/opt/picolm/picolm:ro" in v for v in picolm["volumes"])
+        # The image chooses its configuration at start (deploy/docker/entrypoint.sh).
+        assert "PICOLM_CONFIG" not in service.get("environment", {})
+    # Mounting /models would hide a model built into the image: only on request.
+    assert not any(":/models" in v for v in default["volumes"])
+    assert any(v.endswith(":/models:ro") for v in models["volumes"])
 
 
 def test_compose_replicas_put_nginx_in_front_of_the_servers() -> None:

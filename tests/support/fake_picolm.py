@@ -459,6 +459,7 @@ class Invocation:
     prompt: str | None
     child_pids: list[int] = field(default_factory=list)
     exit: str | None = None
+    session: int | None = None
 
 
 def read_history(path: Path) -> list[Invocation]:
@@ -470,7 +471,9 @@ def read_history(path: Path) -> list[Invocation]:
         entry = json.loads(line)
         pid = entry["pid"]
         if entry["event"] == "start":
-            runs[pid] = Invocation(pid, entry["argv"], entry["prompt"])
+            runs[pid] = Invocation(
+                pid, entry["argv"], entry["prompt"], session=entry.get("session")
+            )
         elif entry["event"] == "child" and pid in runs:
             runs[pid].child_pids.append(entry["child_pid"])
         elif entry["event"] == "exit" and pid in runs:
@@ -528,6 +531,8 @@ def main(argv: list[str]) -> int:
             "pid": os.getpid(),
             "argv": argv,
             "prompt": prompt.decode("utf-8", "replace"),
+            # Its session (POSIX): a new one when the server started it in its own group.
+            "session": os.getsid(0) if hasattr(os, "getsid") else None,
         }
     )
     if not prompt:

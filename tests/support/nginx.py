@@ -1,6 +1,6 @@
-"""Run nginx, as deploy/nginx/nginx.conf configures it, in front of local servers: a
-non-daemon child on a loopback port, with its pid, logs and temporary files in a
-directory of its own.
+"""Run nginx, as deploy/nginx/nginx.conf configures it in front of local servers, or as
+a plain file server (model downloads): a non-daemon child on a loopback port, with its
+pid, logs and temporary files in a directory of its own.
 
 The shipped configuration is used as it is, with only what must differ here replaced:
 the upstream addresses, the listen address, the module and script paths; and two
@@ -11,6 +11,7 @@ hashed.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -120,10 +121,46 @@ def run_nginx(upstreams: list[str], workdir: Path) -> Iterator[RunningNginx]:
     assert binary is not None, unavailable_reason()
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = workdir / "nginx.conf"
-    config.write_text(
-        balancer_config(SHIPPED_CONFIG.read_text(), upstreams, port, workdir, modules_path(binary))
+    config = balancer_config(
+        SHIPPED_CONFIG.read_text(), upstreams, port, workdir, modules_path(binary)
     )
+    with _running(binary, config, port, workdir) as running:
+        yield running
+
+
+def file_server_config(root: Path, port: int, workdir: Path) -> str:
+    """nginx serving the files under ``root`` as they are (byte ranges included, as
+    nginx answers them for static files), with its access log in ``workdir``."""
+    # Workers run as an unprivileged user when nginx starts as root; pytest's temporary
+    # directories are private to root, so the workers stay root here.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temp = "".join(
+        f"    {kind}_temp_path {workdir / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return (
+        f"{user}worker_processes 1;\nevents {{ worker_connections 64; }}\nhttp {{\n"
+        f"    access_log {workdir / 'access.log'};\n{temp}"
+        "    default_type application/octet-stream;\n"
+        f"    server {{\n        listen 127.0.0.1:{port};\n        root {root};\n    }}\n}}\n"
+    )
+
+
+@contextlib.contextmanager
+def run_file_server(root: Path, workdir: Path) -> Iterator[RunningNginx]:
+    """nginx serving ``root`` on a loopback port (see :func:`file_server_config`)."""
+    binary = nginx_binary()
+    assert binary is not None, "nginx is not installed (Debian: apt-get install nginx)"
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with _running(binary, file_server_config(root, port, workdir), port, workdir) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running(binary: str, config_text: str, port: int, workdir: Path) -> Iterator[RunningNginx]:
+    config = workdir / "nginx.conf"
+    config.write_text(config_text)
     directives = f"daemon off; pid {workdir / 'nginx.pid'}; error_log {workdir / 'error.log'};"
     process = subprocess.Popen(
         [binary, "-p", str(workdir), "-c", str(config), "-g", directives],

@@ -106,7 +106,10 @@ class PicoLMFiles:
         return config
 
     @contextlib.contextmanager
-    def serve(self, workdir: Path, **sections: dict[str, Any]) -> Iterator[PicoLMServer]:
+    def serve(
+        self, workdir: Path, program: list[str] | None = None, **sections: dict[str, Any]
+    ) -> Iterator[PicoLMServer]:
         log_path = workdir / "fake-picolm.jsonl"
-        with run_server(self.config(**sections), workdir, env={LOG_ENV: str(log_path)}) as server:
+        env = {LOG_ENV: str(log_path)}
+        with run_server(self.config(**sections), workdir, env=env, program=program) as server:
             yield PicoLMServer(server, log_path)

@@ -66,8 +66,10 @@ def run_server(
     env: dict[str, str] | None = None,
     startup_timeout: float = 120.0,
     extra_args: list[str] | None = None,
+    program: list[str] | None = None,
 ) -> Iterator[RunningServer]:
-    """Start the server with ``config`` (the YAML layout) and stop it afterwards."""
+    """Start the server with ``config`` (the YAML layout) and stop it afterwards.
+    ``program``: the Python arguments that start it (default ``-m picolm_server``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "host": "127.0.0.1", "port": port}}
@@ -79,8 +81,7 @@ def run_server(
         process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "picolm_server",
+                *(program or ["-m", "picolm_server"]),
                 "-config",
                 str(config_path),
                 *(extra_args or []),

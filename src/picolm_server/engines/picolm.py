@@ -57,6 +57,7 @@ from .base import (
     TokenLimitExceeded,
 )
 from .picolm_tokenizer import PicoLMTokenizer
+from .process_group import kill_group, spawn_options
 from .prompt_cache import CacheLease, PromptCache, craft_prompt
 
 logger = logging.getLogger("picolm_server.engine.picolm")
@@ -455,7 +456,7 @@ class PicoLMEngine:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
+                **spawn_options(),
             )
         except OSError as exc:
             raise EngineError(f"Could not start PicoLM: {exc.strerror or exc}") from None
@@ -600,8 +601,7 @@ class PicoLMEngine:
     @staticmethod
     async def _stop(process: asyncio.subprocess.Process, stderr_task: asyncio.Future[None]) -> None:
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_group(process)
         # asyncio's wait() returns only once every pipe has closed, and a stdout pipe whose
         # reading was paused (a full buffer: an engine that flooded it) never reports its
         # end: read what is left, now that nothing writes to it any more.

@@ -40,7 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from .state_dir import (
+    CLOEXEC,
     FILE_MODE,
+    NOFOLLOW,
     RECHECK_SECONDS,
     RUN_PREFIX,
     StateDir,
@@ -96,7 +98,7 @@ def _held_positions(header: bytes, size: int, shape: KVShape) -> int | None:
 
 
 def _open_for_reading(path: Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+    return os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW | CLOEXEC), "rb")
 
 
 def kv_file_positions(path: Path, shape: KVShape) -> int | None:
@@ -140,7 +142,7 @@ def copy_kv_prefix(
             raise ValueError(f"{source} does not hold {positions} positions")
         digest = hashlib.sha256(header) if sha256 is not None else None
         block, keep = held * shape.row_bytes, positions * shape.row_bytes
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW | CLOEXEC
         with os.fdopen(os.open(target, flags, FILE_MODE), "wb") as dst:
             dst.write(_HEADER.pack(KV_MAGIC, positions, shape.layers, shape.kv_dim))
             for index in range(2 * shape.layers):
@@ -258,6 +260,10 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        # os.kill(pid, 0) there sends Ctrl+C to a process group: taken as alive, another
+        # server's files are never removed.
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -36,6 +36,10 @@ _FLAP_SECONDS = 60.0
 _MAX_RECHECK_SECONDS = 60.0
 RUN_PREFIX = ".run-"
 _PROBE_BYTES = 4096
+# POSIX flags Windows lacks (there a file's privacy comes from the user profile's access
+# control lists, which mode bits do not describe, and a symbolic link needs privileges).
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class StateDirRefused(Exception):
@@ -56,6 +60,8 @@ def unsafe(st: os.stat_result) -> str | None:
         return "is a symbolic link"
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
+    if not hasattr(os, "geteuid"):  # Windows: no owner ids nor meaningful mode bits
+        return None
     if st.st_uid != os.geteuid():
         return f"is owned by another user (uid {st.st_uid}, this server runs as {os.geteuid()})"
     if st.st_mode & 0o022:
@@ -80,19 +86,25 @@ def make_private_dir(path: Path) -> os.stat_result:
 
 def create_private_file(path: Path) -> None:
     """Create an empty file only this user can read, whatever the umask (fails if it exists)."""
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        make_private(fd, path)
     finally:
         os.close(fd)
+
+
+def make_private(fd: int, path: Path) -> None:
+    """Mode 0600 for the file open as ``fd`` (``os.open``'s mode is filtered by the umask)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, FILE_MODE)
+    else:  # Windows (before Python 3.13)
+        os.chmod(path, FILE_MODE)
 
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to a new private file (fails if it exists)."""
     create_private_file(path)
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | NOFOLLOW | CLOEXEC)
     try:
         view = memoryview(data)
         while view:

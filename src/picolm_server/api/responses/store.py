@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio.to_thread
 
-from ...engines.state_dir import FILE_MODE, StateDirRefused, make_private_dir
+from ...engines.state_dir import (
+    FILE_MODE,
+    NOFOLLOW,
+    StateDirRefused,
+    make_private,
+    make_private_dir,
+)
 from ...errors import APIError
 
 if TYPE_CHECKING:
@@ -136,9 +142,9 @@ class ResponseStore:
         if self._connection is not None:
             return self._connection
         make_private_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, FILE_MODE)
         try:
-            os.fchmod(fd, FILE_MODE)  # os.open's mode is filtered by the umask
+            make_private(fd, self.path)
         finally:
             os.close(fd)
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
