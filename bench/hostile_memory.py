@@ -23,6 +23,9 @@ The scenarios (what each request is, and how many run at once):
   ``input`` at once (refused: over the context).
 - ``chat-huge-input``: six chat completions with a 3.9 MB message at once (refused).
 
+The ``responses`` burst leaves up to ``llama_cpp.cache_max_bytes`` (256 MiB) of prompt
+states behind on purpose: ``--state-cache-mib 0`` measures it without them.
+
 It prints a Markdown table per version, MiB, and the CPU seconds the server spent on
 the burst.
 
@@ -175,6 +178,10 @@ def measure(
         "responses": {"store_path": str(workdir / "responses.sqlite3")},
         "logging": {"level": "warning"},
     }
+    if args.state_cache_mib is not None:
+        # The prompt states llama.cpp keeps in host memory: a cache with a budget of its
+        # own (llama_cpp.cache_max_bytes, 256 MiB), which a burst of distinct prompts fills.
+        config["llama_cpp"] = {"cache_max_bytes": args.state_cache_mib * MIB}
     with run_server(config, workdir / f"{scenario}-{version}", env=env) as server:
         pid = server.process.pid
         client = httpx.Client(base_url=server.base_url, timeout=600)
@@ -209,6 +216,11 @@ def main() -> None:
     parser.add_argument("--tokenize-tokens", type=int, default=300_000)
     parser.add_argument("--embedding-tokens", type=int, default=2048)
     parser.add_argument("--embedding-inputs", type=int, default=4)
+    parser.add_argument(
+        "--state-cache-mib",
+        type=int,
+        help="llama_cpp.cache_max_bytes in MiB (default: the server's own, 256 MiB)",
+    )
     args = parser.parse_args()
     versions: list[tuple[str, str | None]] = [("now", None)]
     for item in args.compare:
