@@ -49,25 +49,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.startup_memory import cpu_seconds, proc_memory_kib
 from tests.support.server import RunningServer, run_server
 
 MIB = 1024 * 1024
 MODEL = "SmolLM2-135M-Instruct"
 HUGE_TEXT_CHARS = 3_900_000
-
-
-def rss_kib(pid: int) -> dict[str, int]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak(pid: int) -> None:
@@ -187,16 +174,16 @@ def measure(
         client = httpx.Client(base_url=server.base_url, timeout=600)
         warm_up(client)
         time.sleep(args.idle)
-        before = rss_kib(pid)["VmRSS"] * 1024
+        before = proc_memory_kib(pid)["VmRSS"] * 1024
         reset_peak(pid)
         cpu = cpu_seconds(pid)
         started = time.monotonic()
         statuses = SCENARIOS[scenario](client, args)
         burst = time.monotonic() - started
         cpu = cpu_seconds(pid) - cpu
-        peak = rss_kib(pid)["VmHWM"] * 1024
+        peak = proc_memory_kib(pid)["VmHWM"] * 1024
         time.sleep(args.idle)
-        after = rss_kib(pid)["VmRSS"] * 1024
+        after = proc_memory_kib(pid)["VmRSS"] * 1024
         assert_alive(server, client)
     return Result(scenario, version, before, peak, after, burst, cpu, statuses)
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from pathlib import Path
 
 from picolm_server.engines.llama_embeddings import (
+    CHUNK_TOKENS,
+    LlamaEmbedder,
     LlamaEmbeddingOptions,
     as_float32,
     l2_normalised,
 )
 from picolm_server.gguf_metadata import GGUFMetadata
+from tests.conftest import requires_llama
 
 
 def test_vectors_are_unit_length() -> None:
@@ -54,3 +58,47 @@ def test_an_embedding_model_keeps_its_own_pooling() -> None:
     )
     assert options.pooling_type == 2  # CLS
     assert options.context_length == 512
+
+
+@requires_llama
+def test_chunked_mean_pooling_equals_llama_cpps_in_one_batch() -> None:
+    """An input longer than a chunk, embedded a chunk at a time, gives the vector llama.cpp
+    gives for it in one batch with its own mean pooling: the chunks see the tokens before
+    them through the cache, so nothing of the attention is lost."""
+    import llama_cpp
+
+    from picolm_server.bootstrap import embedded_model_path
+
+    model = embedded_model_path()
+    text = " ".join(
+        f"Item {n} of the list is a {('red', 'blue', 'green')[n % 3]} box." for n in range(90)
+    )
+    embedder = LlamaEmbedder(
+        LlamaEmbeddingOptions(model_path=model, context_length=2048, threads=2)
+    )
+    try:
+        ours = asyncio.run(embedder.embed([text]))
+    finally:
+        embedder.close()
+    assert ours.prompt_tokens > 2 * CHUNK_TOKENS  # three chunks at least
+
+    whole = llama_cpp.Llama(
+        model_path=str(model),
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=2048,
+        n_threads=2,
+        verbose=False,
+    )
+    try:
+        reference = l2_normalised(list(whole.embed(text, normalize=False)))
+    finally:
+        whole.close()
+
+    (vector,) = ours.vectors
+    assert len(vector) == len(reference)
+    cosine = math.fsum(a * b for a, b in zip(vector, reference, strict=True))
+    assert cosine > 0.9999
+    assert max(abs(a - b) for a, b in zip(vector, reference, strict=True)) < 1e-3
