@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
 
-    from picolm_server.bootstrap import embedded_model_path
+    from picolm_server.server.bootstrap import embedded_model_path
 
     model = embedded_model_path()
     workdir = Path(tempfile.mkdtemp(prefix="picolm-bench-"))

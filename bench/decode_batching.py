@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     widths = [int(width) for width in args.widths.split(",")]
     if args.model is None:
-        from picolm_server.bootstrap import embedded_model_path
+        from picolm_server.server.bootstrap import embedded_model_path
 
         model = embedded_model_path()
     else:

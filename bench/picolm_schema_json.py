@@ -38,19 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import jsonschema
 
 from picolm_server.api.chat.convert import chat_plan, template_messages
-from picolm_server.bootstrap import kv_shape
-from picolm_server.chat_template import load_chat_template
+from picolm_server.api.chat.types import ChatCompletionRequest
 from picolm_server.engines.base import (
     GenerationEvent,
     GenerationRequest,
     OutputConstraint,
     TextDelta,
 )
-from picolm_server.engines.picolm import PicoLMEngine, PicoLMOptions
-from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
-from picolm_server.engines.prompt_cache import PromptCache
-from picolm_server.gguf_metadata import read_gguf_metadata
-from picolm_server.protocol import ChatCompletionRequest
+from picolm_server.engines.picolm.engine import PicoLMEngine, PicoLMOptions
+from picolm_server.engines.picolm.prompt_cache import PromptCache
+from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
+from picolm_server.gguf import read_gguf_metadata
+from picolm_server.prompting.chat_template import load_chat_template
+from picolm_server.server.bootstrap import kv_shape
 from picolm_server.tool_calls import prompt_messages
 from picolm_server.tool_calls.reply_schema import reply_schema
 

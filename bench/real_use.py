@@ -999,7 +999,7 @@ async def run_benchmark(args: argparse.Namespace) -> int:
     if args.model:
         model = Path(args.model)
     else:
-        from picolm_server.bootstrap import embedded_model_path
+        from picolm_server.server.bootstrap import embedded_model_path
 
         model = embedded_model_path()
     workdir = Path(tempfile.mkdtemp(prefix="picolm-real-use-"))

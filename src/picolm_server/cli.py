@@ -15,12 +15,12 @@ from typing import Any
 
 from . import __version__
 from .api.responses.store import ResponseStore
-from .app import create_app
-from .bootstrap import build_service
-from .config import ConfigError, Settings, load_settings
-from .footprint import map_large_allocations, release_startup_memory
-from .logging_setup import configure_logging
-from .runner import serve
+from .config.settings import ConfigError, Settings, load_settings
+from .server.app import create_app
+from .server.bootstrap import build_service
+from .server.footprint import map_large_allocations, release_startup_memory
+from .server.logging_setup import configure_logging
+from .server.runner import serve
 
 logger = logging.getLogger("picolm_server")
 

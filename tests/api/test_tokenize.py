@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
+from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
 from tests.support.both_engines import ENGINES, Target, target_for
 from tests.support.picolm_setup import PicoLMFiles
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from picolm_server.config import load_settings
+from picolm_server.config.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

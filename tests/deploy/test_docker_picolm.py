@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 
 from tests.support.containers import DOCKER, Container, docker, run_container, wait_for_health
-from tests.test_tool_calls_http import (
+from tests.tool_calls.test_tool_calls_http import (
     NAMED_EMAIL,
     SCHEMAS,
     TOOLS,

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from picolm_server.chat_template import ChatTemplate, builtin_template_source
-from picolm_server.config import GenerationDefaults
+from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import (
     APIError,
     EmbeddingsUnsupportedError,
@@ -37,7 +36,8 @@ from picolm_server.generation import (
     ToolCallDone,
     ToolCallStart,
 )
-from picolm_server.scheduler import Scheduler
+from picolm_server.generation.scheduler import Scheduler
+from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from tests.support.scripted_engine import SCHEMA_ABILITIES, ScriptedEngine
 
 WEATHER = FunctionTool(

@@ -18,10 +18,10 @@ from picolm_server.generation import (
     OutputRequest,
     TextDelta,
 )
-from picolm_server.observation import RequestRecord
+from picolm_server.observability.observation import RequestRecord
 from tests.generation.test_core import core_for, events_of, run
 from tests.support.scripted_engine import SCHEMA_ABILITIES, ScriptedEngine
-from tests.test_prompt_schema import CITY, MD_JSON_REQUEST, USER, instructor_system
+from tests.tool_calls.test_prompt_schema import CITY, MD_JSON_REQUEST, USER, instructor_system
 
 SYSTEM = {"role": "system", "content": instructor_system(CITY)}
 GOOD = '{"name": "Paris", "population": 2100000}'

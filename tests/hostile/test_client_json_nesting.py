@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.http.test_errors import assert_error
+from tests.http.test_requests import AUTH
 from tests.support.picolm_setup import MODEL_ID, PicoLMServer
-from tests.test_errors_http import assert_error
-from tests.test_routes import AUTH
 
 DEEP = "[" * 1200 + "]" * 1200
 

@@ -24,10 +24,10 @@ import httpx
 import pytest
 
 from tests.conftest import requires_llama
+from tests.http.test_errors import assert_error, marker
+from tests.http.test_requests import sse_payloads
 from tests.support.fake_picolm import SECRET_STDERR
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer, wait_until_gone
-from tests.test_errors_http import assert_error, marker
-from tests.test_routes import sse_payloads
 
 
 @pytest.fixture(scope="module")
@@ -228,10 +228,10 @@ def llama_faults() -> Iterator[InProcessServer]:
 
     import uvicorn
 
-    from picolm_server.app import create_app
-    from picolm_server.bootstrap import build_service
-    from picolm_server.config import Settings
-    from picolm_server.engines.llama_cpp import LlamaCppEngine
+    from picolm_server.config.settings import Settings
+    from picolm_server.engines.llama_cpp.engine import LlamaCppEngine
+    from picolm_server.server.app import create_app
+    from picolm_server.server.bootstrap import build_service
     from tests.support.server import free_port
 
     settings = Settings.from_values(

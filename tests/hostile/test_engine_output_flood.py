@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.http.test_errors import assert_error, marker
+from tests.http.test_requests import sse_payloads
 from tests.support.picolm_setup import (
     MODEL_ID,
     PicoLMFiles,
@@ -18,8 +20,6 @@ from tests.support.picolm_setup import (
     process_gone,
     wait_until_gone,
 )
-from tests.test_errors_http import assert_error, marker
-from tests.test_routes import sse_payloads
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import anthropic
 import httpx
 import pytest
 
+from tests.http.test_errors import assert_error
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
-from tests.test_errors_http import assert_error
 
 
 @pytest.fixture(scope="module")

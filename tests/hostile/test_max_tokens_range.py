@@ -8,9 +8,9 @@ import json
 import pytest
 
 from tests.conftest import requires_llama
+from tests.http.test_requests import post_chat, sse_payloads, user
 from tests.support.picolm_setup import PicoLMServer
 from tests.support.server import RunningServer
-from tests.test_routes import post_chat, sse_payloads, user
 
 # The context of tests.support.tiny_llama_gguf's model (the server's -c does not raise it).
 TINY_CONTEXT = 512

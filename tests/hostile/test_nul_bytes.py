@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import requires_llama
+from tests.http.test_errors import assert_error, marker
+from tests.http.test_requests import post_chat
 from tests.support.picolm_setup import PicoLMServer
 from tests.support.server import RunningServer
-from tests.test_errors_http import assert_error, marker
-from tests.test_routes import post_chat
 
 
 def string_content(tag: str) -> tuple[list[dict[str, Any]], str]:

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
+from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
+from tests.http.test_errors import assert_error, marker
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer, wait_until_gone
-from tests.test_errors_http import assert_error, marker
 
 TINY_CONTEXT = 512
 

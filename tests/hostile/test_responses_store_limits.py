@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 from picolm_server.api.responses.store import ResponseStore
+from tests.http.test_errors import assert_error
+from tests.http.test_requests import AUTH
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
-from tests.test_errors_http import assert_error
-from tests.test_routes import AUTH
 
 EMOJI = "\U0001f642"  # 4 bytes in UTF-8, one character
 

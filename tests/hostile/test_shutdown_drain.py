@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.http.test_requests import sse_payloads
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer, wait_until_gone
-from tests.test_routes import sse_payloads
 
 
 def marker() -> str:

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_API_KEY
+from tests.http.test_errors import assert_error
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
-from tests.test_errors_http import assert_error
 
 # How long a test waits for the server to act before calling it a failure: a guard
 # against hanging, far above the configured limits, not a performance threshold.

@@ -8,8 +8,8 @@ import json
 
 import httpx
 
+from tests.http.test_requests import AUTH, post_chat, user
 from tests.support.picolm_setup import PicoLMServer
-from tests.test_routes import AUTH, post_chat, user
 
 SEPARATORS = "\u2028\u2029\u0085"
 TEXT = "one\u2028two\u2029three\u0085four"

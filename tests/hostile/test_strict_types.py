@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.http.test_errors import assert_error
+from tests.http.test_requests import post_chat, user
 from tests.support.picolm_setup import PicoLMServer
-from tests.test_errors_http import assert_error
-from tests.test_routes import post_chat, user
 
 WEATHER_TOOL = {
     "type": "function",

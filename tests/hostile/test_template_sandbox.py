@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picolm_server.template_sandbox import (
+from picolm_server.prompting.sandbox import (
     MAX_TEMPLATE_OUTPUT,
     MAX_TEMPLATE_RANGE,
     MAX_TEMPLATE_VALUE,

@@ -25,9 +25,9 @@ from picolm_server.errors import QueueFullError
 from picolm_server.generation.core import MAX_TOKENIZE_TOKENS, TOKENIZER_QUEUE
 from tests.conftest import HAS_LLAMA, requires_llama
 from tests.generation.test_core import core_for
+from tests.http.test_errors import assert_error
 from tests.support.scripted_engine import ScriptedEngine
 from tests.support.server import RunningServer
-from tests.test_errors_http import assert_error
 
 MODEL = "SmolLM2-135M-Instruct"
 HUGE = "x " * 1_900_000  # 3.8 MB: about two million tokens
@@ -189,7 +189,7 @@ def smollm2_vocab() -> Iterator[Any]:
         pytest.skip("needs the llama extra")
     import llama_cpp
 
-    from picolm_server.bootstrap import embedded_model_path
+    from picolm_server.server.bootstrap import embedded_model_path
 
     model = llama_cpp.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
     yield model._model.vocab
@@ -199,7 +199,7 @@ def smollm2_vocab() -> Iterator[Any]:
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(text=st.text(max_size=300) | st.text(alphabet=" \n\t-=_*#0", max_size=600))
 def test_the_floor_never_exceeds_the_real_count(text: str, smollm2_vocab: Any) -> None:
-    from picolm_server.engines.llama_vocab import TokenFloor, tokenize_capped
+    from picolm_server.engines.llama_cpp.vocab import TokenFloor, tokenize_capped
 
     data = text.encode("utf-8")
     tokens = tokenize_capped(smollm2_vocab, data, add_bos=False, special=False, limit=None)
@@ -207,7 +207,7 @@ def test_the_floor_never_exceeds_the_real_count(text: str, smollm2_vocab: Any) -
 
 
 def test_the_smollm2_floor_is_read_from_its_vocabulary(smollm2_vocab: Any) -> None:
-    from picolm_server.engines.llama_vocab import TokenFloor
+    from picolm_server.engines.llama_cpp.vocab import TokenFloor
 
     longest = TokenFloor(smollm2_vocab).longest_piece()
     # A byte-level BPE: a floor exists, and the longest token text is a run of a few
@@ -217,7 +217,7 @@ def test_the_smollm2_floor_is_read_from_its_vocabulary(smollm2_vocab: Any) -> No
 
 def test_tokenizing_with_a_cap_reports_the_exact_count(smollm2_vocab: Any) -> None:
     from picolm_server.engines.base import TokenLimitExceeded
-    from picolm_server.engines.llama_vocab import tokenize_capped
+    from picolm_server.engines.llama_cpp.vocab import tokenize_capped
 
     text = b"x" + b" x" * 99  # 100 tokens
     assert len(tokenize_capped(smollm2_vocab, text, add_bos=False, special=False, limit=100)) == 100

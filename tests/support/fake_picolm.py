@@ -352,7 +352,7 @@ def read_model_shape(path: str) -> ModelShape:
 def encode_prompt(model_path: str, prompt: bytes) -> list[int]:
     """PicoLM's prompt token ids (BOS first): exact when the project's tokenizer imports."""
     try:
-        from picolm_server.engines.picolm_tokenizer import PicoLMTokenizer
+        from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
     except ImportError:
         words = prompt.replace(b"\n", b" ").split(b" ")
         return [1, *(3 + (sum(word) % 900) for word in words if word)]

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..engines.base import Engine
-from ..json_text import escape_line_separators
-from ..routes import core_of, parse_request
-from ..routing import Routes
+from ..http.json_text import escape_line_separators
+from ..http.requests import core_of, parse_request
+from ..http.route_table import Routes
 
 router = Routes()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from ..prompt_tokens import SplitPrompt
+from ..prompting.tokens import SplitPrompt
 
 FinishReason = Literal["stop", "length"]
 

@@ -23,9 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from ..chat_template import ChatTemplate
-from ..config import GenerationDefaults, PromptSchemaSetting
-from ..drain import Drain
+from ..config.settings import GenerationDefaults, PromptSchemaSetting
 from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities, TokenLimitExceeded
 from ..errors import (
     APIError,
@@ -35,9 +33,11 @@ from ..errors import (
     InvalidRequestError,
     ModelNotFoundError,
 )
-from ..observation import NO_OBSERVER, GenerationObserver
-from ..scheduler import Scheduler
+from ..observability.observation import NO_OBSERVER, GenerationObserver
+from ..prompting.chat_template import ChatTemplate
+from .drain import Drain
 from .events import Finish, FinishReason, TextDelta, ToolCallDone, Usage
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     # The request path (request checks, tool calls, the rules applied to the output)

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..chat_template import ChatTemplate
-from ..config import GenerationDefaults, PromptSchemaSetting
+from ..config.settings import GenerationDefaults, PromptSchemaSetting
 from ..engines.base import Engine, EngineAbilities, GenerationRequest, OutputConstraint
 from ..errors import EngineCannotError, InvalidRequestError
-from ..prompt_tokens import PromptPiece, SplitPrompt
+from ..prompting.chat_template import ChatTemplate
+from ..prompting.tokens import PromptPiece, SplitPrompt
 from ..tool_calls import (
     JSONOutput,
     OutputPlan,

@@ -10,13 +10,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ..drain import Drain
 from ..engines.base import Engine, Finished, GenerationRequest, PromptAccepted
 from ..engines.base import GenerationEvent as EngineEvent
 from ..engines.base import TextDelta as EngineText
 from ..errors import APIError, EngineError, EngineTimeoutError
-from ..observation import NO_OBSERVER, GenerationObserver
-from ..streaming import StopScanner
+from ..observability.observation import NO_OBSERVER, GenerationObserver
 from ..tool_calls import (
     ContentPiece,
     InvalidModelOutputError,
@@ -26,6 +24,7 @@ from ..tool_calls import (
     argument_fragments,
 )
 from ..tool_calls.prompt_schema import FENCE_CLOSE, FENCE_OPEN
+from .drain import Drain
 from .echo import WrapperEcho
 from .events import (
     Finish,
@@ -37,6 +36,7 @@ from .events import (
     ToolCallStart,
     Usage,
 )
+from .stop_scan import StopScanner
 
 
 @dataclass

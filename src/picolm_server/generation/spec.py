@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompt_tokens import SplitPrompt
+from ..prompting.tokens import SplitPrompt
 from ..tool_calls.plan import OutputRequest
 
 # A conversation turn in Hugging Face's chat-template conventions:

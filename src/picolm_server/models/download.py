@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from ..gguf_metadata import GGUF_MAGIC, GGUFError, read_gguf_metadata
+from ..gguf import GGUF_MAGIC, GGUFError, read_gguf_metadata
 
 HF_SCHEME = "hf://"
 HF_RESOLVE = "https://huggingface.co/{repo}/resolve/main/{file}"

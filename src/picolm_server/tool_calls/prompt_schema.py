@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import PromptSchemaSetting
+from ..config.settings import PromptSchemaSetting
 from ..errors import InvalidRequestError
 from .schemas import check_client_schema
 

@@ -12,9 +12,9 @@ from picolm_server.api.chat.convert import (
     refuse_unsupported,
     template_messages,
 )
+from picolm_server.api.chat.types import ChatCompletionRequest
 from picolm_server.errors import InvalidRequestError
 from picolm_server.generation import Conversation
-from picolm_server.protocol import ChatCompletionRequest
 
 
 def request(**fields: Any) -> ChatCompletionRequest:

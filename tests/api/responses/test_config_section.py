@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from picolm_server.config import ConfigError, load_settings
+from picolm_server.config.settings import ConfigError, load_settings
 
 
 def test_defaults_and_a_configured_store(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from picolm_server.api.responses.convert import (
 )
 from picolm_server.api.responses.events import response_json
 from picolm_server.api.responses.types import ResponsesRequest
-from picolm_server.config import GenerationDefaults
+from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import InvalidRequestError
 from picolm_server.generation import Conversation, GenerationSpec, NamedTool
 from tests.api.responses.shapes import check_response

@@ -10,7 +10,7 @@ import pytest
 from picolm_server.api.responses.convert import initial_response
 from picolm_server.api.responses.events import ResponseWriter, response_json, sse
 from picolm_server.api.responses.types import ResponsesRequest, ResponseUsage
-from picolm_server.config import GenerationDefaults
+from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import EngineError
 from tests.api.responses.shapes import check_event, check_response, sse_events
 

@@ -16,11 +16,11 @@ from picolm_server.api.responses.service import (
 )
 from picolm_server.api.responses.store import ResponseStore
 from picolm_server.api.responses.types import ResponsesRequest
-from picolm_server.chat_template import ChatTemplate, builtin_template_source
-from picolm_server.config import GenerationDefaults
+from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import ModelNotFoundError
 from picolm_server.generation import GenerationCore
-from picolm_server.scheduler import Scheduler
+from picolm_server.generation.scheduler import Scheduler
+from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from tests.api.responses.shapes import check_event, check_response, sse_events
 from tests.support.scripted_engine import ScriptedEngine
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ...request_log import request_id_of
+from ...observability.request_log import request_id_of
 
 MESSAGES_PATH = "/v1/messages"
 

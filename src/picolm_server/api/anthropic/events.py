@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from ...json_text import escape_line_separators
+from ...http.json_text import escape_line_separators
 from .reply import CoreFinish, message_id, stop_reason, tool_use_id
 from .types import (
     ContentBlockStartEvent,

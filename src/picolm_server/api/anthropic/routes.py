@@ -10,10 +10,10 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...json_text import escape_line_separators
-from ...request_log import observer_of, request_id_of
-from ...routes import core_of, parse_request, until_disconnected
-from ...routing import Routes
+from ...http.json_text import escape_line_separators
+from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.route_table import Routes
+from ...observability.request_log import observer_of, request_id_of
 from .convert import count_spec, generation_spec
 from .errors import validation_error
 from .respond import message_events, reply_message

@@ -14,9 +14,9 @@ from ...generation import (
     Sampling,
     Turn,
 )
-from ...json_text import call_arguments
-from ...protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from ...http.json_text import call_arguments
 from ...tool_calls import OutputPlan, make_plan
+from .types import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 
 def refuse_unsupported(request: ChatCompletionRequest) -> None:

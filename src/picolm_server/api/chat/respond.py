@@ -8,7 +8,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from ...drain import ends_stream_with_done
 from ...errors import APIError
 from ...generation import (
     EventStream,
@@ -20,7 +19,10 @@ from ...generation import (
     ToolCallStart,
     Usage,
 )
-from ...protocol import (
+from ...generation.drain import ends_stream_with_done
+from ...generation.stop_scan import DONE_EVENT, ContentChunkTemplate, sse_event
+from ...tool_calls import ParsedCall, argument_fragments
+from .types import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
@@ -33,9 +35,7 @@ from ...protocol import (
     ResponseMessage,
     ResponseToolCall,
 )
-from ...protocol import Usage as WireUsage
-from ...streaming import DONE_EVENT, ContentChunkTemplate, sse_event
-from ...tool_calls import ParsedCall, argument_fragments
+from .types import Usage as WireUsage
 
 SYSTEM_FINGERPRINT = "fp_picolm_server"
 

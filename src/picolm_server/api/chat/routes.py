@@ -6,15 +6,15 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ...affinity import SESSION_HEADER, session_id
 from ...generation import GenerationCore
-from ...json_text import escape_line_separators
-from ...protocol import ChatCompletionRequest
-from ...request_log import observer_of
-from ...routes import core_of, parse_request, until_disconnected
-from ...routing import Routes
+from ...http.affinity import SESSION_HEADER, session_id
+from ...http.json_text import escape_line_separators
+from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.route_table import Routes
+from ...observability.request_log import observer_of
 from .convert import chat_spec
 from .respond import chat_completion, chunk_events
+from .types import ChatCompletionRequest
 
 router = Routes()
 

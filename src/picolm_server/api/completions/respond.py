@@ -8,11 +8,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from ...drain import ends_stream_with_done
 from ...errors import APIError
 from ...generation import EventStream, Finish, TextDelta, Usage
-from ...protocol import Usage as WireUsage
-from ...streaming import DONE_EVENT, sse_event
+from ...generation.drain import ends_stream_with_done
+from ...generation.stop_scan import DONE_EVENT, sse_event
+from ..chat.types import Usage as WireUsage
 from .types import Completion, CompletionChoice, CompletionFinishReason
 
 SYSTEM_FINGERPRINT = "fp_picolm_server"

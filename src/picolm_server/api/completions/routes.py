@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ...generation import Usage
-from ...json_text import escape_line_separators
-from ...request_log import observer_of
-from ...routes import core_of, parse_request, until_disconnected
-from ...routing import Routes
+from ...http.json_text import escape_line_separators
+from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.route_table import Routes
+from ...observability.request_log import observer_of
 from .convert import (
     FimMarkers,
     completion_spec,

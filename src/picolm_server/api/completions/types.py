@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...protocol import StreamOptions, Usage
+from ..chat.types import StreamOptions, Usage
 
 
 class CompletionRequest(BaseModel):

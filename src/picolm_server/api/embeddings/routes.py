@@ -10,9 +10,9 @@ from starlette.responses import Response
 from ...engines.base import EmbeddingInput, Embeddings
 from ...errors import EngineTimeoutError
 from ...generation import GenerationCore
-from ...json_text import escape_line_separators
-from ...routes import core_of, parse_request, until_disconnected
-from ...routing import Routes
+from ...http.json_text import escape_line_separators
+from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.route_table import Routes
 from .convert import embedding_inputs, embedding_list, refuse_dimensions
 from .types import EmbeddingRequest
 

@@ -15,7 +15,7 @@ import secrets
 import time
 from typing import Any
 
-from ...config import GenerationDefaults
+from ...config.settings import GenerationDefaults
 from ...errors import InvalidRequestError
 from ...generation import (
     Conversation,
@@ -28,7 +28,7 @@ from ...generation import (
     ToolChoiceMode,
     Turn,
 )
-from ...json_text import call_arguments
+from ...http.json_text import call_arguments
 from .types import (
     AllowedToolsChoice,
     ContentPart,

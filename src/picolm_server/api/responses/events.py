@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from ...errors import APIError
-from ...json_text import escape_line_separators
+from ...http.json_text import escape_line_separators
 from .convert import new_id
 from .types import (
     FunctionCall,

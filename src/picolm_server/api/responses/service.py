@@ -22,7 +22,7 @@ from ...generation import (
     ToolCallDone,
     ToolCallStart,
 )
-from ...observation import NO_OBSERVER, GenerationObserver
+from ...observability.observation import NO_OBSERVER, GenerationObserver
 from .convert import Item, generation_spec, initial_response, input_items, refuse_unsupported
 from .events import Event, ResponseWriter, response_json, sse
 from .store import ResponseStore, StoredResponse, StoreUnavailableError

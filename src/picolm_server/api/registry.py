@@ -1,0 +1,47 @@
+"""Every wire API's routes, in one list the app includes (one block per API).
+
+Each API is declared here by path and handler name, and its module (request and
+response models, conversion, events) is imported with the first request to one of its
+paths: a server pays in memory and start-up time only for the APIs its clients use
+(about 4 MiB of idle memory for all of them; docs/benchmarks.md).
+``tests/api/test_registry.py`` checks that these declarations match the routes each
+module declares itself.
+"""
+
+from __future__ import annotations
+
+from ..http.route_table import LazyRoutes
+
+_PACKAGE = __name__.rpartition(".")[0]
+
+chat_routes = LazyRoutes(f"{_PACKAGE}.chat.routes")
+chat_routes.post("/v1/chat/completions", "create_chat_completion")
+
+responses_routes = LazyRoutes(f"{_PACKAGE}.responses.routes")
+responses_routes.post("/v1/responses", "create_response")
+responses_routes.get("/v1/responses/{response_id}", "retrieve_response")
+responses_routes.delete("/v1/responses/{response_id}", "delete_response")
+responses_routes.get("/v1/responses/{response_id}/input_items", "list_input_items")
+
+anthropic_routes = LazyRoutes(f"{_PACKAGE}.anthropic.routes")
+anthropic_routes.post("/v1/messages", "create_message")
+anthropic_routes.post("/v1/messages/count_tokens", "count_tokens")
+
+completions_routes = LazyRoutes(f"{_PACKAGE}.completions.routes")
+completions_routes.post("/v1/completions", "create_completion")
+
+embeddings_routes = LazyRoutes(f"{_PACKAGE}.embeddings.routes")
+embeddings_routes.post("/v1/embeddings", "create_embeddings")
+
+tokenize_routes = LazyRoutes(f"{_PACKAGE}.tokenize")
+tokenize_routes.post("/tokenize", "tokenize")
+tokenize_routes.post("/detokenize", "detokenize")
+
+ROUTERS: tuple[LazyRoutes, ...] = (
+    chat_routes,
+    responses_routes,
+    anthropic_routes,
+    completions_routes,
+    embeddings_routes,
+    tokenize_routes,
+)

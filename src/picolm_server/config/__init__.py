@@ -1,0 +1,1 @@
+"""Configuration: the settings, their check before pydantic loads, the environment."""

@@ -1,0 +1,527 @@
+"""The llama.cpp decode loop: concurrent requests in slots, one batch per step, with
+their computed prompt states kept for the requests that come next.
+
+One thread owns the llama.cpp context. Each request gets a slot, a llama.cpp sequence
+with KV cells of its own. Each step decodes one batch holding the next token of every
+generating slot, then the next prompt chunks of slots still reading their prompt, and
+samples every slot that produced logits. A request joins between steps; one that
+finishes or is cancelled leaves between steps, and the others never notice.
+
+**Reuse.** A slot keeps the state of what it last computed when its request ends (by
+default its prompt's: see the exactness paragraph below for why not the reply's). A new
+request takes the free slot sharing the longest token prefix with its prompt, or, when a
+state kept in host memory (:mod:`.llama_state_cache`) shares a longer one, restores that
+state into a free slot; a slot's state is saved there before it is overwritten. Only the
+prompt's tokens after the shared prefix are computed (at least the last one, whose
+logits start the reply), and ``cached_tokens`` says how many were not.
+
+**Exactness.** llama.cpp computes a batch of one row with other kernels than a batch of
+several, and their last bits differ, enough to change a greedy reply; with several rows,
+each row is computed bit for bit alike whatever else is in the batch (chunk size, other
+sequences, restored states: tested in ``tests/engines/llama_cpp/test_slots.py``). Prompts
+are always computed several rows at a time, so a reused prompt state is exactly what a
+fresh computation builds, and a reply is the same with reuse on or off. Attention sums
+over a sequence's cells in the order they sit in the buffer, so each sequence has cells
+of its own, starting at the first (``kv_unified`` off); and flash attention stays off,
+as its CPU kernel's last bits depend on how a prompt was cut. Generated tokens are one
+row each by default (a lone request at llama.cpp's full speed), so a reply can differ in
+its last bits when other requests are decoded beside it; ``deterministic`` removes that
+too, at a price (see "the batch" below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from ..base import Finished, FinishReason, PromptAccepted, TextDelta
+from .cpu_load import WINDOW as CPU_READING_SECONDS
+from .cpu_load import CpuLoad
+from .loop_wakeup import LoopWakeup
+from .sampling import RequestSampler
+from .state_cache import StateCache, Tokens, as_tokens, common_prefix
+
+logger = logging.getLogger("picolm_server.engine.llama_cpp")
+
+# Seconds without contention before the loop decodes with more threads again.
+RAISE_AFTER_SECONDS = 1.0
+
+# What a job hands its request: events, then one of these at the very end.
+JOB_RELEASED = object()
+
+
+@dataclass
+class Job:
+    """One request in the decode loop. ``deliver`` is called from the loop's thread
+    with each event (PromptAccepted, TextDelta, Finished, an exception, and last
+    JOB_RELEASED once the job holds nothing)."""
+
+    prompt: Tokens
+    budget: int
+    sampler: RequestSampler
+    deliver: Callable[[object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set by the loop:
+    prefilled: int = 0  # prompt tokens whose state is computed
+    generated: int = 0
+    pending_token: int = -1  # sampled, not yet decoded
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def reading_prompt(self) -> bool:
+        return self.prefilled < len(self.prompt)
+
+
+@dataclass
+class Slot:
+    seq: int
+    # The tokens whose state this sequence's cells hold, from position 0.
+    tokens: Tokens = field(default_factory=lambda: as_tokens(()))
+    job: Job | None = None
+    last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class Row:
+    slot: Slot
+    token: int
+    position: int
+    logits: bool
+    # False for a filler row, whose cell is removed right after the decode.
+    real: bool = True
+
+
+class ModelContext:
+    """The llama.cpp calls the loop makes, in one place (the fault tests wrap it)."""
+
+    def __init__(self, ctx: Any, vocab: Any, batch_capacity: int) -> None:
+        self.ctx = ctx
+        self.vocab = vocab
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.batch_capacity = batch_capacity
+        self._batch = llama_cpp.llama_batch_init(batch_capacity + 1, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    def decode(self, rows: list[Row]) -> int:
+        batch = self._batch
+        for index, row in enumerate(rows):
+            batch.token[index] = row.token
+            batch.pos[index] = row.position
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = row.slot.seq
+            batch.logits[index] = row.logits
+        batch.n_tokens = len(rows)
+        return int(llama_cpp.llama_decode(self.ctx, batch))
+
+    def sample(self, job: Job, row: int) -> int:
+        return job.sampler.sample(self.ctx, row)
+
+    def piece(self, token: int) -> bytes:
+        """A token's text as the model prints it (control tokens included)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = self._piece_buffer
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, True)
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = llama_cpp.llama_token_to_piece(
+                    self.vocab, token, buffer, len(buffer), 0, True
+                )
+            piece = buffer.raw[:size]
+            self._pieces[token] = piece
+        return piece
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def forget(self, seq: int, start: int) -> None:
+        """Drop a sequence's cells from position ``start`` on."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, start, -1)
+
+    def save(self, seq: int) -> bytes:
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, seq))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, seq))
+        return bytes(buffer)[:written]
+
+    def restore(self, seq: int, data: bytes) -> bool:
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(llama_cpp.llama_state_seq_set_data(self.ctx, buffer, len(data), seq)) > 0
+
+    def set_threads(self, threads: int) -> None:
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)
+
+
+class DecodeLoop:
+    """The thread that owns the context: ``submit`` jobs, ``close`` to stop it."""
+
+    def __init__(
+        self,
+        model: ModelContext,
+        slots: int,
+        context_length: int,
+        reuse: bool,
+        cache: StateCache | None,
+        threads: int = 1,
+        cpu_load: CpuLoad | None = None,
+        deterministic: bool = False,
+    ) -> None:
+        self.model = model
+        # Every generated token computed two rows at a time (see "the batch" below).
+        self.deterministic = deterministic
+        # No more threads than the cores other work leaves free (see cpu_load).
+        self.threads = threads
+        self._cpu_load = cpu_load if threads > 1 else None
+        self._threads_now = threads
+        self._contended_at = 0.0
+        self.context_length = context_length
+        self.reuse = reuse
+        # Host memory for states (only with reuse): None or a zero budget keeps none.
+        self.cache = cache if reuse else None
+        self.slots = [Slot(seq) for seq in range(slots)]
+        self._incoming: deque[Job] = deque()
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self.steps = 0
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads ----
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            self._incoming.append(job)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled.set()
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+
+    # ---- the loop's thread ----
+
+    def _active(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.job is not None]
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._incoming and not self._has_work():
+                    if self._cpu_load is None:
+                        self._wake.wait()
+                    else:
+                        # Idle, the reading of other work is kept fresh (a few small
+                        # file reads a second): a request that comes under load starts
+                        # with the threads that load leaves, not with a reading that
+                        # spans the whole idle time.
+                        self._wake.wait(CPU_READING_SECONDS)
+                        self._cpu_load.free_cores()
+                if self._closing:
+                    break
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            try:
+                self._step()
+            except Exception as exc:  # a fault of the loop itself: fail what runs, go on
+                logger.exception("llama.cpp decode loop failed")
+                for slot in self._active():
+                    self._fail(slot, exc)
+        for slot in self._active():
+            self._fail(slot, RuntimeError("the engine is shutting down"))
+        for job in [*self._waiting, *self._incoming]:
+            self._release_unstarted(job, RuntimeError("the engine is shutting down"))
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting) or any(slot.job is not None for slot in self.slots)
+
+    def _step(self) -> None:
+        for slot in self._active():
+            assert slot.job is not None
+            if slot.job.cancelled.is_set():
+                self._end(slot, None)
+        self._admit_waiting()
+        generating = [s for s in self._active() if s.job is not None and not s.job.reading_prompt]
+        if generating:
+            self._decode_and_sample(self._generation_rows(generating))
+        room = self.model.batch_capacity
+        for slot in self._active():
+            job = slot.job
+            assert job is not None
+            if job.reading_prompt and room > 0:
+                rows = self._prompt_rows(slot, job, room)
+                room -= len(rows)
+                self._decode_and_sample(rows)
+
+    # -- admission --
+
+    def _admit_waiting(self) -> None:
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled.is_set():
+                self._waiting.popleft()
+                self._release_unstarted(job, None)
+                continue
+            free = [slot for slot in self.slots if slot.job is None]
+            if not free:
+                return
+            self._waiting.popleft()
+            try:
+                self._place(job, free)
+            except Exception as exc:
+                logger.exception("could not place a request in a slot")
+                self._release_unstarted(job, exc)
+
+    def _place(self, job: Job, free: list[Slot]) -> None:
+        """Put ``job`` in the free slot that lets it reuse the most, and report its
+        prompt as accepted."""
+        prompt = job.prompt
+        least_recent = min(free, key=lambda s: s.last_used)
+        slot, shared = least_recent, 0
+        if self.reuse:
+            # Ties go to the most recently used, then the first slot (as max keeps it).
+            shared, _, _, best = max(
+                (common_prefix(s.tokens, prompt), s.last_used, -s.seq, s) for s in free
+            )
+            if shared:
+                slot = best
+            entry, entry_shared = (
+                self.cache.best_match(prompt) if self.cache is not None else (None, 0)
+            )
+            if entry is not None and entry_shared > shared:
+                slot = least_recent
+                self._keep(slot)
+                if self.model.restore(slot.seq, entry.data):
+                    slot.tokens = entry.tokens
+                    shared = entry_shared
+                else:  # a state that does not restore is recomputed
+                    logger.warning("a saved prompt state did not restore; recomputing")
+                    self.model.forget(slot.seq, 0)
+                    slot.tokens = as_tokens(())
+                    shared = 0
+        # The last prompt token is always computed: its logits start the reply.
+        shared = min(shared, len(prompt) - 1)
+        if shared < len(slot.tokens):
+            self._keep(slot)
+            self.model.forget(slot.seq, shared)
+            slot.tokens = slot.tokens[:shared]
+        job.prefilled = shared
+        slot.job = job
+        slot.last_used = time.monotonic()
+        job.deliver(PromptAccepted(len(prompt), cached_tokens=shared))
+
+    def _keep(self, slot: Slot) -> None:
+        """Save the slot's state in host memory before any of it is overwritten."""
+        if self.cache is None or self.cache.max_bytes <= 0 or len(slot.tokens) < 2:
+            return
+        if self.cache.holds(slot.tokens):
+            return
+        self.cache.put(slot.tokens, self.model.save(slot.seq))
+
+    # -- the batch --
+    #
+    # llama.cpp computes a batch of one row with other kernels than one of several rows
+    # (and a sequence with one row in a batch likewise), and their last bits differ:
+    # enough to change a greedy reply. With a KV buffer per sequence, it cuts a batch
+    # into pieces holding the same number of tokens of each of a run of consecutive
+    # sequence ids. So:
+    # - A slot's prompt chunk is a decode of its own, of at least two rows (a filler row
+    #   after a lone token: a later position, which the real row cannot see; its cell is
+    #   removed after the decode). Prompt states are then the same however they were cut.
+    # - Generation decodes one token of every slot from the first generating one to the
+    #   last (filler rows for idle slots between, so that it is one piece). By default a
+    #   token is one row, as fast as llama.cpp goes; a reply then depends in its last bits
+    #   on how many other requests were decoded beside it, and its tokens' state is not
+    #   kept for reuse (the next turn computes them as prompt). ``deterministic`` gives
+    #   every token a filler row, so that each sequence always has two rows: replies do
+    #   not depend on other requests, and the whole state is kept, at about 1.5x the time
+    #   per token of a lone request.
+
+    def _generation_rows(self, generating: list[Slot]) -> list[Row]:
+        first, last = generating[0].seq, generating[-1].seq
+        per_slot = 2 if self.deterministic else 1
+        rows: list[Row] = []
+        for slot in self.slots[first : last + 1]:
+            job = slot.job
+            position = len(slot.tokens)
+            if job is not None and not job.reading_prompt:
+                rows.append(Row(slot, job.pending_token, position, True))
+                token = job.pending_token
+                fillers = per_slot - 1
+            else:
+                token, fillers = 0, per_slot
+            rows.extend(
+                Row(slot, token, position + n, False, real=False)
+                for n in range(per_slot - fillers, per_slot)
+            )
+        return rows
+
+    def _prompt_rows(self, slot: Slot, job: Job, room: int) -> list[Row]:
+        start = job.prefilled
+        end = min(len(job.prompt), start + room)
+        last = len(job.prompt) - 1
+        rows = [Row(slot, int(job.prompt[p]), p, p == last) for p in range(start, end)]
+        if len(rows) == 1:
+            lone = rows[0]
+            rows.append(Row(slot, lone.token, lone.position + 1, False, real=False))
+        return rows
+
+    def _choose_threads(self) -> None:
+        if self._cpu_load is None:
+            return
+        now = time.monotonic()
+        threads = min(self.threads, self._cpu_load.free_cores())
+        if threads < self._threads_now:
+            self._contended_at = now
+        elif now - self._contended_at < RAISE_AFTER_SECONDS:
+            # Load comes and goes in bursts: more threads only after a calm second.
+            threads = self._threads_now
+        if threads != self._threads_now:
+            logger.debug("llama.cpp decodes with %d thread(s) now", threads)
+            self.model.set_threads(threads)
+            self._threads_now = threads
+
+    def _decode_and_sample(self, rows: list[Row]) -> None:
+        self._choose_threads()
+        result = self.model.decode(rows)
+        self.steps += 1
+        fillers: dict[int, int] = {}
+        for row in rows:
+            if not row.real:
+                fillers[row.slot.seq] = min(row.position, fillers.get(row.slot.seq, row.position))
+        for seq, position in fillers.items():
+            self.model.forget(seq, position)
+        real = [row for row in rows if row.real]
+        if result != 0:
+            error = RuntimeError(f"llama_decode returned {result}")
+            for slot in {row.slot.seq: row.slot for row in real}.values():
+                self.model.forget(slot.seq, 0)
+                slot.tokens = as_tokens(())
+                if slot.job is not None:
+                    self._fail(slot, error)
+            return
+        appended: dict[int, list[int]] = {}
+        for row in real:
+            appended.setdefault(row.slot.seq, []).append(row.token)
+        for seq, new in appended.items():
+            slot = self.slots[seq]
+            slot.tokens = np.concatenate([slot.tokens, as_tokens(new)])
+            if slot.job is not None and slot.job.reading_prompt:
+                slot.job.prefilled += len(new)
+        for index, row in enumerate(rows):
+            job = row.slot.job
+            if not row.logits or job is None:
+                continue
+            try:
+                self._next_token(row.slot, job, index)
+            except Exception as exc:
+                self._fail(row.slot, exc)
+
+    def _next_token(self, slot: Slot, job: Job, row: int) -> None:
+        token = self.model.sample(job, row)
+        if self.model.is_end(token):
+            self._end(slot, "stop")
+            return
+        job.generated += 1
+        text = job.decoder.decode(self.model.piece(token))
+        if text:
+            job.deliver(TextDelta(text, job.generated))
+        room = self.context_length - len(slot.tokens) - 1
+        if job.generated >= job.budget or room <= 0:
+            self._end(slot, "length")
+            return
+        job.pending_token = token
+
+    # -- endings --
+
+    def _end(self, slot: Slot, reason: FinishReason | None) -> None:
+        """The job leaves its slot: finished with ``reason``, or cancelled (None)."""
+        job = self._vacate(slot)
+        slot.last_used = time.monotonic()
+        if reason is not None:
+            tail = job.decoder.decode(b"", final=True)
+            if tail:
+                job.deliver(TextDelta(tail, job.generated))
+            job.deliver(Finished(reason, job.generated))
+        logger.debug(
+            "llama.cpp %s in %.2fs: %d prompt, %d completion tokens (budget %d), slot %d",
+            f"finished ({reason})" if reason else "stopped by the server",
+            time.monotonic() - job.started,
+            len(job.prompt),
+            job.generated,
+            job.budget,
+            slot.seq,
+        )
+        job.sampler.close()
+        job.deliver(JOB_RELEASED)
+
+    def _forget_reply(self, slot: Slot, job: Job) -> None:
+        """Keep only the prompt's state: the next turn recomputes the reply's tokens as
+        prompt, so that reusing the state cannot change what a fresh run computes."""
+        keep = min(job.prefilled, len(slot.tokens))
+        if keep < len(slot.tokens):
+            self.model.forget(slot.seq, keep)
+            slot.tokens = slot.tokens[:keep]
+
+    def _leave_room(self, slot: Slot) -> None:
+        """An idle slot keeps room for the two filler rows it may be given."""
+        keep = self.context_length - 2
+        if len(slot.tokens) > keep:
+            self.model.forget(slot.seq, keep)
+            slot.tokens = slot.tokens[:keep]
+
+    def _vacate(self, slot: Slot) -> Job:
+        """Take the job out of its slot, keeping of the slot's state what may be reused."""
+        job = slot.job
+        assert job is not None
+        slot.job = None
+        self._leave_room(slot)
+        if not self.deterministic:
+            # Its reply was computed one row at a time: not what a prompt computes.
+            self._forget_reply(slot, job)
+        return job
+
+    def _fail(self, slot: Slot, error: BaseException) -> None:
+        job = self._vacate(slot)
+        job.sampler.close()
+        job.deliver(error)
+        job.deliver(JOB_RELEASED)
+
+    def _release_unstarted(self, job: Job, error: BaseException | None) -> None:
+        job.sampler.close()
+        if error is not None:
+            job.deliver(error)
+        job.deliver(JOB_RELEASED)
+
+
+def deliver_to(wakeup: LoopWakeup, queue: asyncio.Queue[object]) -> Callable[[object], None]:
+    """A ``Job.deliver`` that hands events to ``queue`` on the wakeup's loop."""
+    put = queue.put_nowait
+    call = wakeup.call
+
+    def deliver(item: object) -> None:
+        call(put, item)
+
+    return deliver

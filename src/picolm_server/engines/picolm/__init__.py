@@ -1,0 +1,1 @@
+"""The PicoLM engine: a one-shot C program run per generation."""

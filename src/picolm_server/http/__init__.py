@@ -1,0 +1,1 @@
+"""HTTP plumbing under every wire API: route tables, request parsing, responses, limits, manners."""

@@ -1,0 +1,150 @@
+"""Prometheus metrics: what the server counts, and ``GET /metrics`` to read them.
+
+Each app owns its registry (never prometheus-client's global default one), so several
+apps in one process keep separate counts. Requests are counted when their response is
+complete, from the :class:`~.observation.RequestRecord` the request log fills in; the
+scheduler's running and queued counts are read at scrape time. Every series carries an
+``engine`` label (``picolm`` or ``llama_cpp``) so that several servers' metrics can be
+put side by side.
+
+The series are held by :mod:`.metrics_series`; prometheus_client is imported with the
+first scrape (:mod:`.metrics_exposition` writes its exposition from them), so a server
+nobody scrapes never loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..generation.scheduler import Scheduler
+from ..http.route_table import Routes
+from .observation import RequestRecord
+from .series import Registry
+
+if TYPE_CHECKING:
+    from .exposition import Exposition
+
+# prometheus_client's CONTENT_TYPE_LATEST (the text format, version 0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. A tiny model answers in well under a second; PicoLM on a small board can
+# take minutes, up to the default 300 s time limit.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, float("inf"))
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+class ServerMetrics:
+    def __init__(
+        self,
+        engine: str,
+        scheduler: Scheduler,
+        store_available: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry = Registry()
+        self._exposition: Exposition | None = None
+        self._requests = registry.counter(
+            "picolm_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["engine", "route", "status"],
+        )
+        self._in_flight = registry.gauge(
+            "picolm_http_requests_in_flight",
+            "HTTP requests being handled now.",
+            ["engine"],
+        ).labels(engine)
+        running = registry.gauge(
+            "picolm_generations_running",
+            "Generations holding a slot now.",
+            ["engine"],
+        )
+        running.labels(engine).set_function(lambda: scheduler.running)
+        queued = registry.gauge(
+            "picolm_requests_queued",
+            "Requests waiting for a generation slot now.",
+            ["engine"],
+        )
+        queued.labels(engine).set_function(lambda: scheduler.queued)
+        registry.gauge(
+            "picolm_response_store_available",
+            "1 while the Responses API's store works (its last use succeeded), else 0.",
+            ["engine"],
+        ).labels(engine).set_function(lambda: 1 if store_available() else 0)
+        self._rejected = registry.counter(
+            "picolm_requests_rejected",
+            "Requests refused with 429 because the queue was full.",
+            ["engine"],
+        ).labels(engine)
+        self._duration = registry.histogram(
+            "picolm_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template.",
+            ["engine", "route"],
+            LATENCY_BUCKETS,
+        )
+        self._ttft = registry.histogram(
+            "picolm_time_to_first_token_seconds",
+            "Time from a chat request's arrival to the reply's first token.",
+            ["engine"],
+            LATENCY_BUCKETS,
+        ).labels(engine)
+        tokens = registry.counter(
+            "picolm_tokens",
+            "Tokens processed: prompt, completion, and the prompt tokens reused from "
+            "saved state (cached, also counted in prompt).",
+            ["engine", "kind"],
+        )
+        self._prompt_tokens = tokens.labels(engine, "prompt")
+        self._completion_tokens = tokens.labels(engine, "completion")
+        self._cached_tokens = tokens.labels(engine, "cached")
+        failures = registry.counter(
+            "picolm_engine_failures",
+            "Generations the engine failed (error) or that ran past their time limit (timeout).",
+            ["engine", "reason"],
+        )
+        self._engine_errors = failures.labels(engine, "error")
+        self._engine_timeouts = failures.labels(engine, "timeout")
+
+    def request_started(self) -> None:
+        self._in_flight.inc()
+
+    def request_finished(self, record: RequestRecord) -> None:
+        """Count a request whose response is complete (or abandoned); called once."""
+        self._in_flight.dec()
+        route = record.route or UNMATCHED_ROUTE
+        self._requests.labels(self.engine, route, str(record.status)).inc()
+        if record.duration_seconds is not None:
+            self._duration.labels(self.engine, route).observe(record.duration_seconds)
+        if record.status == 429:
+            self._rejected.inc()
+        if record.ttft_seconds is not None:
+            self._ttft.observe(record.ttft_seconds)
+        if record.prompt_tokens is not None:
+            self._prompt_tokens.inc(record.prompt_tokens)
+            self._cached_tokens.inc(record.cached_tokens or 0)
+            self._completion_tokens.inc(record.completion_tokens or 0)
+        if record.engine_error == "error":
+            self._engine_errors.inc()
+        elif record.engine_error == "timeout":
+            self._engine_timeouts.inc()
+
+    def exposition(self) -> bytes:
+        """The text a scrape returns (prometheus_client's, imported with the first one)."""
+        if self._exposition is None:
+            from .exposition import Exposition
+
+            self._exposition = Exposition(self.registry.families)
+        return self._exposition.text()
+
+
+router = Routes()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    server_metrics: ServerMetrics = request.app.state.metrics
+    return Response(server_metrics.exposition(), media_type=CONTENT_TYPE)

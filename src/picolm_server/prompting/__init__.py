@@ -1,0 +1,1 @@
+"""Prompts: chat templates, their sandbox, and prompt token counting."""

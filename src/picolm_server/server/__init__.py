@@ -1,0 +1,1 @@
+"""The server process: app assembly, bootstrap, runner, memory footprint, logging."""
