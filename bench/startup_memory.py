@@ -212,7 +212,11 @@ class Finder(importlib.abc.MetaPathFinder):
         return None
 if sys.argv[2:] == ["memory"]:
     sys.meta_path.insert(0, Finder())
-from picolm_server import cli, runner
+from picolm_server import cli
+try:
+    from picolm_server.server import runner
+except ImportError:  # a tree from before the server package
+    from picolm_server import runner
 built = rss()
 settings = cli.load_from_args(["-config", sys.argv[1]])
 service = cli.build_service(settings)
