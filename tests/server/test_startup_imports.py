@@ -67,7 +67,7 @@ PROGRAM = """
 import json, sys
 from picolm_server import cli, runner
 settings = cli.load_from_args(["-binary", sys.argv[1], "-model-path", sys.argv[2]])
-service = cli.build_service(settings)
+service = cli.build_core(settings)
 cli.create_app(service, api_key="", max_body=1024, log_requests=False)
 loaded = {part for name in sys.modules for part in (name, name.split(".")[0])}
 print(json.dumps(sorted(loaded & set(sys.argv[3:]))))

@@ -95,6 +95,12 @@ class GenerationCore:
     def abilities(self) -> EngineAbilities:
         return self.engine.abilities
 
+    def accept(self, model: str, observer: GenerationObserver = NO_OBSERVER) -> None:
+        """What every wire API does first with a parsed request: record the model it
+        asked for (the request log shows it, even when refused), then check it."""
+        observer.request_parsed(model)
+        self.check_model(model)
+
     def check_model(self, model: str, param: str = "model") -> None:
         """404 ``model_not_found`` unless ``model`` is the served model's id."""
         if model != self.model_id:

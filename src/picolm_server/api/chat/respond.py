@@ -20,7 +20,7 @@ from ...generation import (
     Usage,
 )
 from ...generation.drain import ends_stream_with_done
-from ...generation.stop_scan import DONE_EVENT, ContentChunkTemplate, sse_event
+from ...http.sse import DONE_EVENT, ContentChunkTemplate, sse_event
 from ...tool_calls import ParsedCall, argument_fragments
 from .types import (
     ChatCompletion,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from ...errors import APIError
 from ...generation import EventStream, Finish, TextDelta, Usage
 from ...generation.drain import ends_stream_with_done
-from ...generation.stop_scan import DONE_EVENT, sse_event
+from ...http.sse import DONE_EVENT, sse_event
 from ..chat.types import Usage as WireUsage
 from .types import Completion, CompletionChoice, CompletionFinishReason
 
