@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -131,17 +130,6 @@ class GenerationCore:
             observer=observer,
         )
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A scheduler slot, whose wait ends when a shutdown drain does."""
-        slot = self.scheduler.slot()
-        with self.drain.guard():
-            await slot.__aenter__()
-        try:
-            yield
-        finally:
-            await slot.__aexit__(None, None, None)
-
     async def open(
         self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
     ) -> EventStream:
@@ -153,11 +141,14 @@ class GenerationCore:
             await generation.admit()
         except ContextLengthExceededError as exc:
             raise exc.for_field(spec.prompt.param) from None
-        slot = self._slot()
-        await slot.__aenter__()
+        # What the stream releases when it is closed: first the slot, whose wait (not
+        # its holding) ends when a shutdown drain does.
+        resources = contextlib.AsyncExitStack()
+        with self.drain.guard():
+            await resources.enter_async_context(self.scheduler.slot())
         from .stream import EventStream
 
-        stream = EventStream(generation, slot)
+        stream = EventStream(generation, resources)
         try:
             await generation.start()
         except BaseException as exc:
