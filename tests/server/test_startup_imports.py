@@ -65,7 +65,7 @@ NOT_AT_START = (
 # What `picolm-server` does before it starts serving (cli.main, without uvicorn.run).
 PROGRAM = """
 import json, sys
-from picolm_server import cli, runner
+from picolm_server import cli
 settings = cli.load_from_args(["-binary", sys.argv[1], "-model-path", sys.argv[2]])
 service = cli.build_core(settings)
 cli.create_app(service, api_key="", max_body=1024, log_requests=False)
@@ -168,7 +168,12 @@ def test_each_api_loads_with_its_first_request(picolm_files: PicoLMFiles) -> Non
         # Text completions share the chat types' usage and stream options.
         (
             "/v1/completions",
-            GENERATING | {"picolm_server.api.completions", "picolm_server.api.chat.types"},
+            GENERATING
+            | {
+                "picolm_server.api.completions",
+                "picolm_server.api.chat",  # the package of the types
+                "picolm_server.api.chat.types",
+            },
         ),
         ("/v1/embeddings", TYPES | {"picolm_server.api.embeddings"}),
         ("/metrics", {"prometheus_client", "picolm_server.observability.exposition"}),
