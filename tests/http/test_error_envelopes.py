@@ -125,10 +125,10 @@ def test_an_unexpected_exception() -> None:
     assert status == 500 and json.loads(body)["error"]["type"] == "server_error"
 
 
-def test_too_many_connections() -> None:
+def testtoo_many_connections() -> None:
     # The app a connection past the cap is given in place of the server's.
-    status, headers, body = answer_of(limits._too_many_connections, "/v1/messages")
+    status, headers, body = answer_of(limits.too_many_connections, "/v1/messages")
     assert status == 503 and headers["connection"] == "close"
     assert anthropic_types.error(body).error.type == "overloaded_error"
-    status, headers, body = answer_of(limits._too_many_connections, "/v1/chat/completions")
+    status, headers, body = answer_of(limits.too_many_connections, "/v1/chat/completions")
     assert status == 503 and json.loads(body)["error"]["code"] == "too_many_connections"

@@ -23,7 +23,8 @@ from ..errors import RequestTimeoutError, TooManyConnectionsError
 from .errors import error_response
 
 
-async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+async def too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app a connection past the cap gets in place of the server's: a 503."""
     error = TooManyConnectionsError(
         "The server has too many open connections; retry later.", headers={"Retry-After": "1"}
     )
@@ -49,7 +50,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self.app = _too_many_connections
+            self.app = too_many_connections
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:
