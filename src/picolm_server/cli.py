@@ -17,7 +17,7 @@ from . import __version__
 from .api.responses.store import ResponseStore
 from .config.settings import ConfigError, Settings, load_settings
 from .server.app import create_app
-from .server.bootstrap import build_service
+from .server.bootstrap import build_core
 from .server.footprint import map_large_allocations, release_startup_memory
 from .server.logging_setup import configure_logging
 from .server.runner import serve
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_from_args(args)
         configure_logging(settings.logging)
-        service = build_service(settings)
+        core = build_core(settings)
     except ConfigError as exc:
         print(f"picolm-server: {exc}", file=sys.stderr)
         return 2
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     response_store.check()
     app = create_app(
-        service,
+        core,
         api_key=settings.server.api_key,
         max_body=settings.server.max_body,
         log_requests=settings.logging.log_requests,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     release_startup_memory()
     map_large_allocations()
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
-    serve(app, settings.server, service.drain)
+    serve(app, settings.server, core.drain)
     return 0
 
 

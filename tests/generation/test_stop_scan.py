@@ -7,12 +7,8 @@ import json
 import pytest
 
 from picolm_server.api.chat.types import ChatCompletionChunk, ChunkChoice, Delta
-from picolm_server.generation.stop_scan import (
-    DONE_EVENT,
-    ContentChunkTemplate,
-    StopScanner,
-    sse_event,
-)
+from picolm_server.generation.stop_scan import StopScanner
+from picolm_server.http.sse import DONE_EVENT, ContentChunkTemplate, sse_event
 
 
 def feed_all(stops: list[str], pieces: list[str]) -> tuple[list[str], bool]:

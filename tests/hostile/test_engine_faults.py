@@ -231,13 +231,13 @@ def llama_faults() -> Iterator[InProcessServer]:
     from picolm_server.config.settings import Settings
     from picolm_server.engines.llama_cpp.engine import LlamaCppEngine
     from picolm_server.server.app import create_app
-    from picolm_server.server.bootstrap import build_service
+    from picolm_server.server.bootstrap import build_core
     from tests.support.server import free_port
 
     settings = Settings.from_values(
         {"engine": "llama_cpp", "llama_cpp": {"timeout_seconds": 300, "threads": 2}}
     )
-    service = build_service(settings)
+    service = build_core(settings)
     engine = service.engine
     assert isinstance(engine, LlamaCppEngine)
     word = engine.tokenize(" word", add_special=False, parse_special=False)[0]

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from picolm_server.config.settings import load_settings
 from picolm_server.server.app import create_app
-from picolm_server.server.bootstrap import build_service
+from picolm_server.server.bootstrap import build_core
 from tests.conftest import TEST_API_KEY
 from tests.http.test_requests import AUTH, sse_payloads, user
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
@@ -177,7 +177,7 @@ def test_apps_in_one_process_keep_their_own_counts(
     """Each app has its own registry: a second app neither collides with the first nor
     sees its requests."""
     settings = load_settings(None, picolm_files.config(picolm={"cache_dir": str(tmp_path)}))
-    apps = [create_app(build_service(settings), engine_name="picolm") for _ in range(2)]
+    apps = [create_app(build_core(settings), engine_name="picolm") for _ in range(2)]
 
     def samples_of(app: Any) -> Samples:
         response = TestClient(app).get("/metrics")

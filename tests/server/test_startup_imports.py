@@ -66,10 +66,9 @@ NOT_AT_START = (
 PROGRAM = """
 import json, sys
 from picolm_server import cli
-from picolm_server.server import runner
 settings = cli.load_from_args(["-binary", sys.argv[1], "-model-path", sys.argv[2]])
-service = cli.build_service(settings)
-cli.create_app(service, api_key="", max_body=1024, log_requests=False)
+core = cli.build_core(settings)
+cli.create_app(core, api_key="", max_body=1024, log_requests=False)
 loaded = {part for name in sys.modules for part in (name, name.split(".")[0])}
 print(json.dumps(sorted(loaded & set(sys.argv[3:]))))
 """
@@ -166,14 +165,13 @@ def test_each_api_loads_with_its_first_request(picolm_files: PicoLMFiles) -> Non
             GENERATING
             | {"picolm_server.api.responses.routes", "picolm_server.api.responses.types"},
         ),
-        # Text completions share the chat types' usage and stream options (and so load
-        # the chat package's __init__, a docstring, with them).
+        # Text completions share the chat types' usage and stream options.
         (
             "/v1/completions",
             GENERATING
             | {
                 "picolm_server.api.completions",
-                "picolm_server.api.chat",
+                "picolm_server.api.chat",  # the package of the types
                 "picolm_server.api.chat.types",
             },
         ),

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
-from starlette.responses import Response
 
 from ..engines.base import Engine
-from ..http.json_text import escape_line_separators
 from ..http.requests import core_of, parse_request
+from ..http.responses import JSONResponse, JSONText
 from ..http.route_table import Routes
 
 router = Routes()
@@ -53,7 +51,7 @@ def piece_value(piece: bytes) -> str | list[int]:
         return list(piece)
 
 
-def pieces_json(engine: Engine, tokens: Sequence[int]) -> str:
+def pieces_json(engine: Engine, tokens: Sequence[int]) -> JSONText:
     """``{"tokens": [{"id", "piece"}, ...]}``: each token with its own text, as
     llama-server's ``with_pieces`` gives them."""
     entries: dict[int, str] = {}
@@ -64,16 +62,11 @@ def pieces_json(engine: Engine, tokens: Sequence[int]) -> str:
             piece = json.dumps(piece_value(engine.token_piece(token)), ensure_ascii=False)
             entry = entries[token] = f'{{"id":{token},"piece":{piece}}}'
         parts.append(entry)
-    return escape_line_separators('{"tokens":[' + ",".join(parts) + "]}")
-
-
-def _json(body: dict[str, Any]) -> Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    return Response(escape_line_separators(text), media_type="application/json")
+    return JSONText('{"tokens":[' + ",".join(parts) + "]}")
 
 
 @router.post("/tokenize")
-async def tokenize(request: Request) -> Response:
+async def tokenize(request: Request) -> JSONResponse:
     parsed = await parse_request(request, TokenizeRequest)
     core = core_of(request)
     tokens = await core.tokenize(
@@ -83,12 +76,12 @@ async def tokenize(request: Request) -> Response:
         param="content",
     )
     if not parsed.with_pieces:
-        return _json({"tokens": tokens})
-    text = await core.tokenizer_job(lambda: pieces_json(core.engine, tokens))
-    return Response(text, media_type="application/json")
+        return JSONResponse({"tokens": tokens})
+    # Written in the tokenizer's worker thread: JSON text, rendered as it is.
+    return JSONResponse(await core.tokenizer_job(lambda: pieces_json(core.engine, tokens)))
 
 
 @router.post("/detokenize")
-async def detokenize(request: Request) -> Response:
+async def detokenize(request: Request) -> JSONResponse:
     parsed = await parse_request(request, DetokenizeRequest)
-    return _json({"content": await core_of(request).detokenize(parsed.tokens)})
+    return JSONResponse({"content": await core_of(request).detokenize(parsed.tokens)})

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -95,6 +94,12 @@ class GenerationCore:
     def abilities(self) -> EngineAbilities:
         return self.engine.abilities
 
+    def accept(self, model: str, observer: GenerationObserver = NO_OBSERVER) -> None:
+        """What every wire API does first with a parsed request: record the model it
+        asked for (the request log shows it, even when refused), then check it."""
+        observer.request_parsed(model)
+        self.check_model(model)
+
     def check_model(self, model: str, param: str = "model") -> None:
         """404 ``model_not_found`` unless ``model`` is the served model's id."""
         if model != self.model_id:
@@ -125,17 +130,6 @@ class GenerationCore:
             observer=observer,
         )
 
-    @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """A scheduler slot, whose wait ends when a shutdown drain does."""
-        slot = self.scheduler.slot()
-        with self.drain.guard():
-            await slot.__aenter__()
-        try:
-            yield
-        finally:
-            await slot.__aexit__(None, None, None)
-
     async def open(
         self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
     ) -> EventStream:
@@ -147,11 +141,14 @@ class GenerationCore:
             await generation.admit()
         except ContextLengthExceededError as exc:
             raise exc.for_field(spec.prompt.param) from None
-        slot = self._slot()
-        await slot.__aenter__()
+        # What the stream releases when it is closed: first the slot, whose wait (not
+        # its holding) ends when a shutdown drain does.
+        resources = contextlib.AsyncExitStack()
+        with self.drain.guard():
+            await resources.enter_async_context(self.scheduler.slot())
         from .stream import EventStream
 
-        stream = EventStream(generation, slot)
+        stream = EventStream(generation, resources)
         try:
             await generation.start()
         except BaseException as exc:

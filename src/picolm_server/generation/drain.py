@@ -1,19 +1,19 @@
 """Graceful shutdown: what SIGTERM or SIGINT does to the requests in flight.
 
 When the signal arrives the server stops accepting connections and every request that
-still reaches the application is refused with a 503 in OpenAI's envelope. Generations
-already running (and requests already waiting for a slot) get ``server.shutdown_timeout``
-seconds to finish; then each one still running is interrupted where it waits for the
-engine and ends properly: a stream with an error event and ``data: [DONE]``, a
-non-streamed request with a JSON 503. Interrupting a generation closes its engine run,
-which kills its processes.
+still reaches the application is refused with a 503 in the envelope of its API
+(http/shutdown.py).
+Generations already running (and requests already waiting for a slot) get
+``server.shutdown_timeout`` seconds to finish; then each one still running is
+interrupted where it waits for the engine and ends properly: a stream with an error
+event and ``data: [DONE]``, a non-streamed request with a JSON 503. Interrupting a
+generation closes its engine run, which kills its processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import socket
@@ -23,8 +23,6 @@ from contextlib import contextmanager
 
 import anyio
 import uvicorn
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.server import HANDLED_SIGNALS
 
 from ..errors import APIError, ServerShuttingDownError
@@ -86,27 +84,6 @@ def ends_stream_with_done(error: APIError) -> bool:
     server stopping is not the generation failing, so the stream is closed as usual
     after its error event."""
     return isinstance(error, ServerShuttingDownError)
-
-
-class DrainMiddleware:
-    """Once the drain has begun, every request that still arrives gets a 503."""
-
-    def __init__(self, app: ASGIApp, drain: Drain) -> None:
-        self.app = app
-        self.drain = drain
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.drain.draining:
-            error = ServerShuttingDownError("The server is shutting down; retry later.")
-            response = Response(
-                json.dumps(error.to_dict()),
-                status_code=error.status_code,
-                media_type="application/json",
-                headers={"Connection": "close"},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 class DrainingServer(uvicorn.Server):

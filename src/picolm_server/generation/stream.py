@@ -4,7 +4,7 @@ owns its scheduler slot and its engine run until it is closed."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AsyncExitStack
 from types import TracebackType
 
 import anyio
@@ -20,9 +20,12 @@ class EventStream:
     :class:`~picolm_server.errors.APIError`. Always close it (``aclose()`` or ``async
     with``): that stops the engine and frees the slot, even on cancellation."""
 
-    def __init__(self, generation: Generation, slot: AbstractAsyncContextManager[None]) -> None:
+    def __init__(self, generation: Generation, resources: AsyncExitStack) -> None:
+        """``resources`` holds what the generation was given to run (its scheduler
+        slot); closing the stream closes the engine run, then releases them."""
         self._generation = generation
-        self._slot = slot
+        self._resources = resources
+        resources.push_async_callback(generation.close)
         self._closed = False
         self._events: AsyncGenerator[GenerationEvent, None] | None = None
 
@@ -44,22 +47,19 @@ class EventStream:
         if self._events is not None:
             raise RuntimeError("an event stream is iterated once")
         self._events = self._generation.events()
+        # Closed before the engine run: it is what reads from it.
+        self._resources.push_async_callback(self._events.aclose)
         return self._events
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            try:
-                if self._events is not None:
-                    with anyio.CancelScope(shield=True):
-                        await self._events.aclose()
-            finally:
-                await self._generation.close()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._slot.__aexit__(None, None, None)
+        # Shielded: the engine must get to stop its process and the slot must be freed
+        # even when this request's task is being cancelled. Each step runs even when
+        # one before it fails (the exit stack's order: last pushed, first run).
+        with anyio.CancelScope(shield=True):
+            await self._resources.aclose()
 
     async def __aenter__(self) -> EventStream:
         return self

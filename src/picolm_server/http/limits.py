@@ -1,5 +1,6 @@
 """Connection limits uvicorn does not have: a deadline for each request's headers, a cap
-on open connections answered in OpenAI's envelope, and a deadline for the body.
+on open connections answered in the envelope of the request's API, and a deadline for
+the body.
 
 uvicorn closes a connection that stays idle after a response (``timeout_keep_alive``)
 and bounds the size of the headers (``h11_max_incomplete_event_size``), but a client
@@ -12,28 +13,22 @@ application knows when it has read the body.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import anyio
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import RequestTimeoutError, TooManyConnectionsError
+from .errors import error_response
 
 
-async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+async def too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app a connection past the cap gets in place of the server's: a 503."""
     error = TooManyConnectionsError(
         "The server has too many open connections; retry later.", headers={"Retry-After": "1"}
     )
-    response = Response(
-        json.dumps(error.to_dict()),
-        status_code=error.status_code,
-        media_type="application/json",
-        headers={**error.headers, "Connection": "close"},
-    )
-    await response(scope, receive, send)
+    await error_response(error, scope, {"Connection": "close"})(scope, receive, send)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -55,7 +50,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
-            self.app = _too_many_connections
+            self.app = too_many_connections
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:

@@ -14,10 +14,10 @@ import logging
 import time
 from collections.abc import Mapping
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import APIError
+from .errors import error_response
 
 logger = logging.getLogger("picolm_server")
 
@@ -141,8 +141,8 @@ class SSEPingMiddleware:
 
 
 class UnexpectedErrorMiddleware:
-    """An exception no handler knows becomes a 500 in the OpenAI envelope, logged with
-    its traceback. (Starlette's own last-resort handler sits outside every middleware,
+    """An exception no handler knows becomes a 500 in the envelope of the request's API,
+    logged with its traceback. (Starlette's own last-resort handler sits outside every middleware,
     so its answer would lack CORS headers and the request id.)"""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -166,4 +166,4 @@ class UnexpectedErrorMiddleware:
                 raise  # mid-response: nothing sensible can be sent any more
             logger.exception("unexpected error while handling a request")
             error = APIError(f"The server had an error: {type(exc).__name__}.")
-            await JSONResponse(error.to_dict(), status_code=error.status_code)(scope, receive, send)
+            await error_response(error, scope)(scope, receive, send)

@@ -1,8 +1,11 @@
-"""HTTP routes shared by every API (models, health) and the helpers their handlers use:
-body parsing, validation errors, the client-disconnect guard, the generation core.
+"""Request plumbing every route uses: the generation core serving the app, the body
+parsed into the route's request model (with OpenAI's wording of a validation error, or
+the API's own), :func:`accept` (parse, record the model asked for, check it: the
+preamble of every generating route), and the guard that stops work for a client that
+has gone.
 
-pydantic (the request and model-list types) is imported by the handlers that use it,
-not with this module: the server answers ``/health`` before it has loaded it.
+pydantic is imported with the first request that is parsed, not with this module: the
+server answers ``/health`` before it has loaded it.
 """
 
 from __future__ import annotations
@@ -10,25 +13,37 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
-from ..errors import InvalidRequestError, ModelNotFoundError
+from ..errors import InvalidRequestError
 from ..generation import GenerationCore
-from .json_text import escape_line_separators
-from .route_table import Routes
+from ..observability.observation import GenerationObserver
+from ..observability.request_log import observer_of
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel, ValidationError
+    from pydantic import ValidationError
+    from typing_extensions import Self
 
-    from ..api.model_types import Model
+
+class RequestModel(Protocol):
+    """A request body's model (a pydantic model)."""
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self: ...
+
+
+class ModelRequest(RequestModel, Protocol):
+    """A request that names the model it is for."""
+
+    @property
+    def model(self) -> str: ...
+
 
 T = TypeVar("T")
-RequestT = TypeVar("RequestT", bound="BaseModel")
-
-router = Routes()
+RequestT = TypeVar("RequestT", bound=RequestModel)
+ModelRequestT = TypeVar("ModelRequestT", bound=ModelRequest)
 
 
 def core_of(request: Request) -> GenerationCore:
@@ -102,6 +117,22 @@ async def parse_request(
         raise (invalid or validation_error)(exc) from None
 
 
+async def accept(
+    request: Request,
+    kind: type[ModelRequestT],
+    invalid: Callable[[ValidationError], InvalidRequestError] | None = None,
+) -> tuple[ModelRequestT, GenerationCore, GenerationObserver]:
+    """The preamble of every route that serves a model: the body parsed as ``kind``
+    (:func:`parse_request`), then the core accepts its model
+    (:meth:`~picolm_server.generation.GenerationCore.accept`). Returns the request,
+    the core and the request's observer."""
+    parsed = await parse_request(request, kind, invalid)
+    core = core_of(request)
+    observer = observer_of(request.scope)
+    core.accept(parsed.model, observer)
+    return parsed, core, observer
+
+
 def _has_lone_surrogate(body: dict[str, Any]) -> bool:
     """JSON allows escapes like "\\ud800" that decode to no character; no engine can be
     given such text. Only looked for when the body has such an escape at all."""
@@ -140,43 +171,3 @@ async def _wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def _model(service: GenerationCore) -> Model:
-    from ..api.model_types import Model
-
-    info = service.engine.model
-    return Model(id=info.id, created=info.created, owned_by=info.owned_by)
-
-
-@router.get("/v1/models")
-async def list_models(request: Request) -> Response:
-    from ..api.model_types import ModelList
-
-    models = ModelList(data=[_model(core_of(request))])
-    return Response(escape_line_separators(models.model_dump_json()), media_type="application/json")
-
-
-@router.get("/v1/models/{model_id:path}")
-async def retrieve_model(request: Request, model_id: str) -> Response:
-    service = core_of(request)
-    if model_id != service.model_id:
-        raise ModelNotFoundError(model_id)
-    json_text = escape_line_separators(_model(service).model_dump_json())
-    return Response(json_text, media_type="application/json")
-
-
-@router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    service = core_of(request)
-    state = service.engine.health()
-    body = {
-        "status": "ok" if state.ok else "unavailable",
-        "engine": state.detail,
-        "model": service.model_id,
-        "running": service.scheduler.running,
-        "queued": service.scheduler.queued,
-        # Shown, not a 503: everything but stored responses still works without it.
-        "response_store": request.app.state.response_store.status,
-    }
-    return JSONResponse(body, status_code=200 if state.ok else 503)

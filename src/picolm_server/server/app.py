@@ -1,10 +1,10 @@
-"""The ASGI application: routes, OpenAI-style error responses and the middleware that
-guards them (request id and log, CORS, gzip, API key, body size)."""
+"""The ASGI application: routes, the handlers that answer errors (in the envelope of
+the request's API, http/errors.py) and the middleware that guards them (request id and
+log, CORS, gzip, API key, body size)."""
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..api.anthropic.envelope import AnthropicErrorMiddleware
+from ..api.models import router as models_router
 from ..api.registry import ROUTERS
 from ..api.responses.store import ResponseStore
 from ..errors import (
@@ -28,8 +28,8 @@ from ..errors import (
     RequestTooLargeError,
 )
 from ..generation import GenerationCore
-from ..generation.drain import DrainMiddleware
 from ..http.affinity import SESSION_HEADER
+from ..http.errors import error_response
 from ..http.limits import BodyDeadlineMiddleware
 from ..http.manners import (
     HeadAsGetMiddleware,
@@ -39,7 +39,8 @@ from ..http.manners import (
     api_key_header,
     bearer_token,
 )
-from ..http.requests import ClientDisconnected, router
+from ..http.requests import ClientDisconnected
+from ..http.shutdown import DrainMiddleware
 from ..observability.metrics import ServerMetrics
 from ..observability.metrics import router as metrics_router
 from ..observability.request_log import (
@@ -48,6 +49,7 @@ from ..observability.request_log import (
     RequestLogMiddleware,
 )
 from .footprint import IdleTrimMiddleware
+from .health import router as health_router
 from .ui import CHAT_PAGE_PATH
 from .ui import router as ui_router
 
@@ -56,16 +58,6 @@ logger = logging.getLogger("picolm_server")
 OPEN_PATHS = frozenset({"/health"})
 # Responses smaller than this are not worth compressing.
 GZIP_MINIMUM_BYTES = 1024
-
-
-def error_response(error: APIError) -> Response:
-    # ASCII JSON: a message quoting the request may hold any character.
-    return Response(
-        json.dumps(error.to_dict()),
-        status_code=error.status_code,
-        headers=error.headers,
-        media_type="application/json",
-    )
 
 
 class BodyLimitMiddleware:
@@ -86,7 +78,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await error_response(self._too_large())(scope, receive, send)
+                await error_response(self._too_large(), scope)(scope, receive, send)
                 return
         received = 0
         limit = self.max_body
@@ -130,13 +122,13 @@ class AuthMiddleware:
                 "as a Bearer token (Authorization: Bearer YOUR_KEY) or in the x-api-key "
                 "header."
             )
-            await error_response(AuthenticationError(message))(scope, receive, send)
+            await error_response(AuthenticationError(message), scope)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-async def _api_error(_: Request, exc: APIError) -> Response:
-    return error_response(exc)
+async def _api_error(request: Request, exc: APIError) -> Response:
+    return error_response(exc, request.scope)
 
 
 async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
@@ -147,20 +139,19 @@ async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        return error_response(NotFoundError(f"Invalid URL ({where})", code="unknown_url"))
-    if exc.status_code == 405:
-        return error_response(
-            MethodNotAllowedError(
-                f"Method not allowed ({where})", headers=allow_header(exc.headers)
-            )
+        error: APIError = NotFoundError(f"Invalid URL ({where})", code="unknown_url")
+    elif exc.status_code == 405:
+        error = MethodNotAllowedError(
+            f"Method not allowed ({where})", headers=allow_header(exc.headers)
         )
-    error = APIError(str(exc.detail))
-    error.status_code = exc.status_code
-    return error_response(error)
+    else:
+        error = APIError(str(exc.detail))
+        error.status_code = exc.status_code
+    return error_response(error, request.scope)
 
 
 def create_app(
-    service: GenerationCore,
+    core: GenerationCore,
     *,
     api_key: str = "",
     max_body: int = 4 * 1024 * 1024,
@@ -173,9 +164,11 @@ def create_app(
     sse_ping_seconds: float = 10.0,
     response_store: ResponseStore | None = None,
 ) -> Starlette:
-    # Plain Starlette routes (routing.py): FastAPI would add nothing the handlers use.
+    # Plain Starlette routes (http/route_table.py): FastAPI would add nothing the
+    # handlers use.
     routes = [
-        *router.routes,
+        *health_router.routes,
+        *models_router.routes,
         *(route for api_routes in ROUTERS for route in api_routes.routes),
         *metrics_router.routes,
         *(ui_router.routes if ui else []),
@@ -190,11 +183,11 @@ def create_app(
     # A path with a stray slash is a 404 like any unknown path: Starlette's redirect to
     # the path without it builds its Location from the client's Host header.
     app.router.redirect_slashes = False
-    app.state.core = service
+    app.state.core = core
     # Opened on first use: an app that never serves /v1/responses makes no file.
     store = app.state.response_store = response_store or ResponseStore(None)
     app.state.metrics = ServerMetrics(
-        engine_name or "unknown", service.scheduler, lambda: store.status == "ok"
+        engine_name or "unknown", core.scheduler, lambda: store.status == "ok"
     )
     open_paths = set(OPEN_PATHS)
     if metrics_public:
@@ -206,9 +199,8 @@ def create_app(
         app.add_middleware(AuthMiddleware, api_key=api_key, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
     app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
-    app.add_middleware(DrainMiddleware, drain=service.drain)
+    app.add_middleware(DrainMiddleware, drain=core.drain)
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(AnthropicErrorMiddleware)  # every error answer on its paths
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)  # never SSE
     app.add_middleware(SSEPingMiddleware, interval=sse_ping_seconds)
     if cors_origins:

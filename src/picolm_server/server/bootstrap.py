@@ -1,4 +1,4 @@
-"""From settings to a running service: pick the engine's factory from a table, check its
+"""From settings to a running generation core: pick the engine's factory from a table, check its
 files, load the model and its chat template. Every problem becomes a one-line
 :class:`ConfigError`."""
 
@@ -266,7 +266,7 @@ def build_engine(settings: Settings) -> BuiltEngine:
     return ENGINE_FACTORIES[settings.resolved_engine()](settings)
 
 
-def build_service(settings: Settings) -> GenerationCore:
+def build_core(settings: Settings) -> GenerationCore:
     built = build_engine(settings)
     engine, template = built.engine, built.template
     logger.info(

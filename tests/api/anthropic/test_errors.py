@@ -1,5 +1,5 @@
 """Anthropic's error envelope: types by status, validation errors named as Anthropic
-names them, and the rewrite of error answers on the Messages paths."""
+names them, and the envelope chosen for the Messages paths."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from picolm_server.api.anthropic.envelope import is_messages_path
-from picolm_server.api.anthropic.errors import (
-    anthropic_error_body,
-    error_response,
-    error_type,
-    validation_error,
-)
+from picolm_server.api.anthropic.errors import validation_error
 from picolm_server.api.anthropic.types import MessagesRequest
+from picolm_server.errors import APIError, QueueFullError
+from picolm_server.http.errors import ANTHROPIC, anthropic_body, anthropic_error_type, envelope_for
 from tests.support import anthropic_types
 
 
@@ -36,8 +32,10 @@ from tests.support import anthropic_types
     ],
 )
 def test_types_by_status(status: int, kind: str) -> None:
-    assert error_type(status) == kind
-    body = error_response(status, "m").model_dump_json()
+    assert anthropic_error_type(status) == kind
+    error = APIError("m")
+    error.status_code = status
+    body = json.dumps(anthropic_body(error))
     assert anthropic_types.error(body).error.type == kind
 
 
@@ -74,20 +72,14 @@ def test_strict_types() -> None:
 
 
 def test_paths() -> None:
-    assert is_messages_path("/v1/messages")
-    assert is_messages_path("/v1/messages/count_tokens")
-    assert not is_messages_path("/v1/messagesx")
-    assert not is_messages_path("/v1/chat/completions")
+    assert envelope_for("/v1/messages") is ANTHROPIC
+    assert envelope_for("/v1/messages/count_tokens") is ANTHROPIC
+    assert envelope_for("/v1/messagesx") is not ANTHROPIC
+    assert envelope_for("/v1/chat/completions") is not ANTHROPIC
 
 
-def test_rewrite_of_an_openai_body() -> None:
-    openai_body = (
-        b'{"error": {"message": "busy", "type": "rate_limit_error", "param": null, "code": null}}'
-    )
-    rewritten = anthropic_error_body(openai_body, 429, "req_1")
-    assert rewritten is not None
-    error = anthropic_types.error(rewritten)
+def test_body_of_an_error() -> None:
+    body = json.dumps(anthropic_body(QueueFullError("busy"), "req_1"))
+    error = anthropic_types.error(body)
     assert error.error.type == "rate_limit_error"
-    assert json.loads(rewritten)["request_id"] == "req_1"
-    assert anthropic_error_body(b"not json", 500, "req_1") is None
-    assert anthropic_error_body(rewritten, 429, "req_1") is None  # already Anthropic's
+    assert json.loads(body)["request_id"] == "req_1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from picolm_server.api.anthropic.errors import error_response
 from picolm_server.api.anthropic.events import MessageStream
+from picolm_server.errors import APIError
 from tests.support.anthropic_types import parse_sse, stream_event
 
 
@@ -95,7 +95,7 @@ def test_empty_reply_has_no_block() -> None:
 
 def test_error_event() -> None:
     stream = MessageStream("m")
-    body = stream.start(1, 0) + stream.text("a") + stream.error(error_response(500, "boom"))
+    body = stream.start(1, 0) + stream.text("a") + stream.error(APIError("boom"))
     name, data = events_of(body)[-1]
     assert name == "error"
     assert data == {

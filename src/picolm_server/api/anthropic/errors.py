@@ -1,56 +1,20 @@
-"""Anthropic's error envelope on the Messages routes.
+"""A Messages request's validation errors as Anthropic words them
+(``messages.0.content.1.type: ...``).
 
-Every error of the server is an :class:`~picolm_server.errors.APIError`, answered in
-OpenAI's envelope wherever it is raised (a route, the key check, the body limit, the
-shutdown drain). On the Messages routes :class:`~.envelope.AnthropicErrorMiddleware`
-rewrites each such answer with :func:`anthropic_error_body` into ``{"type": "error",
-"error": {"type", "message"}}`` with the same status and headers (``Retry-After`` on a
-429 included): one place, so no error on these routes can reach a client in the other
-envelope. Errors in a stream that has started are written by :mod:`.events` with
-:func:`error_response`.
+The envelope of every error on these paths (``{"type": "error", "error": {"type",
+"message"}, "request_id"}``) is written by http/errors.py, which the app's error
+answers and a started stream's ``error`` event share.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
 
-from ...errors import APIError, InvalidRequestError
-from .types import SUPPORTED_BLOCK_TYPES, ErrorObject, ErrorResponse, ErrorType
-
-_TYPE_BY_STATUS: dict[int, ErrorType] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
-
-
-def error_type(status: int) -> ErrorType:
-    """Anthropic's error type for an HTTP status (its SDK picks exceptions by status)."""
-    if status in _TYPE_BY_STATUS:
-        return _TYPE_BY_STATUS[status]
-    return "api_error" if status >= 500 else "invalid_request_error"
-
-
-def error_response(status: int, message: str, request_id: str | None = None) -> ErrorResponse:
-    return ErrorResponse(
-        error=ErrorObject(type=error_type(status), message=message), request_id=request_id
-    )
-
-
-def api_error_response(error: APIError, request_id: str | None = None) -> ErrorResponse:
-    return error_response(error.status_code, error.message, request_id)
-
-
-# ---- request validation ------------------------------------------------------------------
+from ...errors import InvalidRequestError
+from .types import SUPPORTED_BLOCK_TYPES
 
 
 def _location(parts: tuple[int | str, ...]) -> Iterator[str]:
@@ -103,20 +67,3 @@ def unsupported_block(path: str, block_type: str) -> InvalidRequestError:
         f"(it takes {supported}).",
         param=path,
     )
-
-
-# ---- the envelope on every answer of these routes ------------------------------------------
-
-
-def anthropic_error_body(body: bytes, status: int, request_id: str | None) -> bytes | None:
-    """The Anthropic body for an OpenAI error body, or None when it is not one."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(document, dict) or not isinstance(document.get("error"), dict):
-        return None
-    if document.get("type") == "error":
-        return None  # already Anthropic's
-    message = document["error"].get("message")
-    return error_response(status, str(message), request_id).model_dump_json().encode()

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from ...http.json_text import escape_line_separators
+from ...errors import APIError
+from ...http.errors import anthropic_body
+from ...http.sse import named_event
 from .reply import CoreFinish, message_id, stop_reason, tool_use_id
 from .types import (
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     DeltaUsage,
-    ErrorResponse,
     Message,
     MessageDelta,
     MessageDeltaEvent,
@@ -35,19 +36,16 @@ from .types import (
 )
 
 
-def sse(event: StreamEvent | ErrorResponse) -> bytes:
+def sse(event: StreamEvent) -> bytes:
     """One event as Anthropic sends it: ``event: <type>`` then its JSON ``data:``."""
-    data = escape_line_separators(event.model_dump_json())
-    return f"event: {event.type}\ndata: {data}\n\n".encode()
+    return named_event(event.type, event.model_dump_json())
 
 
 def _delta_event(index: int, delta: str) -> bytes:
     # Written directly: one per token, where building a pydantic event costs more than
     # the token's own handling on a small machine. Tests check it against the SDK types.
-    data = escape_line_separators(
-        f'{{"type":"content_block_delta","index":{index},"delta":{delta}}}'
-    )
-    return f"event: content_block_delta\ndata: {data}\n\n".encode()
+    data = f'{{"type":"content_block_delta","index":{index},"delta":{delta}}}'
+    return named_event("content_block_delta", data)
 
 
 class MessageStream:
@@ -110,5 +108,6 @@ class MessageStream:
             + sse(MessageStopEvent())
         )
 
-    def error(self, error: ErrorResponse) -> bytes:
-        return sse(error)
+    def error(self, error: APIError, request_id: str | None = None) -> bytes:
+        """The ``error`` event, in the envelope of the API's error answers."""
+        return named_event("error", json.dumps(anthropic_body(error, request_id)))

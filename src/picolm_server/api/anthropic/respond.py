@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 from ...errors import APIError
 from ...generation import EventStream, Finish, Reply, TextDelta, ToolCallArguments, ToolCallStart
-from .errors import api_error_response
 from .events import MessageStream
 from .reply import Call, message
 from .types import Message, Usage
@@ -45,4 +44,4 @@ async def message_events(
                     yield writer.finish(event.reason, event.stop_sequence, tokens)
         except APIError as exc:
             # The 200 and earlier events are already sent: report in-band, then end.
-            yield writer.error(api_error_response(exc, request_id))
+            yield writer.error(exc, request_id)

@@ -229,28 +229,3 @@ StreamEvent = (
     | MessageDeltaEvent
     | MessageStopEvent
 )
-
-
-# ---- errors ---------------------------------------------------------------------------
-
-ErrorType = Literal[
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "rate_limit_error",
-    "timeout_error",
-    "api_error",
-    "overloaded_error",
-]
-
-
-class ErrorObject(_Response):
-    type: ErrorType
-    message: str
-
-
-class ErrorResponse(_Response):
-    type: Literal["error"] = "error"
-    error: ErrorObject
-    request_id: str | None = None

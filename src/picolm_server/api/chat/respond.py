@@ -20,7 +20,8 @@ from ...generation import (
     Usage,
 )
 from ...generation.drain import ends_stream_with_done
-from ...generation.stop_scan import DONE_EVENT, ContentChunkTemplate, sse_event
+from ...http.errors import openai_body
+from ...http.sse import DONE_EVENT, ContentChunkTemplate, sse_event
 from ...tool_calls import ParsedCall, argument_fragments
 from .types import (
     ChatCompletion,
@@ -140,7 +141,7 @@ async def chunk_events(
                     finish = event
         except APIError as exc:
             # The 200 and earlier chunks are already sent: report in-band, then end.
-            yield sse_event(json.dumps(exc.to_dict()))
+            yield sse_event(json.dumps(openai_body(exc)))
             if ends_stream_with_done(exc):
                 yield DONE_EVENT
             return

@@ -1,9 +1,10 @@
 """OpenAI's chat-completion types: the request as clients send it, and the responses
-exactly as OpenAI shapes them (the model list's are in :mod:`.model_list`).
+exactly as OpenAI shapes them (the model list's are in
+:mod:`picolm_server.api.model_types`).
 
 Requests accept fields this server does not know (OpenAI adds parameters often, and
 clients send them); whether a known-but-unsupported parameter is ignored or refused is
-decided in :mod:`picolm_server.serving`, not here.
+decided in :mod:`.convert` (``refuse_unsupported``), not here.
 """
 
 from __future__ import annotations

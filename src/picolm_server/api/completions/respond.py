@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from ...errors import APIError
 from ...generation import EventStream, Finish, TextDelta, Usage
 from ...generation.drain import ends_stream_with_done
-from ...generation.stop_scan import DONE_EVENT, sse_event
+from ...http.errors import openai_body
+from ...http.sse import DONE_EVENT, sse_event
 from ..chat.types import Usage as WireUsage
 from .types import Completion, CompletionChoice, CompletionFinishReason
 
@@ -108,7 +109,7 @@ async def chunk_events(stream: EventStream, writer: ChunkWriter, echo: str) -> A
                     finish = event
         except APIError as exc:
             # The 200 and earlier chunks are already sent: report in-band, then end.
-            yield sse_event(json.dumps(exc.to_dict()))
+            yield sse_event(json.dumps(openai_body(exc)))
             if ends_stream_with_done(exc):
                 yield DONE_EVENT
             return

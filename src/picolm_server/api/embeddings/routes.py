@@ -1,4 +1,4 @@
-"""``POST /v1/embeddings``: parse, check the model, embed through the core (off the event
+"""``POST /v1/embeddings``: accept the request, embed through the core (off the event
 loop; abandoned when the client goes away or the time limit passes)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from starlette.responses import Response
 from ...engines.base import EmbeddingInput, Embeddings
 from ...errors import EngineTimeoutError
 from ...generation import GenerationCore
-from ...http.json_text import escape_line_separators
-from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.requests import accept, until_disconnected
+from ...http.responses import JSONResponse
 from ...http.route_table import Routes
 from .convert import embedding_inputs, embedding_list, refuse_dimensions
 from .types import EmbeddingRequest
@@ -32,12 +32,10 @@ async def _embed(core: GenerationCore, inputs: list[EmbeddingInput]) -> Embeddin
 
 @router.post("/v1/embeddings")
 async def create_embeddings(request: Request) -> Response:
-    parsed = await parse_request(request, EmbeddingRequest)
-    core = core_of(request)
-    core.check_model(parsed.model)
+    parsed, core, _ = await accept(request, EmbeddingRequest)
     inputs = embedding_inputs(parsed.input)
     result = await until_disconnected(request, _embed(core, inputs))
     if result.vectors:
         refuse_dimensions(parsed, len(result.vectors[0]))
     reply = embedding_list(result, parsed.model, parsed.encoding_format)
-    return Response(escape_line_separators(reply.model_dump_json()), media_type="application/json")
+    return JSONResponse(reply)

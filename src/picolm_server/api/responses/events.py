@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from ...errors import APIError
-from ...http.json_text import escape_line_separators
+from ...http.sse import named_event
 from .convert import new_id
 from .types import (
     FunctionCall,
@@ -40,8 +40,7 @@ Event = dict[str, Any]
 
 def sse(event: Event) -> bytes:
     """One server-sent event, named by its type as OpenAI's are."""
-    data = escape_line_separators(json.dumps(event, ensure_ascii=False))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    return named_event(event["type"], json.dumps(event, ensure_ascii=False))
 
 
 def response_json(response: ResponseObject) -> dict[str, Any]:

@@ -3,15 +3,14 @@ list a stored response's input items."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from typing import Literal
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ...errors import InvalidRequestError
-from ...http.json_text import escape_line_separators
 from ...http.requests import core_of, parse_request, until_disconnected
+from ...http.responses import EventStreamResponse, JSONResponse
 from ...http.route_table import Routes
 from ...observability.request_log import observer_of
 from .events import response_json
@@ -29,37 +28,29 @@ def _service(request: Request) -> ResponsesService:
     return ResponsesService(core_of(request), store)
 
 
-def _json(value: Any) -> Response:
-    text = escape_line_separators(json.dumps(value, ensure_ascii=False))
-    return Response(text, media_type="application/json")
-
-
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
+    # The model is accepted by the service (it serves requests made in-process too).
     parsed = await parse_request(request, ResponsesRequest)
     service = _service(request)
     observer = observer_of(request.scope)
     if parsed.stream:
         events = await until_disconnected(request, service.open_stream(parsed, observer))
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStreamResponse(events)
     response = await until_disconnected(request, service.create(parsed, observer))
-    return _json(response_json(response))
+    return JSONResponse(response_json(response))
 
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(request: Request, response_id: str) -> Response:
     stored = await _service(request).stored(response_id)
-    return _json(stored.response)
+    return JSONResponse(stored.response)
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
     await _service(request).delete(response_id)
-    return _json(DeletedResponse(id=response_id).model_dump())
+    return JSONResponse(DeletedResponse(id=response_id))
 
 
 def _limit(value: str | None) -> int:
@@ -100,7 +91,7 @@ async def list_input_items(request: Request, response_id: str) -> Response:
             )
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
-    return _json(
+    return JSONResponse(
         {
             "object": "list",
             "data": page,

@@ -88,8 +88,7 @@ class ResponsesService:
     ) -> tuple[EventStream, ResponseWriter, list[Item]]:
         """Check, convert and start the generation: every error before its first token
         (4xx, a full queue, a prompt that does not fit) is raised here."""
-        observer.request_parsed(request.model)
-        self.core.check_model(request.model)
+        self.core.accept(request.model, observer)
         refuse_unsupported(request)
         items, params = await self._conversation(request)
         spec = generation_spec(request, items, params)
