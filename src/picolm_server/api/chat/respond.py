@@ -21,7 +21,6 @@ from ...generation import (
 )
 from ...generation.drain import ends_stream_with_done
 from ...generation.stop_scan import DONE_EVENT, ContentChunkTemplate, sse_event
-from ...tool_calls import ParsedCall, argument_fragments
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -89,15 +88,6 @@ def call_start_delta(event: ToolCallStart) -> Delta:
 def call_arguments_delta(event: ToolCallArguments) -> Delta:
     piece = ChunkToolCall(index=event.index, function=ChunkFunctionCall(arguments=event.fragment))
     return Delta(tool_calls=[piece])
-
-
-def call_deltas(call: ParsedCall, index: int) -> list[Delta]:
-    """A whole call as stream deltas: index, id, type and name first, then argument
-    fragments."""
-    deltas = [call_start_delta(ToolCallStart(index, call.id, call.name))]
-    for fragment in argument_fragments(call.arguments):
-        deltas.append(call_arguments_delta(ToolCallArguments(index, fragment)))
-    return deltas
 
 
 async def chunk_events(
