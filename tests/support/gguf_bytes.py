@@ -8,20 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import gguf
+
 from picolm_server.gguf import GGUF_MAGIC, GGUFValueType
 
+# The item formats of the gguf package's own writer (little-endian), by value type.
 _FORMATS = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
+    GGUFValueType(int(value_type)): "<" + code
+    for value_type, code in gguf.GGUFWriter._simple_value_packing.items()
 }
 
 
