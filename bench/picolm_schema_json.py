@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import jsonschema
 
-from picolm_server.api.chat.convert import chat_plan, template_messages
+from picolm_server.api.chat.convert import output_request, template_messages
 from picolm_server.api.chat.types import ChatCompletionRequest
 from picolm_server.engines.base import (
     GenerationEvent,
@@ -46,12 +46,12 @@ from picolm_server.engines.base import (
     TextDelta,
 )
 from picolm_server.engines.picolm.engine import PicoLMEngine, PicoLMOptions
-from picolm_server.engines.picolm.prompt_cache import PromptCache
+from picolm_server.engines.picolm.prompt_store import PromptCache
 from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
 from picolm_server.gguf import read_gguf_metadata
 from picolm_server.prompting.chat_template import load_chat_template
 from picolm_server.server.bootstrap import kv_shape
-from picolm_server.tool_calls import prompt_messages
+from picolm_server.tool_calls import make_plan, prompt_messages
 from picolm_server.tool_calls.reply_schema import reply_schema
 
 PARAMETERS = {
@@ -83,7 +83,9 @@ def render_prompt(model: Path) -> tuple[str, dict[str, Any]]:
             "tool_choice": {"type": "function", "function": {"name": "get_forecast"}},
         }
     )
-    plan = chat_plan(request, hermes_template=False, grammar_engine=False, max_tokens=64)
+    plan = make_plan(
+        output_request(request), hermes_template=False, grammar_engine=False, max_tokens=64
+    )
     assert plan is not None
     messages, _ = prompt_messages(
         template_messages(request.messages), plan, template_renders_tools=False, call_format="json"

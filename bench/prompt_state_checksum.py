@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from picolm_server.engines.picolm.prompt_cache import (
+from picolm_server.engines.picolm.kv_file import (
     KV_MAGIC,
     KVShape,
     copy_kv_prefix,

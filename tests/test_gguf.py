@@ -1,8 +1,9 @@
-"""The GGUF metadata reader: the format's constants, and what it reads."""
+"""The GGUF reader: the format's constants, what it reads, and the files it refuses."""
 
 from __future__ import annotations
 
 import mmap
+import struct
 from pathlib import Path
 
 import gguf
@@ -11,11 +12,15 @@ import pytest
 from picolm_server.gguf import (
     GGUF_MAGIC,
     TOKENS_KEY,
+    GGUFError,
     GGUFValueType,
     _Cursor,
     read_gguf_metadata,
 )
+from tests.support.gguf_bytes import Array, gguf_bytes, string
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
+
+T = GGUFValueType
 
 
 def test_constants_are_the_gguf_formats() -> None:
@@ -36,6 +41,127 @@ def test_reads_what_the_gguf_package_reads(tmp_path: Path) -> None:
             assert ours.values[key] == [field.contents(i) for i in range(len(field.data))]
         else:
             assert ours.values[key] == field.contents()
+
+
+def test_number_arrays_and_tensor_shapes_read_as_the_gguf_package_reads(tmp_path: Path) -> None:
+    path = build_tiny_llama_gguf(tmp_path / "m.gguf")
+    keys = frozenset({"tokenizer.ggml.scores", "tokenizer.ggml.token_type"})
+    ours = read_gguf_metadata(path, arrays=keys, tensors=frozenset({"token_embd.weight", "x"}))
+    reader = gguf.GGUFReader(path)
+    for key in keys:
+        field = reader.fields[key]
+        expected = [field.contents(i) for i in range(len(field.data))]
+        assert len(expected) > 900 and list(ours.values[key]) == expected
+    tensor = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert ours.tensor_dims == {"token_embd.weight": tuple(int(d) for d in tensor.shape)}
+    # Not asked for: not read.
+    assert read_gguf_metadata(path).tensor_dims == {}
+
+
+def test_the_vocabulary_reads_undecoded_too(tmp_path: Path) -> None:
+    path = build_tiny_llama_gguf(tmp_path / "m.gguf")
+    tokens = read_gguf_metadata(path, arrays=frozenset({TOKENS_KEY})).values[TOKENS_KEY]
+    reader = gguf.GGUFReader(path)
+    field = reader.fields[TOKENS_KEY]
+    assert list(tokens.encoded) == [bytes(field.parts[i]) for i in field.data]
+    assert tokens.encoded[-1] == bytes(field.parts[field.data[-1]])
+
+
+def test_a_key_given_twice_is_what_it_was_given_last(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(
+        gguf_bytes(
+            [
+                ("a", T.UINT32, 1),
+                ("b", T.ARRAY, Array(T.UINT8, [1, 2, 3])),
+                ("c", T.STRING, "x"),
+                ("a", T.STRING, "two"),
+                ("b", T.UINT8, 7),
+                ("c", T.ARRAY, Array(T.STRING, ["p", "q"])),
+            ]
+        )
+    )
+    metadata = read_gguf_metadata(path)
+    assert metadata.values == {"a": "two", "b": 7}
+    assert list(metadata.values) == ["a", "b"]  # in the order they were last given
+    assert metadata.array_lengths == {"c": 2}
+
+
+def test_a_tensor_name_given_twice_has_its_first_shape(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(gguf_bytes([], [("w", (4, 9)), ("v", (1,)), ("w", (5, 5))]))
+    assert read_gguf_metadata(path, tensors=frozenset({"w", "v"})).tensor_dims == {
+        "w": (4, 9),
+        "v": (1,),
+    }
+
+
+def header(tensors: int, kvs: int, version: int = 3) -> bytes:
+    return struct.pack("<IIQQ", GGUF_MAGIC, version, tensors, kvs)
+
+
+def key(name: str, value_type: int) -> bytes:
+    return string(name) + struct.pack("<I", value_type)
+
+
+# An array of one array, 5,000 deep: 12 bytes a level, 60 kB.
+NESTED = key("a", T.ARRAY) + struct.pack("<IQ", T.ARRAY, 1) * 5000
+
+HOSTILE = {
+    "not gguf": b"GGML" + bytes(40),
+    "version 1": header(0, 0, version=1) + bytes(8),
+    "unknown value type": header(0, 1) + key("a", 99) + bytes(8),
+    "unknown array type": header(0, 1) + key("a", T.ARRAY) + struct.pack("<IQ", 99, 1) + bytes(8),
+    "string longer than the file": header(0, 1) + key("a", T.STRING) + b"\xff" * 8 + b"x",
+    "key longer than the file": header(0, 1) + struct.pack("<Q", 1 << 40) + b"a" * 16,
+    "more keys than the file holds": header(0, 1 << 62) + key("a", T.UINT8) + b"\x01",
+    "number array longer than the file": header(0, 1)
+    + key("a", T.ARRAY)
+    + struct.pack("<IQ", T.FLOAT32, 1 << 60)
+    + bytes(8),
+    "string array longer than the file": header(0, 1)
+    + key("a", T.ARRAY)
+    + struct.pack("<IQ", T.STRING, 1 << 60)
+    + string("x"),
+    "arrays nested too deep": header(0, 1) + NESTED,
+    "tensor of too many dimensions": gguf_bytes([], [("w", (1, 1, 1, 1, 1))]),
+    "tensor dimensions beyond the file": header(1, 0) + string("w") + struct.pack("<IQ", 2, 1),
+    "more tensors than the file holds": gguf_bytes([], [("v", (1, 1))]).replace(
+        struct.pack("<Q", 1), struct.pack("<Q", 1 << 62), 1
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("arrays", [False, True])
+def test_a_malformed_file_is_a_gguf_error(tmp_path: Path, name: str, arrays: bool) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(HOSTILE[name])
+    wanted = frozenset({"a"}) if arrays else frozenset()
+    with pytest.raises(GGUFError):
+        read_gguf_metadata(path, arrays=wanted, tensors=frozenset({"w"}))
+
+
+def test_every_truncation_of_a_model_head_is_a_gguf_error(tmp_path: Path) -> None:
+    whole = build_tiny_llama_gguf(tmp_path / "m.gguf").read_bytes()
+    everything = read_gguf_metadata(
+        tmp_path / "m.gguf",
+        arrays=frozenset({TOKENS_KEY, "tokenizer.ggml.scores"}),
+        tensors=frozenset({"output.weight"}),
+    )
+    assert everything.tensor_dims  # the last tensor: its header is near the data
+    cut = tmp_path / "cut.gguf"
+    # The head is the metadata and the tensor infos; the tensor data that follows is
+    # never read. Cuts every few bytes, and every byte of the first and last hundred.
+    head = whole.index(b"output.weight") + 64
+    for size in sorted({*range(0, head, 61), *range(100), *range(head - 100, head)}):
+        cut.write_bytes(whole[:size])
+        with pytest.raises(GGUFError):
+            read_gguf_metadata(
+                cut,
+                arrays=frozenset({TOKENS_KEY, "tokenizer.ggml.scores"}),
+                tensors=frozenset({"output.weight"}),
+            )
 
 
 def test_without_the_vocabulary_the_special_tokens_are_still_known(tmp_path: Path) -> None:

@@ -147,14 +147,6 @@ class EngineError(APIError):
     default_code = "engine_error"
 
 
-class EngineUnavailableError(APIError):
-    """503: the engine cannot serve at all (binary missing, model not loaded)."""
-
-    status_code = 503
-    error_type = "server_error"
-    default_code = "engine_unavailable"
-
-
 class EngineTimeoutError(APIError):
     """504: the generation ran past its time limit."""
 

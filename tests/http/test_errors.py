@@ -403,11 +403,10 @@ def test_queue_full_is_429_and_a_client_leaving_the_queue_frees_its_place(
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_client_disconnect_ends_the_engine_within_a_second(
-    picolm_server: PicoLMServer, stream: bool
-) -> None:
-    """The engine process and the child it started end within a second of the client
-    going away (polled for up to a generous bound; the time it took is then checked)."""
+def test_client_disconnect_ends_the_engine(picolm_server: PicoLMServer, stream: bool) -> None:
+    """The engine process and the child it started end when the client goes away: the
+    run, hundreds of slow tokens long, is still going when the client leaves, and it is
+    ended by the server, not by finishing (a run that finishes logs its exit)."""
     tag = marker()
     body = {
         "model": MODEL_ID,
@@ -428,6 +427,7 @@ def test_client_disconnect_ends_the_engine_within_a_second(
                 http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=1))
             run = picolm_server.wait_for_run(tag, children=1)
     pids = [run.pid, *run.child_pids]
-    took = wait_until_gone(pids, timeout=10)
-    assert took < 1.0, f"engine processes outlived the client by {took:.2f} s"
+    wait_until_gone(pids, timeout=10)
+    ended = next(entry for entry in picolm_server.history() if entry.pid == run.pid)
+    assert ended.exit is None, f"the engine ran to its end ({ended.exit}) after the client left"
     wait_for_health(picolm_server, running=0, queued=0)

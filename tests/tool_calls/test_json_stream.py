@@ -13,10 +13,10 @@ from picolm_server.tool_calls import (
     InvalidModelOutputError,
     OutputPlan,
     ReplyDecoder,
-    decode_all,
 )
 from picolm_server.tool_calls.json_stream import JSONPieces
 from picolm_server.tool_calls.plan import ToolSpec
+from tests.tool_calls.test_tool_calls import client_reply
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
@@ -39,7 +39,7 @@ def test_pieces_are_released_as_they_come() -> None:
     pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
     sent = streamed(json_plan(), pieces)
     assert len(sent) > 5
-    assert "".join(sent) == text.strip() == decode_all(json_plan(), pieces, "stop").content
+    assert "".join(sent) == text.strip() == client_reply(json_plan(), pieces, "stop").content
 
 
 def test_text_after_the_value_is_never_sent_and_fails_the_reply() -> None:

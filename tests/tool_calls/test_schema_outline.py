@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from picolm_server.api.chat.convert import chat_plan
 from picolm_server.api.chat.types import ChatCompletionRequest
 from picolm_server.tool_calls import OutputPlan, prompt_messages
 from picolm_server.tool_calls.schema_outline import schema_outline
+from tests.tool_calls.test_tool_calls import plan_of
 
 PERSON = {
     "type": "object",
@@ -99,7 +99,7 @@ def test_a_schema_an_outline_cannot_say_in_full_has_none(schema: dict[str, Any])
 def plan(grammar: bool, **fields: Any) -> OutputPlan:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
     request = ChatCompletionRequest.model_validate(body)
-    made = chat_plan(request, hermes_template=True, grammar_engine=grammar)
+    made = plan_of(request, hermes_template=True, grammar_engine=grammar)
     assert made is not None
     return made
 

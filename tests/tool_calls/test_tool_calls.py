@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from picolm_server.api.chat.convert import chat_plan, template_messages
-from picolm_server.api.chat.respond import call_deltas
+from picolm_server.api.chat.convert import chat_spec, output_request, template_messages
+from picolm_server.api.chat.respond import chunk_events
 from picolm_server.api.chat.types import ChatCompletionRequest
+from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import InvalidRequestError
+from picolm_server.generation import GenerationCore
+from picolm_server.generation.scheduler import Scheduler
 from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from picolm_server.tool_calls import (
     ARRAY_CAP,
@@ -26,13 +31,14 @@ from picolm_server.tool_calls import (
     ReplyDecoder,
     argument_fragments,
     build_grammar,
-    decode_all,
+    make_plan,
     new_call_id,
     prompt_messages,
     schema_error,
 )
 from picolm_server.tool_calls.grammar import _no_marker_text
 from picolm_server.tool_calls.prompting import response_format_section
+from tests.support.scripted_engine import ScriptedEngine
 
 WEATHER = {
     "type": "function",
@@ -69,10 +75,45 @@ def request(**fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(body)
 
 
+def plan_of(
+    request: ChatCompletionRequest, *, hermes_template: bool, grammar_engine: bool
+) -> OutputPlan | None:
+    """The plan the core makes of a chat request's tools and response format."""
+    return make_plan(
+        output_request(request),
+        hermes_template=hermes_template,
+        grammar_engine=grammar_engine,
+        max_tokens=request.max_completion_tokens or request.max_tokens,
+    )
+
+
 def plan_for(grammar: bool = True, hermes: bool = True, **fields: Any) -> OutputPlan:
-    plan = chat_plan(request(**fields), hermes_template=hermes, grammar_engine=grammar)
+    plan = plan_of(request(**fields), hermes_template=hermes, grammar_engine=grammar)
     assert plan is not None
     return plan
+
+
+@dataclass
+class Reply:
+    content: str | None
+    calls: list[ParsedCall]
+
+
+def client_reply(plan: OutputPlan, pieces: list[str], finish_reason: str) -> Reply:
+    """What a client gets of a reply written in ``pieces``: the decoder driven as the
+    core drives it (generation.run: fed until it is done, then finished), its content
+    pieces joined (None when there are none) and its calls."""
+    decoder = ReplyDecoder(plan)
+    events = []
+    for piece in pieces:
+        events += decoder.feed(piece)
+        if decoder.done:
+            break
+    events += decoder.finish(finish_reason if not decoder.done else "stop")
+    text = [event.text for event in events if isinstance(event, ContentPiece)]
+    calls = [event for event in events if isinstance(event, ParsedCall)]
+    assert calls == decoder.calls
+    return Reply("".join(text) if text else None, calls)
 
 
 def hermes_call(name: str, arguments: dict[str, Any]) -> str:
@@ -84,11 +125,9 @@ def hermes_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def test_no_tools_and_text_format_need_no_plan() -> None:
-    assert chat_plan(request(), hermes_template=True, grammar_engine=True) is None
+    assert plan_of(request(), hermes_template=True, grammar_engine=True) is None
     fmt = {"type": "text"}
-    assert (
-        chat_plan(request(response_format=fmt), hermes_template=True, grammar_engine=True) is None
-    )
+    assert plan_of(request(response_format=fmt), hermes_template=True, grammar_engine=True) is None
 
 
 def test_modes() -> None:
@@ -101,7 +140,7 @@ def test_modes() -> None:
     assert named.mode == "named"
     assert [tool.name for tool in named.tools] == ["send_email"]
     assert (
-        chat_plan(
+        plan_of(
             request(tools=[WEATHER], tool_choice="none"), hermes_template=True, grammar_engine=True
         )
         is None
@@ -163,7 +202,7 @@ def test_missing_parameters_mean_no_arguments() -> None:
 )
 def test_invalid_requests_name_the_param(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        chat_plan(request(**fields), hermes_template=True, grammar_engine=True)
+        plan_of(request(**fields), hermes_template=True, grammar_engine=True)
     assert caught.value.param == param
     assert caught.value.status_code == 400
 
@@ -512,7 +551,7 @@ def test_hermes_calls_decode_the_same_however_the_text_is_split() -> None:
         + hermes_call("send_email", {"to": "a@b.c", "body": "Hi \u00e9"})
     )
     for pieces in split_everywhere(text):
-        reply = decode_all(plan, pieces, "stop")
+        reply = client_reply(plan, pieces, "stop")
         assert reply.content is None
         assert [(c.name, c.arguments) for c in reply.calls] == [
             ("get_weather", '{"city":"Paris","unit":"celsius"}'),
@@ -568,7 +607,7 @@ def test_call_ids_are_unique_and_openai_shaped() -> None:
 def test_required_never_returns_an_invalid_call(text: str, reason: str) -> None:
     plan = plan_for(tools=[WEATHER], tool_choice="required")
     with pytest.raises(InvalidModelOutputError) as caught:
-        decode_all(plan, [text], "stop")
+        client_reply(plan, [text], "stop")
     assert reason in caught.value.message
     assert caught.value.status_code == 500
 
@@ -576,7 +615,7 @@ def test_required_never_returns_an_invalid_call(text: str, reason: str) -> None:
 def test_a_call_cut_off_by_max_tokens_is_an_error_no_retry_can_fix() -> None:
     plan = plan_for(tools=[WEATHER], tool_choice="required")
     with pytest.raises(InvalidModelOutputError) as caught:
-        decode_all(plan, ['<tool_call>\n{"name": "get_weather", "argu'], "length")
+        client_reply(plan, ['<tool_call>\n{"name": "get_weather", "argu'], "length")
     assert "max_tokens" in caught.value.message
     assert not caught.value.retryable
 
@@ -584,17 +623,17 @@ def test_a_call_cut_off_by_max_tokens_is_an_error_no_retry_can_fix() -> None:
 def test_a_whole_call_cut_off_before_its_closing_marker_is_a_call() -> None:
     plan = plan_for(tools=[WEATHER], tool_choice="required")
     whole = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
-    reply = decode_all(plan, [whole], "length")
+    reply = client_reply(plan, [whole], "length")
     assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", '{"city":"Paris"}')]
     # Whole JSON but invalid arguments is still no call.
     with pytest.raises(InvalidModelOutputError):
-        decode_all(plan, ['<tool_call>\n{"name": "get_weather", "arguments": {}}\n'], "length")
+        client_reply(plan, ['<tool_call>\n{"name": "get_weather", "arguments": {}}\n'], "length")
 
 
 def test_required_with_one_tool_and_no_grammar_asks_for_arguments_only() -> None:
     plan = plan_for(grammar=False, tools=[WEATHER], tool_choice="required")
     assert plan.mode == "named" and plan.arguments_only
-    reply = decode_all(plan, ['{"city": "Oslo"}'], "stop")
+    reply = client_reply(plan, ['{"city": "Oslo"}'], "stop")
     assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", '{"city":"Oslo"}')]
     # With a grammar, or with several tools, it stays "required".
     assert plan_for(tools=[WEATHER], tool_choice="required").mode == "required"
@@ -605,7 +644,7 @@ def test_required_with_one_tool_and_no_grammar_asks_for_arguments_only() -> None
 
 def test_json_calls_without_a_grammar() -> None:
     plan = plan_for(grammar=False, tools=[WEATHER, EMAIL], tool_choice="required")
-    reply = decode_all(
+    reply = client_reply(
         plan, [' {"name": "send_email",', ' "arguments": {"to": "x", "body": "y"}}'], "stop"
     )
     assert [(c.name, c.arguments) for c in reply.calls] == [("send_email", '{"to":"x","body":"y"}')]
@@ -614,13 +653,13 @@ def test_json_calls_without_a_grammar() -> None:
 def test_auto_without_a_grammar_returns_a_bad_call_as_content() -> None:
     plan = plan_for(grammar=False, tools=[WEATHER])
     for text in ('{"name": "get_weather", "arguments": {"town": 1}}', "{oops", '{"a": 1}'):
-        reply = decode_all(plan, [text], "stop")
+        reply = client_reply(plan, [text], "stop")
         assert reply.calls == []
         assert reply.content == text
-    good = decode_all(plan, ['{"name": "get_weather", "arguments": {"city": "Oslo"}}'], "stop")
+    good = client_reply(plan, ['{"name": "get_weather", "arguments": {"city": "Oslo"}}'], "stop")
     assert [c.name for c in good.calls] == ["get_weather"]
     assert good.content is None
-    assert decode_all(plan, ["Sunny."], "stop").content == "Sunny."
+    assert client_reply(plan, ["Sunny."], "stop").content == "Sunny."
 
 
 def test_arguments_only_for_a_named_function_without_a_grammar() -> None:
@@ -629,14 +668,14 @@ def test_arguments_only_for_a_named_function_without_a_grammar() -> None:
         tools=[WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
-    reply = decode_all(plan, ['{"city": "Lima"}'], "stop")
+    reply = client_reply(plan, ['{"city": "Lima"}'], "stop")
     assert [(c.name, c.arguments) for c in reply.calls] == [("get_weather", '{"city":"Lima"}')]
     with pytest.raises(
         InvalidModelOutputError, match="arguments of 'get_weather': the output is not valid JSON"
     ):
-        decode_all(plan, ["Lima"], "stop")
+        client_reply(plan, ["Lima"], "stop")
     with pytest.raises(InvalidModelOutputError, match="'city' is a required property"):
-        decode_all(plan, ['{"town": "Lima"}'], "stop")
+        client_reply(plan, ['{"town": "Lima"}'], "stop")
 
 
 def test_json_replies_are_validated() -> None:
@@ -648,22 +687,22 @@ def test_json_replies_are_validated() -> None:
     plan = plan_for(
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
     )
-    assert decode_all(plan, ['{"age": 3}'], "stop").content == '{"age": 3}'
+    assert client_reply(plan, ['{"age": 3}'], "stop").content == '{"age": 3}'
     with pytest.raises(InvalidModelOutputError, match="-1 is less than the minimum of 0"):
-        decode_all(plan, ['{"age": -1}'], "stop")
+        client_reply(plan, ['{"age": -1}'], "stop")
     with pytest.raises(InvalidModelOutputError, match="not valid JSON"):
-        decode_all(plan, ["age three"], "stop")
+        client_reply(plan, ["age three"], "stop")
     # Cut off by max_tokens: returned as it is with finish_reason length, as OpenAI does.
-    assert decode_all(plan, ['{"ag'], "length").content == '{"ag'
+    assert client_reply(plan, ['{"ag'], "length").content == '{"ag'
 
 
 def test_auto_with_a_json_reply_format() -> None:
     plan = plan_for(tools=[WEATHER], response_format={"type": "json_object"})
-    assert decode_all(plan, ['{"answer": 42}'], "stop").content == '{"answer": 42}'
-    reply = decode_all(plan, [hermes_call("get_weather", {"city": "Oslo"})], "stop")
+    assert client_reply(plan, ['{"answer": 42}'], "stop").content == '{"answer": 42}'
+    reply = client_reply(plan, [hermes_call("get_weather", {"city": "Oslo"})], "stop")
     assert [c.name for c in reply.calls] == ["get_weather"]
     with pytest.raises(InvalidModelOutputError):
-        decode_all(plan, ["plain words"], "stop")
+        client_reply(plan, ["plain words"], "stop")
 
 
 def test_schema_error_names_the_place() -> None:
@@ -679,16 +718,44 @@ def test_schema_error_names_the_place() -> None:
 
 
 def test_stream_deltas_reassemble_the_call() -> None:
-    call = ParsedCall("call_x", "send_email", json.dumps({"to": "x" * 50, "body": "y"}))
-    deltas = call_deltas(call, 2)
-    first = deltas[0].model_dump()["tool_calls"][0]
+    # Two calls as the core streams them and chat completions' chunks carry them.
+    email = json.dumps({"to": "x" * 50, "body": "y"})
+    text = (
+        hermes_call("get_weather", {"city": "Oslo"})
+        + "\n"
+        + hermes_call("send_email", json.loads(email))
+    )
+    engine = ScriptedEngine(pieces=(text[:30], text[30:]))
+    core = GenerationCore(
+        engine=engine,
+        template=ChatTemplate("chatml", builtin_template_source("chatml"), eos_token="<|im_end|>"),
+        defaults=GenerationDefaults(max_tokens=50, temperature=0.3, top_p=0.8),
+        scheduler=Scheduler(1, 1),
+    )
+    spec = chat_spec(request(tools=[WEATHER, EMAIL], stream=True))
+
+    async def chunks() -> list[dict[str, Any]]:
+        stream = await core.open(spec)
+        sent = [event async for event in chunk_events(stream, "m", include_usage=False)]
+        payloads = [event.removeprefix(b"data: ").strip() for event in sent]
+        return [json.loads(payload) for payload in payloads if payload != b"[DONE]"]
+
+    parts = [
+        part
+        for chunk in asyncio.run(chunks())
+        for part in chunk["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    starts = [part for part in parts if "id" in part]
+    assert [start["index"] for start in starts] == [0, 1]
+    first = starts[1]
     assert first == {
-        "index": 2,
-        "id": "call_x",
+        "index": 1,
+        "id": first["id"],
         "type": "function",
         "function": {"name": "send_email", "arguments": ""},
     }
-    later = [d.model_dump()["tool_calls"][0] for d in deltas[1:]]
-    assert all(set(part) == {"index", "function"} for part in later)
-    assert "".join(part["function"]["arguments"] for part in later) == call.arguments
+    later = [part for part in parts[parts.index(first) + 1 :]]
+    assert len(later) > 1 and all(set(part) == {"index", "function"} for part in later)
+    assert all(set(part["function"]) == {"arguments"} for part in later)
+    assert "".join(part["function"]["arguments"] for part in later) == email.replace(" ", "")
     assert "".join(argument_fragments("")) == ""

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from ..config.settings import ConfigError, GenerationDefaults, PicoLMSection, Settings
 from ..engines.base import Engine
 from ..engines.picolm.engine import PicoLMEngine, PicoLMOptions
-from ..engines.picolm.prompt_cache import KVShape, PromptCache
+from ..engines.picolm.kv_file import KVShape
+from ..engines.picolm.prompt_store import PromptCache
 from ..engines.picolm.tokenizer import PicoLMTokenizer
 from ..engines.state_dir import StateDirRefused, default_state_dir
 from ..generation import GenerationCore

@@ -26,12 +26,10 @@ Everything here is pure (no HTTP, no engine), in four steps, one module each:
 
 from .decoding import (
     ContentPiece,
-    DecodedReply,
     ParsedCall,
     ReplyDecoder,
     ReplyEvent,
     argument_fragments,
-    decode_all,
     new_call_id,
     schema_error,
 )
@@ -62,7 +60,6 @@ __all__ = [
     "STRING_CAP",
     "Caps",
     "ContentPiece",
-    "DecodedReply",
     "FunctionTool",
     "Grammar",
     "GrammarUnsupported",
@@ -78,7 +75,6 @@ __all__ = [
     "ToolSpec",
     "argument_fragments",
     "build_grammar",
-    "decode_all",
     "is_hermes_template",
     "make_plan",
     "new_call_id",

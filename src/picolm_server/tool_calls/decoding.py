@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .json_close import JSONCloser
@@ -389,18 +388,3 @@ class ReplyDecoder:
 def argument_fragments(arguments: str, size: int = 24) -> list[str]:
     """The arguments text in pieces, as a stream sends them; they join to the whole."""
     return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]
-
-
-@dataclass
-class DecodedReply:
-    content: str | None
-    calls: list[ParsedCall] = field(default_factory=list)
-
-
-def decode_all(plan: OutputPlan, pieces: Sequence[str], finish_reason: str) -> DecodedReply:
-    """Run the decoder over a whole reply (tests and non-streamed replies)."""
-    decoder = ReplyDecoder(plan)
-    for piece in pieces:
-        decoder.feed(piece)
-    decoder.finish(finish_reason)
-    return DecodedReply(decoder.content, list(decoder.calls))

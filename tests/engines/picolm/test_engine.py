@@ -17,7 +17,7 @@ from picolm_server.engines.base import (
     TextDelta,
 )
 from picolm_server.engines.picolm.engine import PicoLMEngine, PicoLMOptions, TrailerFilter
-from picolm_server.engines.picolm.prompt_cache import PromptCache
+from picolm_server.engines.picolm.prompt_store import PromptCache
 from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
 from picolm_server.errors import (
     ContextLengthExceededError,

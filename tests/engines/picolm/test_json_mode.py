@@ -22,7 +22,7 @@ from picolm_server.engines.base import (
     TextDelta,
 )
 from picolm_server.engines.picolm.engine import PicoLMEngine, PicoLMOptions
-from picolm_server.engines.picolm.prompt_cache import PromptCache
+from picolm_server.engines.picolm.prompt_store import PromptCache
 from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
 from picolm_server.gguf import read_gguf_metadata
 from picolm_server.server.bootstrap import kv_shape

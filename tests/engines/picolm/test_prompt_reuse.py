@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from picolm_server.engines.picolm.prompt_cache import KV_MAGIC
+from picolm_server.engines.picolm.kv_file import KV_MAGIC
 from tests.support.fake_picolm import default_pieces
 from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf

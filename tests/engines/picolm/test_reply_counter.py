@@ -1,4 +1,4 @@
-"""ReplyTokenCounter and the prompt-length bound of picolm_tokenizer: the running count
+"""ReplyTokenCounter and the prompt-length bound of the PicoLM tokenizer: the running count
 equals re-tokenizing the whole reply at every piece, and the bound never exceeds a count."""
 
 from __future__ import annotations

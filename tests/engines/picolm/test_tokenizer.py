@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -45,6 +46,8 @@ from picolm_server.engines.picolm.tokenizer import (
     default_signed_char,
     prompt_bytes,
 )
+from picolm_server.gguf import GGUFError, GGUFValueType
+from tests.support.gguf_bytes import Array, gguf_bytes
 from tests.support.tiny_llama_gguf import (
     BOS_ID,
     EOS_ID,
@@ -329,6 +332,71 @@ def test_prompt_bytes() -> None:
 
 def test_default_signed_char_is_a_bool() -> None:
     assert isinstance(default_signed_char(), bool)
+
+
+# ---------------------------------------------------------------------------
+# What PicoLM's parse_gguf takes from a file
+# ---------------------------------------------------------------------------
+
+T = GGUFValueType
+VOCAB = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), (SP, -1.0), ("a", -2.0), (SP + "a", -1.5)]
+
+
+def vocab_file(
+    path: Path, *kvs: tuple[str, GGUFValueType, Any], dims: tuple[int, ...] = ()
+) -> Path:
+    tokens = ("tokenizer.ggml.tokens", T.ARRAY, Array(T.STRING, [t for t, _ in VOCAB]))
+    scores = ("tokenizer.ggml.scores", T.ARRAY, Array(T.FLOAT32, [s for _, s in VOCAB]))
+    tensors = [("blk.0.attn_q.weight", (8, 8)), ("token_embd.weight", dims)] if dims else []
+    path.write_bytes(gguf_bytes([tokens, scores, *kvs], tensors))
+    return path
+
+
+def test_vocabulary_size_and_special_ids_as_picolm_takes_them(tmp_path: Path) -> None:
+    # No vocab_size key and no token_embd: as many as there are tokens; BOS 1, EOS 2.
+    tok = PicoLMTokenizer.from_gguf(vocab_file(tmp_path / "a.gguf"))
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (len(VOCAB), 1, 2)
+    assert tok.encode(" a") == [1, 3, 5] and tok.tokenizer_model is None
+    # llama.vocab_size (only that key) pads the vocabulary with empty entries.
+    tok = PicoLMTokenizer.from_gguf(
+        vocab_file(
+            tmp_path / "b.gguf",
+            ("llama.vocab_size", T.INT32, 9),
+            ("phi3.vocab_size", T.INT32, 3),
+            ("tokenizer.ggml.bos_token_id", T.UINT16, 3),
+            ("tokenizer.ggml.eos_token_id", T.INT64, -1),
+            ("tokenizer.ggml.model", T.STRING, "llama"),
+        )
+    )
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (9, 3, 0xFFFFFFFF)
+    assert tok.piece_bytes(8) == b"" and tok.tokenizer_model == "llama"
+    # Without it, token_embd.weight's dimension that is not the embedding length; an id
+    # given as a float (or a string) is 0, as PicoLM's skip_meta_value returns.
+    for dims, size in (((16, 7), 7), ((7, 16), 7), ((16, 16), 16)):
+        tok = PicoLMTokenizer.from_gguf(
+            vocab_file(
+                tmp_path / "c.gguf",
+                ("general.embedding_length", T.UINT32, 99),
+                ("llama.embedding_length", T.UINT32, 16),
+                ("tokenizer.ggml.bos_token_id", T.FLOAT32, 2.0),
+                ("tokenizer.ggml.eos_token_id", T.STRING, "2"),
+                dims=dims,
+            )
+        )
+        assert (tok.vocab_size, tok.bos_id, tok.eos_id) == (size, 0, 0)
+
+
+def test_a_vocabulary_picolm_could_not_use_is_refused(tmp_path: Path) -> None:
+    bad_tokens = ("tokenizer.ggml.tokens", T.ARRAY, Array(T.UINT8, [1, 2]))
+    bad_scores = ("tokenizer.ggml.scores", T.ARRAY, Array(T.FLOAT64, [1.0, 2.0]))
+    for kvs in ([bad_tokens], [bad_scores], [("llama.vocab_size", T.INT32, -5)], []):
+        path = tmp_path / "m.gguf"
+        path.write_bytes(gguf_bytes(kvs))
+        with pytest.raises(ValueError):
+            PicoLMTokenizer.from_gguf(path)
+    path.write_bytes(b"GGUF" + bytes(3))
+    with pytest.raises(GGUFError):
+        PicoLMTokenizer.from_gguf(path)
 
 
 # ---------------------------------------------------------------------------

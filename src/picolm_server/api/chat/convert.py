@@ -15,7 +15,6 @@ from ...generation import (
     Turn,
 )
 from ...http.json_text import call_arguments
-from ...tool_calls import OutputPlan, make_plan
 from .types import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 
@@ -168,22 +167,6 @@ def output_request(request: ChatCompletionRequest) -> OutputRequest:
         else choice,
         parallel_tool_calls=request.parallel_tool_calls,
         json_output=json_output,
-    )
-
-
-def chat_plan(
-    request: ChatCompletionRequest,
-    *,
-    hermes_template: bool,
-    grammar_engine: bool,
-    max_tokens: int | None = None,
-) -> OutputPlan | None:
-    """The output plan of a chat request (``max_tokens``: the server's default)."""
-    return make_plan(
-        output_request(request),
-        hermes_template=hermes_template,
-        grammar_engine=grammar_engine,
-        max_tokens=request.max_completion_tokens or request.max_tokens or max_tokens,
     )
 
 

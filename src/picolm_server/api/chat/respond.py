@@ -92,15 +92,6 @@ def call_arguments_delta(event: ToolCallArguments) -> Delta:
     return Delta(tool_calls=[piece])
 
 
-def call_deltas(call: ParsedCall, index: int) -> list[Delta]:
-    """A whole call as stream deltas: index, id, type and name first, then argument
-    fragments."""
-    deltas = [call_start_delta(ToolCallStart(index, call.id, call.name))]
-    for fragment in argument_fragments(call.arguments):
-        deltas.append(call_arguments_delta(ToolCallArguments(index, fragment)))
-    return deltas
-
-
 async def chunk_events(
     stream: EventStream, model: str, include_usage: bool
 ) -> AsyncIterator[bytes]:

@@ -225,11 +225,6 @@ def input_items(request: ResponsesRequest) -> list[Item]:
     return [_input_item(item, f"input[{index}]") for index, item in enumerate(request.input)]
 
 
-def output_as_items(response: ResponseObject) -> list[Item]:
-    """A finished response's output as conversation items for the next turn."""
-    return [item.model_dump(mode="json") for item in response.output]
-
-
 # ---- to a generation spec -------------------------------------------------------------
 
 

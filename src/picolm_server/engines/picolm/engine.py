@@ -56,8 +56,9 @@ from ..base import (
     TextDelta,
     TokenLimitExceeded,
 )
+from .crafted_prompt import craft_prompt
 from .process_group import kill_group, spawn_options
-from .prompt_cache import CacheLease, PromptCache, craft_prompt
+from .prompt_store import CacheLease, PromptCache
 from .tokenizer import PicoLMTokenizer
 
 logger = logging.getLogger("picolm_server.engine.picolm")
@@ -171,8 +172,8 @@ class PicoLMEngine:
 
     With ``tokenizer`` (the exact reproduction of PicoLM's), prompts that do not fit are
     refused before a process starts; with ``prompt_cache`` too, each run starts from the
-    longest saved state that is a token prefix of its prompt (see ``prompt_cache``).
-    A reply held to a JSON schema is written piece by piece (see ``picolm_json``).
+    longest saved state that is a token prefix of its prompt (see :mod:`.prompt_store`).
+    A reply held to a JSON schema is written piece by piece (see :mod:`.json_mode`).
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class PicoLMEngine:
         self.options = options
         self.tokenizer = tokenizer
         self.prompt_cache = prompt_cache if tokenizer is not None else None
-        # PicoLM writes schema-exact JSON piece by piece (picolm_json); it reads all of
+        # PicoLM writes schema-exact JSON piece by piece (json_mode); it reads all of
         # stdin, then tokenizes it as a C string, so a NUL ends the prompt.
         self.abilities = EngineAbilities(
             output_control="schema",

@@ -1,7 +1,7 @@
 """Schema-exact JSON replies on PicoLM: the JSON writer's runs as PicoLM generations.
 
 Each run continues the reply written so far: its prompt is the request's prompt plus
-that text, so with saved prompt states (``prompt_cache``) it starts from the longest
+that text, so with saved prompt states (:mod:`.prompt_store`) it starts from the longest
 saved state and computes only the new tokens. PicoLM saves a run's prompt state only
 when the run ends by itself, so a run the writer no longer needs is either stopped at
 once or left to finish, whichever costs less: finishing costs the tokens it still may

@@ -53,12 +53,11 @@ invalidation that applies the same merges in the same order (the best pair is th
 highest score, then the lowest position; a merged symbol keeps its left position,
 so positions order pairs exactly as PicoLM's array indices do), O(n log n).
 
-The vocabulary is read by a small GGUF reader (``_read_gguf_vocab``) that walks the
-metadata the way PicoLM's parser does and touches no tensor data; it is used
-instead of ``gguf.GGUFReader``, which takes about a second on a 32,000-entry
-vocabulary because it builds an object per array element. The vocabulary is held
-packed (:mod:`.picolm_vocab`): about 0.6 MiB for 32,000 entries instead of 4.5 MiB of
-Python objects, for as long as the server runs.
+The vocabulary is read by the server's GGUF reader (:mod:`picolm_server.gguf`), which
+touches no tensor data and holds the token strings as they are in the file; this module
+takes from what it read what PicoLM's parser takes (``_picolm_vocab``). The vocabulary
+is then held packed (:mod:`.vocab`): about 0.6 MiB for 32,000 entries instead of 4.5 MiB
+of Python objects, for as long as the server runs.
 """
 
 from __future__ import annotations
@@ -68,18 +67,15 @@ import bisect
 import functools
 import heapq
 import itertools
-import mmap
-import operator
 import platform
 import re
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
-from ...gguf import string_ends
+from ...gguf import TOKENS_KEY, GGUFMetadata, StringArray, read_gguf_metadata
 from .vocab import PackedVocabulary
 
 __all__ = ["PicoLMTokenizer", "ReplyTokenCounter", "default_signed_char", "prompt_bytes"]
@@ -95,34 +91,6 @@ _MERGE_BUF = 256
 
 # never_merged_across remembers this many junctions (a few bytes each) before starting over.
 _MAX_JUNCTIONS = 65536
-
-_GGUF_MAGIC = 0x46554747
-
-# GGUF metadata value types, as in PicoLM's model.c (and the GGUF spec).
-_T_UINT8, _T_INT8, _T_UINT16, _T_INT16, _T_UINT32, _T_INT32 = 0, 1, 2, 3, 4, 5
-_T_FLOAT32, _T_BOOL, _T_STRING, _T_ARRAY, _T_UINT64, _T_INT64, _T_FLOAT64 = (
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    12,
-)
-# Fixed-size scalar types: struct format and whether PicoLM treats it as a number.
-_SCALARS: dict[int, tuple[str, bool]] = {
-    _T_UINT8: ("<B", True),
-    _T_INT8: ("<b", True),
-    _T_UINT16: ("<H", True),
-    _T_INT16: ("<h", True),
-    _T_UINT32: ("<I", True),
-    _T_INT32: ("<i", True),
-    _T_FLOAT32: ("<f", False),
-    _T_BOOL: ("<B", True),
-    _T_UINT64: ("<Q", True),
-    _T_INT64: ("<q", True),
-    _T_FLOAT64: ("<d", False),
-}
 
 
 def default_signed_char() -> bool:
@@ -169,185 +137,62 @@ class _GGUFVocab:
     tokenizer_model: str | None
 
 
-class _RawStrings(Sequence[bytes]):
-    """GGUF strings as in the file (each one's 8-byte length, then its bytes), read one
-    at a time: a list of 32,000 ``bytes`` objects, even for the time it takes to pack
-    them, leaves about 1.5 MiB of holes in the heap behind (docs/benchmarks.md)."""
-
-    def __init__(self, raw: bytes, ends: array.array[int]) -> None:
-        self._raw = raw
-        self._ends = ends
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[bytes]: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("string index out of range")
-        start = (self._ends[index - 1] if index else 0) + 8
-        return self._raw[start : self._ends[index]]
-
-    def __iter__(self) -> Iterator[bytes]:
-        # Still one at a time, the slices made by map (C) rather than a generator's loop.
-        starts = itertools.chain((8,), map(operator.add, self._ends, itertools.repeat(8)))
-        return map(self._raw.__getitem__, map(slice, starts, self._ends))
+_TOKENS, _SCORES, _EMBEDDINGS = TOKENS_KEY, "tokenizer.ggml.scores", "token_embd.weight"
+_EMBEDDING_LENGTH_KEYS = ("llama.embedding_length", "general.embedding_length")
 
 
-class _Reader:
-    """Little-endian cursor over the mapped file, bounds-checked."""
-
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def unpack(self, fmt: str) -> tuple[int | float, ...]:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise ValueError("truncated GGUF file")
-        values = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return values
-
-    def u32(self) -> int:
-        return int(self.unpack("<I")[0])
-
-    def float32_array(self, n: int) -> array.array[float]:
-        # Straight from the file's bytes: no float object per element, even for a while.
-        if self.pos + 4 * n > len(self.buf):
-            raise ValueError("truncated GGUF file")
-        values = array.array("f", self.buf[self.pos : self.pos + 4 * n])
-        if sys.byteorder == "big":
-            values.byteswap()
-        self.pos += 4 * n
-        return values
-
-    def u64(self) -> int:
-        return int(self.unpack("<Q")[0])
-
-    def string(self) -> bytes:
-        n = self.u64()
-        if self.pos + n > len(self.buf):
-            raise ValueError("truncated GGUF file")
-        s = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return s
-
-    def strings(self, count: int) -> _RawStrings:
-        """``count`` strings, held as they are in the file (not one object each)."""
-        first = self.pos
-        ends = string_ends(self.buf, first, count)
-        if ends:
-            self.pos += ends[-1]
-        return _RawStrings(self.buf[first : self.pos], ends)
-
-    def skip_string(self) -> None:
-        n = self.u64()
-        self.pos += n
-        if self.pos > len(self.buf):
-            raise ValueError("truncated GGUF file")
-
-    def value(self, vtype: int) -> int:
-        """PicoLM's skip_meta_value: consume a value, return it if numeric else 0."""
-        if vtype in _SCALARS:
-            fmt, numeric = _SCALARS[vtype]
-            v = self.unpack(fmt)[0]
-            # C: (uint64_t)(int64_t) of signed types, floats return 0.
-            return int(v) & 0xFFFFFFFFFFFFFFFF if numeric else 0
-        if vtype == _T_STRING:
-            self.skip_string()
-            return 0
-        if vtype == _T_ARRAY:
-            arr_type = self.u32()
-            n = self.u64()
-            if arr_type in _SCALARS:
-                self.pos += n * struct.calcsize(_SCALARS[arr_type][0])
-                if self.pos > len(self.buf):
-                    raise ValueError("truncated GGUF file")
-            else:
-                for _ in range(n):
-                    self.value(arr_type)
-            return 0
-        # PicoLM prints "Unknown GGUF metadata type" and exits.
-        raise ValueError(f"unknown GGUF metadata type {vtype}")
+def _number(metadata: GGUFMetadata, key: str, default: int) -> int:
+    """PicoLM's skip_meta_value of a key: an integer (or bool) as a C ``uint64_t``, any
+    other value 0; ``default`` when the file does not have the key."""
+    value = metadata.values.get(key)
+    if value is None:
+        return 0 if key in metadata.array_lengths else default
+    if isinstance(value, int):  # bool included, as PicoLM reads it as a byte
+        return value & 0xFFFFFFFFFFFFFFFF
+    return 0
 
 
-def _read_gguf_vocab(path: Path) -> _GGUFVocab:
-    """Read the tokenizer data of a GGUF file the way PicoLM's parse_gguf does."""
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        r = _Reader(buf)
-        if r.u32() != _GGUF_MAGIC:
-            raise ValueError(f"{path}: not a GGUF file")
-        version = r.u32()
-        if version not in (2, 3):
-            raise ValueError(f"{path}: unsupported GGUF version {version}")
-        n_tensors = r.u64()
-        n_kv = r.u64()
-
-        # PicoLM's defaults; later duplicates of a key overwrite earlier ones, as in C.
-        n_embd = 0
-        vocab_size = 0
-        bos_id, eos_id = 1, 2
-        tokens: Sequence[bytes] = ()
-        scores: Sequence[float] = ()
-        tokenizer_model: str | None = None
-        for _ in range(n_kv):
-            key = r.string()
-            vtype = r.u32()
-            if key in (b"llama.embedding_length", b"general.embedding_length"):
-                n_embd = _c_int(r.value(vtype))
-            elif key == b"llama.vocab_size":
-                vocab_size = _c_int(r.value(vtype))
-            elif key == b"tokenizer.ggml.bos_token_id":
-                bos_id = r.value(vtype) & 0xFFFFFFFF
-            elif key == b"tokenizer.ggml.eos_token_id":
-                eos_id = r.value(vtype) & 0xFFFFFFFF
-            elif key == b"tokenizer.ggml.model" and vtype == _T_STRING:
-                tokenizer_model = r.string().decode("utf-8", "replace")
-            elif key == b"tokenizer.ggml.tokens" and vtype == _T_ARRAY:
-                arr_type = r.u32()
-                n = r.u64()
-                # tokenizer_load reads every element as a string, whatever arr_type.
-                if arr_type != _T_STRING:
-                    raise ValueError(f"{path}: tokenizer.ggml.tokens is not a string array")
-                tokens = r.strings(n)
-            elif key == b"tokenizer.ggml.scores" and vtype == _T_ARRAY:
-                arr_type = r.u32()
-                n = r.u64()
-                # PicoLM copies n raw float32 values whatever arr_type says.
-                if arr_type != _T_FLOAT32:
-                    raise ValueError(f"{path}: tokenizer.ggml.scores is not a float32 array")
-                scores = r.float32_array(n)
-            else:
-                r.value(vtype)
-
-        if vocab_size == 0:
-            # PicoLM takes the first token_embd.weight's dims: the one that is not n_embd.
-            for _ in range(n_tensors):
-                name = r.string()
-                n_dims = r.u32()
-                dims = [r.u64() for _ in range(n_dims)]
-                r.u32()  # type
-                r.u64()  # offset
-                if name == b"token_embd.weight":
-                    if n_dims >= 2:
-                        d0, d1 = _c_int(dims[0]), _c_int(dims[1])
-                        vocab_size = d1 if d0 == n_embd else d0
-                    break
-        if vocab_size == 0 and tokens:
-            vocab_size = _c_int(len(tokens))
+def _picolm_vocab(metadata: GGUFMetadata) -> _GGUFVocab:
+    """The tokenizer data of a GGUF file as PicoLM's parse_gguf takes it: its keys, its
+    defaults (BOS 1, EOS 2) and its C conversions; a key given twice counts as given last."""
+    path = metadata.path
+    tokens: Sequence[bytes] = ()
+    scores: Sequence[float] = ()
+    found = metadata.values.get(_TOKENS)
+    if isinstance(found, StringArray):
+        tokens = found.encoded
+    elif isinstance(found, (list, array.array)):
+        # tokenizer_load reads every element as a string, whatever the array's type.
+        raise ValueError(f"{path}: {_TOKENS} is not a string array")
+    found = metadata.values.get(_SCORES)
+    if isinstance(found, array.array) and found.typecode == "f":
+        scores = found
+    elif isinstance(found, (list, array.array, StringArray)):
+        # PicoLM copies n raw float32 values whatever the array's type says.
+        raise ValueError(f"{path}: {_SCORES} is not a float32 array")
+    # Either key sets the embedding length; the later one in the file wins.
+    given = [key for key in metadata.values if key in _EMBEDDING_LENGTH_KEYS]
+    n_embd = _c_int(_number(metadata, given[-1], 0)) if given else 0
+    vocab_size = _c_int(_number(metadata, "llama.vocab_size", 0))
+    if vocab_size == 0:
+        # PicoLM takes the first token_embd.weight's dims: the one that is not n_embd.
+        dims = metadata.tensor_dims.get(_EMBEDDINGS, ())
+        if len(dims) >= 2:
+            d0, d1 = _c_int(dims[0]), _c_int(dims[1])
+            vocab_size = d1 if d0 == n_embd else d0
+    if vocab_size == 0 and tokens:
+        vocab_size = _c_int(len(tokens))
     if vocab_size <= 0:
         raise ValueError(f"{path}: no vocabulary size")
-    return _GGUFVocab(tokens, scores, vocab_size, bos_id, eos_id, tokenizer_model)
+    model = metadata.values.get("tokenizer.ggml.model")
+    return _GGUFVocab(
+        tokens,
+        scores,
+        vocab_size,
+        _number(metadata, "tokenizer.ggml.bos_token_id", 1) & 0xFFFFFFFF,
+        _number(metadata, "tokenizer.ggml.eos_token_id", 2) & 0xFFFFFFFF,
+        model if isinstance(model, str) else None,
+    )
 
 
 class PicoLMTokenizer:
@@ -374,7 +219,7 @@ class PicoLMTokenizer:
         """
         vs = len(tokens) if vocab_size is None else vocab_size
         # tokenizer_load: at most vocab_size strings, each a C string (cut at NUL),
-        # missing ones empty; missing scores 0.0. One at a time (_RawStrings).
+        # missing ones empty; missing scores 0.0. One at a time (gguf.EncodedStrings).
         kept = max(min(len(tokens), vs), 0)
         strs = PackedVocabulary(
             itertools.chain(
@@ -402,8 +247,12 @@ class PicoLMTokenizer:
 
     @classmethod
     def from_gguf(cls, path: Path, *, signed_char: bool | None = None) -> PicoLMTokenizer:
-        """Load the vocabulary of a GGUF file as PicoLM does (no tensor data is read)."""
-        v = _read_gguf_vocab(Path(path))
+        """Load the vocabulary of a GGUF file as PicoLM does (no tensor data is read);
+        GGUFError or ValueError when the file has none PicoLM could use."""
+        metadata = read_gguf_metadata(
+            Path(path), arrays=frozenset({_TOKENS, _SCORES}), tensors=frozenset({_EMBEDDINGS})
+        )
+        v = _picolm_vocab(metadata)
         return cls(
             v.tokens,
             v.scores,

@@ -7,7 +7,7 @@ held as a list of ``bytes`` and a dict from string to id is about 4.5 MiB of Pyt
 objects; held so it is about 0.6 MiB, for a lookup that runs in Python instead of a
 dict's C (a fraction of a microsecond; docs/benchmarks.md).
 
-Which id a string finds is decided by the tokenizer (:mod:`.picolm_tokenizer`, which
+Which id a string finds is decided by the tokenizer (:mod:`.tokenizer`, which
 reproduces PicoLM's binary search and its quirks): the table starts with each non-empty
 string's first id, and :meth:`PackedVocabulary.resolve` changes what a string finds.
 """

@@ -10,48 +10,15 @@ import os
 import re
 import shutil
 import stat
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from picolm_server.engines.picolm.prompt_cache import (
-    KV_MAGIC,
-    CacheLease,
-    KVShape,
-    PromptCache,
-    copy_kv_prefix,
-    craft_prompt,
-    kv_file_positions,
-)
-from picolm_server.engines.picolm.tokenizer import PicoLMTokenizer
+from picolm_server.engines.picolm.kv_file import KVShape
+from picolm_server.engines.picolm.prompt_store import CacheLease, PromptCache
 from picolm_server.engines.state_dir import StateDir, StateDirRefused, default_state_dir
-from tests.support.picolm_setup import PicoLMFiles
-
-SHAPE = KVShape(layers=2, kv_dim=4)
-
-
-def write_kv(path: Path, fed: list[int], shape: KVShape = SHAPE) -> Path:
-    """A KV file whose rows carry the token fed at their position (as the stand-in's)."""
-    row = shape.row_bytes
-    rows = b"".join(struct.pack("<I", t).ljust(row, b"\0") for t in fed)
-    path.write_bytes(
-        struct.pack("<4I", KV_MAGIC, len(fed), shape.layers, shape.kv_dim)
-        + rows * (2 * shape.layers)
-    )
-    return path
-
-
-def rows_of(path: Path, shape: KVShape = SHAPE) -> list[list[int]]:
-    """Token ids of every block (K per layer, then V per layer) of a KV file."""
-    data = path.read_bytes()
-    n = struct.unpack_from("<4I", data)[1]
-    row = shape.row_bytes
-    return [
-        [struct.unpack_from("<I", data, 16 + (b * n + p) * row)[0] for p in range(n)]
-        for b in range(2 * shape.layers)
-    ]
+from tests.engines.picolm.test_kv_file import SHAPE, rows_of, write_kv
 
 
 def make_cache(tmp_path: Path, max_bytes: int = 10**9, identity: str = "model-a") -> PromptCache:
@@ -77,29 +44,6 @@ def commit(cache: PromptCache, tokens: list[int]) -> bool:
 
 def always(positions: int) -> bytes:
     return b"crafted"
-
-
-def test_kv_file_positions_checks_magic_shape_and_exact_size(tmp_path: Path) -> None:
-    good = write_kv(tmp_path / "a.kv", [1, 2, 3])
-    assert kv_file_positions(good, SHAPE) == 3
-    assert kv_file_positions(good, KVShape(2, 8)) is None
-    assert kv_file_positions(good, KVShape(3, 4)) is None
-    (tmp_path / "short.kv").write_bytes(good.read_bytes()[:-1])
-    assert kv_file_positions(tmp_path / "short.kv", SHAPE) is None
-    (tmp_path / "long.kv").write_bytes(good.read_bytes() + b"\0")
-    assert kv_file_positions(tmp_path / "long.kv", SHAPE) is None
-    (tmp_path / "magic.kv").write_bytes(b"XXXX" + good.read_bytes()[4:])
-    assert kv_file_positions(tmp_path / "magic.kv", SHAPE) is None
-    assert kv_file_positions(tmp_path / "missing.kv", SHAPE) is None
-
-
-def test_copy_kv_prefix_keeps_the_first_rows_of_every_block(tmp_path: Path) -> None:
-    source = write_kv(tmp_path / "a.kv", [10, 11, 12, 13, 14])
-    copy_kv_prefix(source, tmp_path / "b.kv", SHAPE, 3)
-    assert kv_file_positions(tmp_path / "b.kv", SHAPE) == 3
-    assert rows_of(tmp_path / "b.kv") == [[10, 11, 12]] * 4
-    with pytest.raises(ValueError):
-        copy_kv_prefix(source, tmp_path / "c.kv", SHAPE, 6)
 
 
 def test_lease_reuses_only_a_common_token_prefix(tmp_path: Path) -> None:
@@ -186,38 +130,6 @@ def test_save_prefix_cuts_a_longer_state(tmp_path: Path) -> None:
         p for p in cache.directory.glob("*.json") if len(json.loads(p.read_text())["tokens"]) == 3
     )
     assert rows_of(entry.with_suffix(".kv")) == [[1, 2, 3]] * 4
-
-
-# ---- the crafted prompt, with the exact tokenizer ------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer(picolm_files: PicoLMFiles) -> PicoLMTokenizer:
-    return PicoLMTokenizer.from_gguf(picolm_files.model)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "<|user|>\nhello there, how is the world today?</s>\n<|assistant|>\n the robot said",
-        "the robot said hello to the world and it was morning light on the sea",
-        "héllo wörld 中 \t tabs\nand\n\nnewlines  double  spaces 🙂 emoji at the end",
-    ],
-)
-def test_crafted_prompt_feeds_the_right_tokens(tokenizer: PicoLMTokenizer, text: str) -> None:
-    tokens = tokenizer.encode(text)
-    found = 0
-    for positions in range(2, len(tokens)):
-        crafted = craft_prompt(tokenizer, tokens, positions)
-        if crafted is None:
-            continue
-        found += 1
-        c = tokenizer.encode(crafted)
-        assert len(c) == len(tokens)
-        assert c[positions - 1] == tokens[positions]
-        assert c[positions + 1 :] == tokens[positions + 1 :]
-    assert found >= len(tokens) // 2
-    assert craft_prompt(tokenizer, tokens, len(tokens)) is None
 
 
 # ---- integrity: a digest written with each state, checked before use -----------------------

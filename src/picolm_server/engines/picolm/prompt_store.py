@@ -18,8 +18,10 @@ overwrites the file at the end of a run. So this store:
 - keeps its files private and survives its directory going away (see ``state_dir``):
   reuse is then off, requests are served without it, and it comes back by itself.
 
-PicoLM's reuse is off by one (see :func:`craft_prompt`): a run that starts from a saved
-state of P positions must be given a prompt text crafted for it, not the true prompt.
+The file format is :mod:`.kv_file`'s. PicoLM's reuse is off by one: a run that starts
+from a saved state of P positions must be given a prompt text crafted for it, not the
+true prompt (:mod:`.crafted_prompt`); :meth:`PromptCache.lease` takes that crafting as a
+function.
 """
 
 from __future__ import annotations
@@ -37,188 +39,25 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from ..state_dir import (
-    CLOEXEC,
     FILE_MODE,
-    NOFOLLOW,
     RECHECK_SECONDS,
     RUN_PREFIX,
     StateDir,
     create_private_file,
     write_private_file,
 )
+from .kv_file import KVShape, StateCorrupted, copy_kv_prefix, file_sha256, kv_file_positions
 
-if TYPE_CHECKING:
-    from .tokenizer import PicoLMTokenizer
-
+# The logging channel keeps the name the server's logs have always used.
 logger = logging.getLogger("picolm_server.prompt_cache")
 
-KV_MAGIC = 0x4B564350  # "KVCP", PicoLM's KVCACHE_MAGIC
-_HEADER = struct.Struct("<4I")
 _STATE_SUFFIX = ".kv"
 _INDEX_SUFFIX = ".json"
-_COPY_CHUNK = 1 << 20
 # Reuse fewer positions than a saved state holds only this far back looking for a cut
 # point whose crafted prompt checks out.
 _MAX_CUT_TRIES = 24
-_BYTE_TOKEN = re.compile(rb"^<0x([0-9A-Fa-f]{2})>$")
-# Filler bytes for the positions PicoLM never feeds: byte-fallback tokens that merge with
-# nothing ("<0x01>" + anything is no vocabulary entry).
-_FILLER = b"\x01"
-_SPACE_MARKER = "\u2581".encode()
-
-
-@dataclass(frozen=True)
-class KVShape:
-    """What a PicoLM KV file's size depends on: layers and the K/V row width."""
-
-    layers: int
-    kv_dim: int
-
-    @property
-    def row_bytes(self) -> int:
-        return self.kv_dim * 2
-
-    def file_size(self, positions: int) -> int:
-        # Header, then K for every layer and position, then V likewise, as fp16.
-        return _HEADER.size + 2 * self.layers * positions * self.row_bytes
-
-
-def _held_positions(header: bytes, size: int, shape: KVShape) -> int | None:
-    if len(header) != _HEADER.size:
-        return None
-    magic, positions, layers, kv_dim = _HEADER.unpack(header)
-    if magic != KV_MAGIC or layers != shape.layers or kv_dim != shape.kv_dim:
-        return None
-    if size != shape.file_size(positions):
-        return None
-    return int(positions)
-
-
-def _open_for_reading(path: Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW | CLOEXEC), "rb")
-
-
-def kv_file_positions(path: Path, shape: KVShape) -> int | None:
-    """The number of positions a KV file holds, or None if it is not a whole, matching file."""
-    try:
-        with _open_for_reading(path) as handle:
-            header = handle.read(_HEADER.size)
-            size = os.fstat(handle.fileno()).st_size
-    except OSError:
-        return None
-    return _held_positions(header, size, shape)
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in chunks (hex)."""
-    digest = hashlib.sha256()
-    with _open_for_reading(path) as handle:
-        while chunk := handle.read(_COPY_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class StateCorrupted(ValueError):
-    """A saved state's bytes are not the bytes recorded with it."""
-
-
-def copy_kv_prefix(
-    source: Path, target: Path, shape: KVShape, positions: int, *, sha256: str | None = None
-) -> None:
-    """Write to ``target`` the state of the first ``positions`` positions of ``source``.
-
-    The file is the header, then one block per layer of K rows, then one per layer of V
-    rows; each block is cut to its first ``positions`` rows. With ``sha256`` the whole of
-    ``source`` is read (in one pass with the copy) and must have that digest, or
-    StateCorrupted is raised and ``target`` holds garbage. Raises OSError/ValueError.
-    """
-    with _open_for_reading(source) as src:
-        header = src.read(_HEADER.size)
-        held = _held_positions(header, os.fstat(src.fileno()).st_size, shape)
-        if held is None or not 0 < positions <= held:
-            raise ValueError(f"{source} does not hold {positions} positions")
-        digest = hashlib.sha256(header) if sha256 is not None else None
-        block, keep = held * shape.row_bytes, positions * shape.row_bytes
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW | CLOEXEC
-        with os.fdopen(os.open(target, flags, FILE_MODE), "wb") as dst:
-            dst.write(_HEADER.pack(KV_MAGIC, positions, shape.layers, shape.kv_dim))
-            for index in range(2 * shape.layers):
-                if sha256 is None:
-                    src.seek(_HEADER.size + index * block)
-                remaining, wanted = (block if sha256 is not None else keep), keep
-                while remaining:
-                    data = src.read(min(remaining, _COPY_CHUNK))
-                    if not data:
-                        raise ValueError(f"{source} is truncated")
-                    if digest is not None:
-                        digest.update(data)
-                    if wanted:
-                        dst.write(data[:wanted])
-                        wanted -= min(wanted, len(data))
-                    remaining -= len(data)
-    if digest is not None and digest.hexdigest() != sha256:
-        raise StateCorrupted(f"{source.name} does not match its recorded SHA-256")
-
-
-# ---- the off-by-one, and the prompt that corrects it -------------------------------------
-
-
-def token_text(tokenizer: PicoLMTokenizer, token_ids: Sequence[int]) -> bytes:
-    """Prompt bytes that spell ``token_ids`` (byte-fallback tokens as their raw byte)."""
-    parts = []
-    for token_id in token_ids:
-        piece = tokenizer.piece_bytes(token_id)
-        match = _BYTE_TOKEN.match(piece)
-        parts.append(bytes([int(match.group(1), 16)]) if match else piece)
-    # PicoLM turns every space into "▁" before it tokenizes, so a space is the same
-    # input; spaces keep the prompt readable (and a stand-in's directives intact).
-    return b"".join(parts).replace(_SPACE_MARKER, b" ")
-
-
-def craft_prompt(tokenizer: PicoLMTokenizer, tokens: Sequence[int], positions: int) -> bytes | None:
-    """A prompt that makes PicoLM, loaded with the true state of ``tokens[:positions]``,
-    compute exactly the state of ``tokens`` (and the same reply), or None.
-
-    With a cache of P positions PicoLM's first forward pass is ``forward(c[P-1], pos=P)``
-    where ``c`` is the tokenization of the prompt it is given, ``c[P]`` is never fed, and
-    positions after P get ``c[P+1:]``. So ``c`` must have ``len(tokens)`` tokens, with
-    ``c[P-1] == tokens[P]`` and ``c[P+1:] == tokens[P+1:]``; ``c[1:P-1]`` and ``c[P]``
-    are filler. Every candidate is checked with the exact tokenizer.
-    """
-    n = len(tokens)
-    if not 2 <= positions <= n - 1:
-        return None
-    head = token_text(tokenizer, tokens[positions : positions + 1])
-    tail = token_text(tokenizer, tokens[positions + 1 :])
-    # PicoLM prepends "▁" (one token of its own before a filler byte).
-    filler = max(positions - 3, 0)
-    for _ in range(4):
-        text = _FILLER * filler + head + _FILLER + tail
-        if b"\0" in text:
-            return None
-        crafted = tokenizer.encode(text)
-        if (
-            len(crafted) == n
-            and crafted[positions - 1] == tokens[positions]
-            and crafted[positions + 1 :] == list(tokens[positions + 1 :])
-        ):
-            return text
-        # Adjust the filler to where the fed token actually landed, and try again.
-        try:
-            landed = crafted.index(tokens[positions], 1)
-        except ValueError:
-            return None
-        step = (positions - 1) - landed
-        if step == 0 or filler + step < 0:
-            return None
-        filler += step
-    return None
-
-
-# ---- the store ---------------------------------------------------------------------------
 
 # A run tries at most this many saved states: each one that fails its digest is deleted
 # and the next best is tried.
@@ -477,11 +316,11 @@ class PromptCache:
         """A private KV file for a run on ``tokens``, or None when reuse is off (the
         directory is unusable: run without ``--cache``).
 
-        With ``craft`` (positions -> prompt bytes or None, see :func:`craft_prompt`), the
-        file is seeded with as many positions of the best saved state as a crafted prompt
-        can be found for, from a state that passes its digest check; without it, or when
-        none checks out, the file is empty (PicoLM then computes the whole prompt, and
-        saves it).
+        With ``craft`` (positions -> prompt bytes or None: PicoLM's off-by-one needs a
+        crafted prompt, see :mod:`.crafted_prompt`), the file is seeded with as many
+        positions of the best saved state as a crafted prompt can be found for, from a
+        state that passes its digest check; without it, or when none checks out, the
+        file is empty (PicoLM then computes the whole prompt, and saves it).
         """
         path = self._new_run_file()
         if path is None:
