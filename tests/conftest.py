@@ -1,14 +1,16 @@
 """Shared fixtures: real servers on free ports, with the embedded model or the PicoLM
-stand-in."""
+stand-in; and the application in-process over a scripted engine (``app_server``), for
+tests of the wire format (they run under anyio's pytest plugin: ``pytest.mark.anyio``)."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.inprocess import API_KEY, InProcessServer, serve_in_process
 from tests.support.picolm_setup import PicoLMFiles, PicoLMServer
 from tests.support.server import RunningServer, run_server
 
@@ -37,7 +39,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 
 # ---- PicoLM through the stand-in executable (tests/support/fake_picolm.py) ----------------
 
-TEST_API_KEY = "sk-test-0123456789"
+TEST_API_KEY = API_KEY  # the in-process app has the same
 
 
 @pytest.fixture(scope="session")
@@ -53,4 +55,20 @@ def picolm_server(
     """A server on the fake PicoLM, with an API key, shared by the tests that can share."""
     workdir = tmp_path_factory.mktemp("picolm-server")
     with picolm_files.serve(workdir, server={"api_key": TEST_API_KEY, "max_queue": 8}) as server:
+        yield server
+
+
+# ---- the application in this process (tests/support/inprocess.py) ------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def app_server() -> AsyncIterator[InProcessServer]:
+    """The app with the session PicoLM server's settings (key, model id, limits), over a
+    :class:`~tests.support.scripted_engine.DirectedEngine`; one per test."""
+    async with serve_in_process() as server:
         yield server

@@ -1,11 +1,11 @@
-"""HTTP manners over HTTP: CORS, HEAD, 405 with Allow, the Bearer scheme, gzip, SSE pings."""
+"""HTTP manners over HTTP: CORS, HEAD, 405 with Allow, the Bearer scheme, gzip, SSE pings;
+on the application in-process (tests/support/inprocess.py)."""
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,25 +14,26 @@ import pytest
 from tests.conftest import TEST_API_KEY
 from tests.http.test_errors import assert_error
 from tests.http.test_requests import AUTH, user
-from tests.support.picolm_setup import MODEL_ID, PicoLMFiles, PicoLMServer
+from tests.support.inprocess import InProcessServer, serve_in_process
+from tests.support.picolm_setup import MODEL_ID
 
 ORIGIN = "http://app.example"
 
 
-@pytest.fixture(scope="module")
-def cors_server(
-    picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PicoLMServer]:
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def cors_server() -> AsyncIterator[InProcessServer]:
     """A key, one allowed origin, and pings every 0.1 s on a quiet stream."""
-    workdir = tmp_path_factory.mktemp("cors-server")
     server = {"api_key": TEST_API_KEY, "cors_origins": [ORIGIN], "sse_ping_seconds": 0.1}
-    with picolm_files.serve(workdir, server=server) as running:
+    async with serve_in_process(server=server) as running:
         yield running
 
 
-def preflight(server: PicoLMServer, origin: str = ORIGIN) -> httpx.Response:
-    return httpx.options(
-        f"{server.base_url}/v1/chat/completions",
+async def preflight(server: InProcessServer, origin: str = ORIGIN) -> httpx.Response:
+    return await server.http().options(
+        "/v1/chat/completions",
         headers={
             "Origin": origin,
             "Access-Control-Request-Method": "POST",
@@ -44,8 +45,10 @@ def preflight(server: PicoLMServer, origin: str = ORIGIN) -> httpx.Response:
 # ---- CORS ---------------------------------------------------------------------------------
 
 
-def test_a_preflight_without_the_key_gets_the_cors_answer(cors_server: PicoLMServer) -> None:
-    response = preflight(cors_server)
+async def test_a_preflight_without_the_key_gets_the_cors_answer(
+    cors_server: InProcessServer,
+) -> None:
+    response = await preflight(cors_server)
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in response.headers["access-control-allow-methods"]
@@ -54,9 +57,9 @@ def test_a_preflight_without_the_key_gets_the_cors_answer(cors_server: PicoLMSer
     assert response.headers["x-request-id"]
 
 
-def test_an_error_response_carries_the_cors_headers(cors_server: PicoLMServer) -> None:
-    response = httpx.post(
-        f"{cors_server.base_url}/v1/chat/completions",
+async def test_an_error_response_carries_the_cors_headers(cors_server: InProcessServer) -> None:
+    response = await cors_server.http().post(
+        "/v1/chat/completions",
         json={"model": MODEL_ID, "messages": user("hi")},
         headers={"Origin": ORIGIN},
     )
@@ -67,33 +70,33 @@ def test_an_error_response_carries_the_cors_headers(cors_server: PicoLMServer) -
     assert "x-session-id" in exposed  # what a balancer keys conversations on
 
 
-def test_an_allowed_origin_gets_the_answer(cors_server: PicoLMServer) -> None:
-    response = httpx.get(f"{cors_server.base_url}/v1/models", headers={**AUTH, "Origin": ORIGIN})
+async def test_an_allowed_origin_gets_the_answer(cors_server: InProcessServer) -> None:
+    response = await cors_server.http().get("/v1/models", headers={**AUTH, "Origin": ORIGIN})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN
 
 
-def test_another_origin_is_not_allowed(cors_server: PicoLMServer) -> None:
-    assert preflight(cors_server, "http://evil.example").status_code == 400
-    response = httpx.get(
-        f"{cors_server.base_url}/v1/models", headers={**AUTH, "Origin": "http://evil.example"}
+async def test_another_origin_is_not_allowed(cors_server: InProcessServer) -> None:
+    assert (await preflight(cors_server, "http://evil.example")).status_code == 400
+    response = await cors_server.http().get(
+        "/v1/models", headers={**AUTH, "Origin": "http://evil.example"}
     )
     assert "access-control-allow-origin" not in response.headers
 
 
-def test_without_cors_origins_browsers_get_no_cors(picolm_server: PicoLMServer) -> None:
-    response = preflight(picolm_server)
+async def test_without_cors_origins_browsers_get_no_cors(app_server: InProcessServer) -> None:
+    response = await preflight(app_server)
     assert "access-control-allow-origin" not in response.headers
-    response = httpx.get(f"{picolm_server.base_url}/health", headers={"Origin": ORIGIN})
+    response = await app_server.http().get("/health", headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in response.headers
 
 
-def test_any_origin_with_a_star(picolm_files: PicoLMFiles, tmp_path: Path) -> None:
-    with picolm_files.serve(tmp_path, server={"cors_origins": "*"}) as server:
-        answer = preflight(server, "http://anything.example")
+async def test_any_origin_with_a_star() -> None:
+    async with serve_in_process(server={"api_key": "", "cors_origins": "*"}) as server:
+        answer = await preflight(server, "http://anything.example")
         assert answer.status_code == 200
         assert answer.headers["access-control-allow-origin"] == "*"
-        response = httpx.get(f"{server.base_url}/v1/models", headers={"Origin": "http://x.test"})
+        response = await server.http().get("/v1/models", headers={"Origin": "http://x.test"})
         assert response.headers["access-control-allow-origin"] == "*"
 
 
@@ -101,10 +104,10 @@ def test_any_origin_with_a_star(picolm_files: PicoLMFiles, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("path", ["/v1/models", f"/v1/models/{MODEL_ID}", "/health", "/"])
-def test_head_wherever_get_works(cors_server: PicoLMServer, path: str) -> None:
+async def test_head_wherever_get_works(cors_server: InProcessServer, path: str) -> None:
     headers = {**AUTH, "Accept-Encoding": "identity"}
-    got = httpx.get(f"{cors_server.base_url}{path}", headers=headers)
-    head = httpx.head(f"{cors_server.base_url}{path}", headers=headers)
+    got = await cors_server.http().get(path, headers=headers)
+    head = await cors_server.http().head(path, headers=headers)
     assert got.status_code == head.status_code == 200
     assert head.content == b""
     assert head.headers["content-type"] == got.headers["content-type"]
@@ -120,10 +123,10 @@ def test_head_wherever_get_works(cors_server: PicoLMServer, path: str) -> None:
         ("PUT", "/health", "GET, HEAD"),
     ],
 )
-def test_a_wrong_method_is_405_with_allow(
-    cors_server: PicoLMServer, method: str, path: str, allowed: str
+async def test_a_wrong_method_is_405_with_allow(
+    cors_server: InProcessServer, method: str, path: str, allowed: str
 ) -> None:
-    response = httpx.request(method, f"{cors_server.base_url}{path}", headers=AUTH)
+    response = await cors_server.http().request(method, path, headers=AUTH)
     error = assert_error(response, 405, type_="invalid_request_error")
     assert method in error["message"]
     assert response.headers["allow"] == allowed
@@ -133,9 +136,9 @@ def test_a_wrong_method_is_405_with_allow(
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
-def test_the_bearer_scheme_in_any_case(cors_server: PicoLMServer, scheme: str) -> None:
-    response = httpx.get(
-        f"{cors_server.base_url}/v1/models",
+async def test_the_bearer_scheme_in_any_case(cors_server: InProcessServer, scheme: str) -> None:
+    response = await cors_server.http().get(
+        "/v1/models",
         headers={"Authorization": f"{scheme} {TEST_API_KEY}"},
     )
     assert response.status_code == 200
@@ -144,36 +147,34 @@ def test_the_bearer_scheme_in_any_case(cors_server: PicoLMServer, scheme: str) -
 @pytest.mark.parametrize(
     "value", [f"Basic {TEST_API_KEY}", TEST_API_KEY, f"Bearer{TEST_API_KEY}", "Bearer"]
 )
-def test_other_schemes_are_refused(cors_server: PicoLMServer, value: str) -> None:
-    response = httpx.get(f"{cors_server.base_url}/v1/models", headers={"Authorization": value})
+async def test_other_schemes_are_refused(cors_server: InProcessServer, value: str) -> None:
+    response = await cors_server.http().get("/v1/models", headers={"Authorization": value})
     assert_error(response, 401, type_="invalid_request_error", code="invalid_api_key")
 
 
 # ---- gzip -----------------------------------------------------------------------------------
 
 
-def long_chat(server: PicoLMServer, encoding: str, **extra: Any) -> httpx.Response:
-    """A reply of 200 words (the stand-in runs to the budget), the raw bytes as they came
+async def long_chat(server: InProcessServer, encoding: str, **extra: Any) -> httpx.Response:
+    """A reply of 200 words (the engine runs to the budget), the raw bytes as they came
     over the wire in ``response.content``."""
     body = {"model": MODEL_ID, "messages": user("gzip"), "max_tokens": 200, "temperature": 0}
-    with httpx.Client(headers={**AUTH, "Accept-Encoding": encoding}, timeout=30) as http:
-        request = http.build_request(
-            "POST", f"{server.base_url}/v1/chat/completions", json={**body, **extra}
-        )
-        response = http.send(request, stream=True)
-        raw = b"".join(response.iter_raw())
-        response.close()
+    http = server.http(headers={**AUTH, "Accept-Encoding": encoding})
+    request = http.build_request("POST", "/v1/chat/completions", json={**body, **extra})
+    response = await http.send(request, stream=True)
+    raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    await response.aclose()
     response._content = raw
     return response
 
 
-def test_gzip_when_the_client_asks_and_not_otherwise(cors_server: PicoLMServer) -> None:
-    compressed = long_chat(cors_server, "gzip")
+async def test_gzip_when_the_client_asks_and_not_otherwise(cors_server: InProcessServer) -> None:
+    compressed = await long_chat(cors_server, "gzip")
     assert compressed.status_code == 200
     assert compressed.headers["content-encoding"] == "gzip"
     assert int(compressed.headers["content-length"]) == len(compressed.content)
     unpacked = gzip.decompress(compressed.content)
-    plain = long_chat(cors_server, "identity")
+    plain = await long_chat(cors_server, "identity")
     assert "content-encoding" not in plain.headers
     assert len(plain.content) > len(compressed.content)
     reply = json.loads(unpacked)["choices"][0]["message"]["content"]
@@ -181,8 +182,8 @@ def test_gzip_when_the_client_asks_and_not_otherwise(cors_server: PicoLMServer) 
     assert len(reply.split()) == 200
 
 
-def test_never_gzip_for_an_event_stream(cors_server: PicoLMServer) -> None:
-    response = long_chat(cors_server, "gzip", stream=True)
+async def test_never_gzip_for_an_event_stream(cors_server: InProcessServer) -> None:
+    response = await long_chat(cors_server, "gzip", stream=True)
     assert response.headers["content-type"].startswith("text/event-stream")
     assert "content-encoding" not in response.headers
     assert response.content.rstrip().endswith(b"data: [DONE]")
@@ -192,7 +193,7 @@ def test_never_gzip_for_an_event_stream(cors_server: PicoLMServer) -> None:
 
 
 def slow_stream_body(tag: str) -> dict[str, Any]:
-    # The stand-in sleeps before every token, the first included: quiet time before it.
+    # The engine sleeps before every token, the first included: quiet time before it.
     return {
         "model": MODEL_ID,
         "messages": user(f"{tag} [[slow:0.5]] [[reply:un deux]]"),
@@ -200,9 +201,9 @@ def slow_stream_body(tag: str) -> dict[str, Any]:
     }
 
 
-def test_pings_while_waiting_for_the_first_token(cors_server: PicoLMServer) -> None:
-    response = httpx.post(
-        f"{cors_server.base_url}/v1/chat/completions",
+async def test_pings_while_waiting_for_the_first_token(cors_server: InProcessServer) -> None:
+    response = await cors_server.http().post(
+        "/v1/chat/completions",
         json=slow_stream_body("raw"),
         headers=AUTH,
         timeout=30,
@@ -221,17 +222,19 @@ def test_pings_while_waiting_for_the_first_token(cors_server: PicoLMServer) -> N
     assert all(event == ": ping" or event.startswith("data: ") for event in events)
 
 
-def test_the_openai_sdk_skips_the_pings(cors_server: PicoLMServer) -> None:
+async def test_the_openai_sdk_skips_the_pings(cors_server: InProcessServer) -> None:
     client = cors_server.client(max_retries=0, timeout=30)
-    stream = client.chat.completions.create(**slow_stream_body("sdk"))
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    stream = await client.chat.completions.create(**slow_stream_body("sdk"))
+    text = "".join(
+        [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    )
     assert text == "un deux"
 
 
-def test_no_pings_when_turned_off(picolm_files: PicoLMFiles, tmp_path: Path) -> None:
-    with picolm_files.serve(tmp_path, server={"sse_ping_seconds": 0}) as server:
-        response = httpx.post(
-            f"{server.base_url}/v1/chat/completions",
+async def test_no_pings_when_turned_off() -> None:
+    async with serve_in_process(server={"api_key": "", "sse_ping_seconds": 0}) as server:
+        response = await server.http().post(
+            "/v1/chat/completions",
             json={**slow_stream_body("off"), "messages": user("[[slow:0.3]] [[reply:a b]]")},
             timeout=30,
         )

@@ -103,7 +103,7 @@ _BEHAVIOURS = (
     "flood-stderr", "garbage",
 )  # fmt: skip
 # Failures that strike after TOKENS_BEFORE_FAILURE tokens.
-_FAILURES = ("crash", "segv", "hang", "exit", "abort", "flood", "flood-stderr")
+FAILURES = ("crash", "segv", "hang", "exit", "abort", "flood", "flood-stderr")
 # What [[garbage]] writes: invalid UTF-8 (a lone continuation byte, a truncated sequence,
 # an overlong form, 0xFF), a NUL, an escape sequence and a carriage return.
 GARBAGE = [b"\x80", b"ok\xe2\x82", b"\xc0\xaf", b"\xff", b"\x00", b"\x1b[2J", b"\r", b" end"]
@@ -607,7 +607,7 @@ def main(argv: list[str]) -> int:
 
     generated = 0
     for index in range(steps):
-        if script.behaviour in _FAILURES and index == TOKENS_BEFORE_FAILURE:
+        if script.behaviour in FAILURES and index == TOKENS_BEFORE_FAILURE:
             _fail(script, say)
         if script.slow:
             time.sleep(script.slow)
@@ -617,7 +617,7 @@ def main(argv: list[str]) -> int:
         generated += 1
         if piece == EOS_TEXT:
             break
-    if script.behaviour in _FAILURES and generated < TOKENS_BEFORE_FAILURE:
+    if script.behaviour in FAILURES and generated < TOKENS_BEFORE_FAILURE:
         _fail(script, say)
     out.write(b"\n")
     out.flush()

@@ -5,6 +5,8 @@ PromptAccepted, text deltas, one Finished; closing stops it) and records what it
 from __future__ import annotations
 
 import asyncio
+import codecs
+import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +25,20 @@ from picolm_server.engines.base import (
     TextDelta,
     TokenLimitExceeded,
 )
-from picolm_server.errors import EmbeddingsUnsupportedError, EngineError, InvalidRequestError
+from picolm_server.errors import (
+    ContextLengthExceededError,
+    EmbeddingsUnsupportedError,
+    EngineError,
+    InvalidRequestError,
+)
+from tests.support.fake_picolm import (
+    FAILURES,
+    TOKENS_BEFORE_FAILURE,
+    Script,
+    continued_reply,
+    default_pieces,
+    read_script,
+)
 
 GRAMMAR_ABILITIES = EngineAbilities(
     output_control="grammar", prompt_accepts_nul=True, top_k=True, tokenize=True
@@ -112,3 +127,70 @@ class ScriptedEngine:
             raise EmbeddingsUnsupportedError("scripted")
         vectors = tuple((float(len(item)), 1.0) for item in inputs)
         return Embeddings(vectors, sum(len(item) for item in inputs))
+
+
+# PicoLM's seed when a request gives none (the reply is then still deterministic).
+_DEFAULT_SEED = 42
+
+
+def prompt_token_count(prompt: str) -> int:
+    """What :class:`DirectedEngine` counts as a prompt's tokens: a beginning-of-sequence
+    token, then one per word and one per punctuation mark."""
+    return 1 + len(re.findall(r"\w+|[^\w\s]", prompt))
+
+
+@dataclass
+class DirectedEngine(ScriptedEngine):
+    """Replies as the prompt directs, in the PicoLM stand-in's directive language
+    (tests/support/fake_picolm.py): ``[[reply:TEXT]]`` (TEXT as word tokens, then the
+    end of the reply), ``[[eos-now]]``, ``[[slow:SECONDS]]`` before each token, a
+    failure after two tokens for ``[[crash]]``, ``[[exit:N]]`` and the like, and
+    ``[[hang]]``; without a directive, words picked by a hash of the prompt (and of the
+    seed when sampling) until ``max_tokens``. Like a real engine it stops at
+    ``max_tokens`` ("length"), and refuses a prompt of ``model.context_length`` tokens
+    or more (counted by :func:`prompt_token_count`) in ``admit``.
+    """
+
+    async def admit(self, request: GenerationRequest) -> GenerationRequest:
+        tokens = prompt_token_count(request.prompt)
+        if tokens >= self.model.context_length:
+            raise ContextLengthExceededError.prompt(tokens, self.model.context_length)
+        return replace(request, prompt_tokens=tuple(range(tokens)))
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return prompt_token_count(request.prompt)
+
+    def _pieces(self, request: GenerationRequest, script: Script) -> tuple[list[bytes], bool]:
+        """The reply's tokens, and whether the reply ends after them (EOS)."""
+        if script.behaviour == "reply":
+            return continued_reply(request.prompt, script.reply), True
+        if script.behaviour == "eos-now":
+            return [], True
+        seed = (request.seed if request.seed is not None else _DEFAULT_SEED) % 2**64
+        ids = [ord(char) for char in request.prompt]
+        sampled = seed if request.temperature > 0 else None
+        return default_pieces(ids, sampled, request.max_tokens), False
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        self.requests.append(request)
+        script = read_script(request.prompt)
+        try:
+            yield PromptAccepted(prompt_token_count(request.prompt), self.cached_tokens)
+            pieces, ends = self._pieces(request, script)
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            count = 0
+            for piece in pieces[: request.max_tokens]:
+                if script.behaviour in FAILURES and count >= TOKENS_BEFORE_FAILURE:
+                    if script.behaviour == "hang":
+                        await asyncio.Event().wait()
+                    raise EngineError("The scripted engine failed.")
+                if script.slow:
+                    await asyncio.sleep(script.slow)
+                count += 1
+                text = decoder.decode(piece)
+                if text:
+                    yield TextDelta(text, count)
+            finish: FinishReason = "stop" if ends and len(pieces) <= count else "length"
+            yield Finished(finish, count)
+        finally:
+            self.closed += 1
