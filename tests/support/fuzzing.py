@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 # 5xx the server documents for engine trouble; anything else is a defect.
 DOCUMENTED_5XX = {
     500: {"engine_error", "invalid_model_output"},
-    503: {"engine_unavailable"},
+    503: {"server_shutting_down", "too_many_connections"},
     504: {"timeout"},
 }
 # Deep enough to reach message content parts and tool parameters, shallow enough to

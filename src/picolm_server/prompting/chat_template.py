@@ -226,7 +226,7 @@ def guess_builtin(metadata: GGUFMetadata) -> str:
     """A built-in format for a model whose GGUF has no template of its own."""
     tokens = metadata.values.get("tokenizer.ggml.tokens")
     # Membership in the array itself: a set of its strings would be tens of thousands
-    # of objects made for two questions (gguf_metadata.StringArray).
+    # of objects made for two questions (gguf.StringArray).
     vocabulary = tokens if isinstance(tokens, (list, StringArray)) else ()
     name = metadata.name.lower()
     if "<|im_start|>" in vocabulary or "qwen" in name or "smollm" in name:

@@ -22,7 +22,6 @@ from ...generation import (
 from ...generation.drain import ends_stream_with_done
 from ...http.errors import openai_body
 from ...http.sse import DONE_EVENT, ContentChunkTemplate, sse_event
-from ...tool_calls import ParsedCall, argument_fragments
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
