@@ -9,14 +9,14 @@ decided in :mod:`.convert` (``refuse_unsupported``), not here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    field_validator,
     model_serializer,
 )
 
@@ -32,6 +32,16 @@ class _Response(BaseModel):
 
 
 # ---- request -------------------------------------------------------------------------
+
+
+def _at_most_four(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop sequences are allowed")
+    return value
+
+
+# OpenAI's ``stop``, in chat and text completions alike: a string or at most 4 of them.
+Stop = Annotated[str | list[str] | None, AfterValidator(_at_most_four)]
 
 
 class ContentPart(_Request):
@@ -107,7 +117,7 @@ class ChatCompletionRequest(_Request):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
@@ -121,13 +131,6 @@ class ChatCompletionRequest(_Request):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
 
 
 # ---- responses -----------------------------------------------------------------------
