@@ -118,8 +118,8 @@ def test_the_check_sees_a_package_that_is_loaded(picolm_files: PicoLMFiles) -> N
 
 # The same program, then one request to each lazily loaded API and a scrape.
 FIRST_REQUESTS = PROGRAM.replace(
-    'cli.create_app(service, api_key="", max_body=1024, log_requests=False)',
-    "app = cli.create_app(service, api_key='', max_body=1024, log_requests=False)\n"
+    'cli.create_app(core, api_key="", max_body=1024, log_requests=False)',
+    "app = cli.create_app(core, api_key='', max_body=1024, log_requests=False)\n"
     "from starlette.testclient import TestClient\n"
     "client = TestClient(app)\n"
     "for path in sys.argv[3].split(','):\n"
@@ -130,6 +130,7 @@ FIRST_REQUESTS = PROGRAM.replace(
     "    assert status in (200, 400), (path, status)\n",
     1,
 ).replace("sys.argv[3:]", "sys.argv[4:]")
+assert "TestClient(app)" in FIRST_REQUESTS, "PROGRAM no longer has the create_app line to extend"
 
 
 # Every API parses its body with pydantic; the ones that generate import the request
