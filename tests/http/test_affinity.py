@@ -1,15 +1,18 @@
 """The conversation id a load balancer keeps requests together by: derived in order from
 the header, prompt_cache_key, user and the first messages; returned on every chat
-completion, streamed or not."""
+completion, streamed or not (over HTTP on the app in-process)."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
+import pytest
+
 from picolm_server.api.chat.types import ChatCompletionRequest
 from picolm_server.http.affinity import session_id
-from tests.support.picolm_setup import MODEL_ID, PicoLMServer
+from tests.support.inprocess import InProcessServer
+from tests.support.picolm_setup import MODEL_ID
 
 
 def request(**fields: Any) -> ChatCompletionRequest:
@@ -82,14 +85,15 @@ def test_conversations_that_differ_get_different_ids() -> None:
 # ---- over HTTP -------------------------------------------------------------------------
 
 
-def test_every_chat_completion_returns_its_id(picolm_server: PicoLMServer) -> None:
-    client = picolm_server.client(max_retries=0)
-    messages = [{"role": "user", "content": "hello robot"}]
-    plain = client.chat.completions.with_raw_response.create(
+@pytest.mark.anyio
+async def test_every_chat_completion_returns_its_id(app_server: InProcessServer) -> None:
+    client = app_server.client(max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": "hello robot"}]
+    plain = await client.chat.completions.with_raw_response.create(
         model=MODEL_ID, messages=messages, max_tokens=2
     )
     assert plain.headers["X-Session-ID"] == "chat-" + digest("\x00hello robot")
-    named = client.chat.completions.with_raw_response.create(
+    named = await client.chat.completions.with_raw_response.create(
         model=MODEL_ID,
         messages=messages,
         max_tokens=2,
@@ -98,4 +102,5 @@ def test_every_chat_completion_returns_its_id(picolm_server: PicoLMServer) -> No
     )
     assert named.headers["X-Session-ID"] == "conv-7"
     assert named.headers["content-type"].startswith("text/event-stream")
-    assert list(named.parse())[-1].choices[0].finish_reason == "length"
+    chunks = [chunk async for chunk in named.parse()]
+    assert chunks[-1].choices[0].finish_reason == "length"

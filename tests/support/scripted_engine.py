@@ -194,3 +194,24 @@ class DirectedEngine(ScriptedEngine):
             yield Finished(finish, count)
         finally:
             self.closed += 1
+
+
+@dataclass
+class HeldEngine(DirectedEngine):
+    """A :class:`DirectedEngine` whose generations stop once their prompt is accepted,
+    until the test sets ``release``: ``started`` is set when one is held there. For tests
+    that look at the server while a generation is running, with no clock involved."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        events = super().generate(request)
+        try:
+            yield await anext(events)  # PromptAccepted
+            self.started.set()
+            await self.release.wait()
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
