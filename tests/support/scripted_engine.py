@@ -215,3 +215,14 @@ class HeldEngine(DirectedEngine):
                 yield event
         finally:
             await events.aclose()
+
+
+def engine_of_kind(
+    abilities: EngineAbilities, model_id: str, context_length: int = 4096
+) -> DirectedEngine:
+    """A :class:`DirectedEngine` that holds replies as ``abilities`` say (a grammar, or
+    JSON without one: the core then plans calls and prompts as for llama.cpp or PicoLM),
+    serving ``model_id`` with a context that fits prompts with tools."""
+    engine = DirectedEngine(abilities=abilities)
+    engine.model = replace(engine.model, id=model_id, context_length=context_length)
+    return engine
