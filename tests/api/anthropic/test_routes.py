@@ -1,28 +1,28 @@
-"""The Messages API over HTTP through the official ``anthropic`` SDK, on both engines:
-PicoLM through its stand-in (scripted replies) and the real SmolLM2 on llama.cpp. Every
-body and stream event is checked against the SDK's own types, strictly."""
+"""The Messages API's wire format through the official ``anthropic`` SDK (and raw httpx
+where the bytes are the point), on the application in-process over the scripted engine
+(tests/support/inprocess.py). Every body and stream event is checked against the SDK's
+own types, strictly; every answer carries the request's id as the SDK reads it. What a
+real server process adds is in test_routes_on_picolm.py (the PicoLM stand-in) and
+test_routes_on_llama.py (the real SmolLM2 on llama.cpp)."""
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anthropic
+import anyio
 import httpx
 import pytest
 
-from tests.conftest import requires_llama
+from picolm_server.engines.base import GenerationEvent, GenerationRequest
 from tests.support import anthropic_types
+from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer, serve_in_process
 from tests.support.picolm_setup import MODEL_ID as PICOLM_MODEL
-from tests.support.picolm_setup import PicoLMFiles, PicoLMServer
-from tests.support.server import RunningServer
-from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
-
-LLAMA_MODEL = "SmolLM2-135M-Instruct"
-KEY = "sk-ant-test-key"
+from tests.support.scripted_engine import SCHEMA_ABILITIES, DirectedEngine, prompt_token_count
 
 WEATHER = {
     "name": "get_weather",
@@ -49,9 +49,8 @@ def tag() -> str:
     return f"id-{uuid.uuid4().hex[:10]}"
 
 
-def sdk_client(server: RunningServer, **kwargs: Any) -> anthropic.Anthropic:
-    options: dict[str, Any] = {"api_key": server.api_key or "unused", "max_retries": 0}
-    return anthropic.Anthropic(base_url=server.base_url, **{**options, **kwargs})
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
 
 
 SAMPLING = ("temperature", "top_p", "top_k")
@@ -63,32 +62,6 @@ def sdk_params(params: dict[str, Any]) -> dict[str, Any]:
     sampling = {key: params[key] for key in SAMPLING if key in params}
     rest = {key: value for key, value in params.items() if key not in SAMPLING}
     return {**rest, "extra_body": sampling} if sampling else rest
-
-
-def create(client: anthropic.Anthropic, **params: Any) -> anthropic.types.Message:
-    """messages.create, with the raw body checked strictly against the SDK's types."""
-    raw = client.messages.with_raw_response.create(**sdk_params(params))
-    checked = anthropic_types.message(raw.http_response.content)
-    message = raw.parse()
-    assert message == checked
-    return message
-
-
-def raw_stream(server: RunningServer, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """A streamed request's events, each checked strictly against the SDK's types."""
-    response = httpx.post(
-        f"{server.base_url}/v1/messages",
-        json={**body, "stream": True},
-        headers={"x-api-key": server.api_key},
-        timeout=900,
-    )
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/event-stream")
-    events = []
-    for name, data in anthropic_types.parse_sse(response.content):
-        anthropic_types.stream_event(name, data)
-        events.append((name, json.loads(data)))
-    return events
 
 
 def assert_sequence(events: list[tuple[str, dict[str, Any]]]) -> None:
@@ -114,53 +87,120 @@ def assert_sequence(events: list[tuple[str, dict[str, Any]]]) -> None:
     assert not open_block
 
 
+def assert_request_id(response: httpx.Response) -> str:
+    """The request's id, in the ``request-id`` header Anthropic's SDK reads and in the
+    request log's ``x-request-id``."""
+    request_id = response.headers["request-id"]
+    assert request_id and request_id == response.headers["x-request-id"]
+    return request_id
+
+
 def assert_error(response: httpx.Response, status: int, kind: str) -> str:
+    """An error in Anthropic's envelope: its status, type, a message, and the request's
+    id in the body as in the headers. Returns the message."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     parsed = anthropic_types.error(response.content)
     assert parsed.error.type == kind
     assert parsed.error.message
+    assert parsed.request_id == assert_request_id(response)
     return parsed.error.message
 
 
-# ---- PicoLM through the stand-in ---------------------------------------------------------
+async def create(client: anthropic.AsyncAnthropic, **params: Any) -> anthropic.types.Message:
+    """messages.create, with the raw body checked strictly against the SDK's types and
+    the request's id where the SDK finds it."""
+    raw = await client.messages.with_raw_response.create(**sdk_params(params))
+    checked = anthropic_types.message(raw.http_response.content)
+    message = await raw.parse()
+    assert message == checked
+    assert message._request_id == raw.http_response.headers["request-id"]
+    assert message._request_id == raw.http_response.headers["x-request-id"]
+    return message
 
 
-@pytest.fixture(scope="module")
-def pico(
-    picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PicoLMServer]:
-    root = tmp_path_factory.mktemp("picolm-anthropic")
-    model = build_tiny_llama_gguf(root / "tiny-4k.gguf", context_length=4096)
-    with picolm_files.serve(
-        root,
-        server={"api_key": KEY},
-        picolm={"model_path": str(model), "context_length": 4096, "max_tokens": 64},
-    ) as server:
+@dataclass
+class StartSignallingEngine(DirectedEngine):
+    """Sets ``started`` when a generation is asked of it: the scheduler has given the
+    request a slot."""
+
+    started: anyio.Event = field(default_factory=anyio.Event)
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        self.started.set()
+        return super().generate(request)
+
+
+def picolm_like() -> StartSignallingEngine:
+    """A directed engine that holds a reply to a schema as PicoLM does (its JSON mode)
+    and counts a prompt's tokens as PicoLM does with the model's vocabulary: the engine
+    the PicoLM server had, without its process."""
+    engine = StartSignallingEngine(abilities=replace(SCHEMA_ABILITIES, tokenize=True))
+    engine.model = replace(engine.model, id=PICOLM_MODEL, context_length=CONTEXT_LENGTH)
+    return engine
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[InProcessServer]:
+    async with serve_in_process(picolm_like()) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-def pico_client(pico: PicoLMServer) -> anthropic.Anthropic:
-    return sdk_client(pico.server)
+@pytest.fixture
+def client(server: InProcessServer) -> anthropic.AsyncAnthropic:
+    return server.anthropic(max_retries=0)
 
 
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
+async def post(server: InProcessServer, body: Any, path: str = "/v1/messages") -> httpx.Response:
+    """``body`` as JSON, or as raw bytes (malformed JSON), with the server's key."""
+    payload = {"content": body} if isinstance(body, bytes) else {"json": body}
+    return await server.http().post(path, headers={"x-api-key": server.api_key}, **payload)
 
 
-def test_create_text(pico_client: anthropic.Anthropic) -> None:
-    message = create(
-        pico_client,
-        model=PICOLM_MODEL,
-        max_tokens=40,
-        system="You are terse.",
-        messages=user("Hi [[reply:Hello there, friend.]]"),
-        temperature=0.5,
-        top_p=0.9,
-        metadata={"user_id": "u-1"},
-    )
+async def raw_stream(
+    server: InProcessServer, body: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """A streamed request's events, each checked strictly against the SDK's types."""
+    response = await post(server, {**body, "stream": True})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert_request_id(response)
+    events = []
+    for name, data in anthropic_types.parse_sse(response.content):
+        anthropic_types.stream_event(name, data)
+        events.append((name, json.loads(data)))
+    assert events[0][1]["message"]["id"].startswith("msg_")
+    return events
+
+
+def prompt_with(server: InProcessServer, marker: str) -> str:
+    """The prompt of the last generation whose prompt holds ``marker``."""
+    prompts = [request.prompt for request in server.engine.requests if marker in request.prompt]
+    assert prompts, f"no generation was given {marker!r}"
+    return prompts[-1]
+
+
+pytestmark = pytest.mark.anyio
+
+
+# ---- messages ------------------------------------------------------------------------------
+
+
+# A text reply with every optional field a client commonly sends, and what it must be.
+GREETING: dict[str, Any] = {
+    "model": PICOLM_MODEL,
+    "max_tokens": 40,
+    "system": "You are terse.",
+    "messages": user("Hi [[reply:Hello there, friend.]]"),
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "metadata": {"user_id": "u-1"},
+}
+
+
+def assert_greeting(message: anthropic.types.Message) -> None:
     assert message.id.startswith("msg_")
+    assert message.type == "message" and message.role == "assistant"
     assert message.model == PICOLM_MODEL
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == "Hello there, friend."  # type: ignore[union-attr]
@@ -169,10 +209,21 @@ def test_create_text(pico_client: anthropic.Anthropic) -> None:
     assert message.usage.cache_read_input_tokens == 0
 
 
-def test_system_as_blocks_and_content_as_blocks(pico: PicoLMServer) -> None:
+async def test_create_text(client: anthropic.AsyncAnthropic, server: InProcessServer) -> None:
+    message = await create(client, **GREETING)
+    assert_greeting(message)
+    # The usage is the engine's own count of the prompt the template made.
+    (request,) = server.engine.requests
+    assert message.usage.input_tokens == prompt_token_count(request.prompt)
+    assert (request.temperature, request.top_p) == (0.5, 0.9)
+
+
+async def test_system_as_blocks_and_content_as_blocks(
+    client: anthropic.AsyncAnthropic, server: InProcessServer
+) -> None:
     marker = tag()
-    create(
-        sdk_client(pico.server),
+    await create(
+        client,
         model=PICOLM_MODEL,
         max_tokens=20,
         system=[{"type": "text", "text": f"Rule {marker}."}, {"type": "text", "text": "Two."}],
@@ -182,61 +233,92 @@ def test_system_as_blocks_and_content_as_blocks(pico: PicoLMServer) -> None:
             {"role": "user", "content": [{"type": "text", "text": "[[reply:ok]]"}]},
         ],
     )
-    prompt = pico.runs_with(marker)[-1].prompt
+    prompt = prompt_with(server, marker)
     assert f"Rule {marker}.\nTwo." in prompt
     assert prompt.index("Part one.") < prompt.index("Noted.") < prompt.index("[[reply:ok]]")
 
 
-def test_max_tokens_ends_with_max_tokens(pico_client: anthropic.Anthropic) -> None:
-    message = create(
-        pico_client,
+async def test_max_tokens_ends_with_max_tokens(client: anthropic.AsyncAnthropic) -> None:
+    message = await create(
+        client,
         model=PICOLM_MODEL,
         max_tokens=3,
         messages=user("[[reply:one two three four five six seven]]"),
     )
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 3
+    assert message.content[0].text == "one two three"  # type: ignore[union-attr]
 
 
-def test_stop_sequences(pico: PicoLMServer, pico_client: anthropic.Anthropic) -> None:
+async def test_stop_sequences(client: anthropic.AsyncAnthropic, server: InProcessServer) -> None:
     params: dict[str, Any] = {
         "model": PICOLM_MODEL,
         "max_tokens": 40,
         "messages": user("[[reply:alpha beta gamma delta]]"),
         "stop_sequences": ["zeta", "gamma"],
     }
-    message = create(pico_client, **params)
+    message = await create(client, **params)
     assert message.stop_reason == "stop_sequence" and message.stop_sequence == "gamma"
     assert message.content[0].text == "alpha beta "  # type: ignore[union-attr]
-    events = raw_stream(pico.server, params)
+    events = await raw_stream(server, params)
     assert_sequence(events)
     assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "gamma"}
     text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
     assert text == "alpha beta "
 
 
-def test_stream_text_with_the_sdk(pico: PicoLMServer, pico_client: anthropic.Anthropic) -> None:
-    params: dict[str, Any] = {
-        "model": PICOLM_MODEL,
-        "max_tokens": 40,
-        # Slow tokens: without a pause, tokens already in the pipe arrive as one piece.
-        "messages": user("[[reply:Streams arrive piece by piece.]] [[slow:0.05]]"),
-    }
-    with pico_client.messages.stream(**sdk_params(params)) as stream:
-        pieces = list(stream.text_stream)
-        final = stream.get_final_message()
+STREAMED_TEXT = "Streams arrive piece by piece."
+
+
+def assert_streamed(
+    pieces: list[str],
+    final: anthropic.types.Message,
+    whole: anthropic.types.Message,
+    events: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """A reply of :data:`STREAMED_TEXT` as the SDK's text stream gave it (``pieces``,
+    ``final``), as a whole (``whole``) and as raw events: the same text and counts."""
     assert len(pieces) > 1
-    assert "".join(pieces) == "Streams arrive piece by piece."
-    assert final.content[0].text == "Streams arrive piece by piece."  # type: ignore[union-attr]
+    assert "".join(pieces) == STREAMED_TEXT
+    assert final.content[0].text == STREAMED_TEXT  # type: ignore[union-attr]
     assert final.stop_reason == "end_turn"
-    whole = create(pico_client, **params)
     assert final.usage.output_tokens == whole.usage.output_tokens
-    events = raw_stream(pico.server, params)
     assert_sequence(events)
     start = events[0][1]["message"]
     assert start["usage"]["input_tokens"] == whole.usage.input_tokens
     assert events[-2][1]["usage"]["output_tokens"] == whole.usage.output_tokens
 
+
+async def test_stream_text_with_the_sdk(
+    client: anthropic.AsyncAnthropic, server: InProcessServer
+) -> None:
+    params: dict[str, Any] = {
+        "model": PICOLM_MODEL,
+        "max_tokens": 40,
+        "messages": user(f"[[reply:{STREAMED_TEXT}]]"),
+    }
+    async with client.messages.stream(**sdk_params(params)) as stream:
+        pieces = [piece async for piece in stream.text_stream]
+        final = await stream.get_final_message()
+    whole = await create(client, **params)
+    assert_streamed(pieces, final, whole, await raw_stream(server, params))
+
+
+async def test_empty_reply_streams_no_block(server: InProcessServer) -> None:
+    """A reply that ends at once: message_start, message_delta, message_stop, and the
+    non-streamed message has no content block."""
+    params = {"model": PICOLM_MODEL, "max_tokens": 10, "messages": user("[[eos-now]]")}
+    events = await raw_stream(server, params)
+    assert [name for name, _ in events] == ["message_start", "message_delta", "message_stop"]
+    assert events[-2][1]["delta"]["stop_reason"] == "end_turn"
+    response = await post(server, params)
+    assert response.status_code == 200, response.text
+    message = anthropic_types.message(response.content)
+    assert message.content == []
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 0
+
+
+# ---- tools ---------------------------------------------------------------------------------
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
@@ -250,8 +332,8 @@ CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
         ({"type": "any", "disable_parallel_tool_use": True}, CALL),
     ],
 )
-def test_tool_choice_makes_calls(
-    pico: PicoLMServer, pico_client: anthropic.Anthropic, choice: dict[str, Any], reply: str
+async def test_tool_choice_makes_calls(
+    client: anthropic.AsyncAnthropic, server: InProcessServer, choice: dict[str, Any], reply: str
 ) -> None:
     params: dict[str, Any] = {
         "model": PICOLM_MODEL,
@@ -261,7 +343,7 @@ def test_tool_choice_makes_calls(
         "tool_choice": choice,
         "messages": user(f"Do it [[reply:{reply}]]"),
     }
-    message = create(pico_client, **params)
+    message = await create(client, **params)
     assert message.stop_reason == "tool_use"
     calls = [block for block in message.content if block.type == "tool_use"]
     assert len(calls) == 1
@@ -272,20 +354,31 @@ def test_tool_choice_makes_calls(
         assert (calls[0].name, calls[0].input) == (expected["name"], expected["arguments"])
     assert calls[0].id.startswith("toolu_")
     # The same through the stream: input_json_delta pieces that join to the input.
-    with pico_client.messages.stream(**sdk_params(params)) as stream:
-        final = stream.get_final_message()
+    async with client.messages.stream(**sdk_params(params)) as stream:
+        final = await stream.get_final_message()
     streamed = [block for block in final.content if block.type == "tool_use"]
     assert [(c.name, c.input) for c in streamed] == [(c.name, c.input) for c in calls]
     assert final.stop_reason == "tool_use"
-    events = raw_stream(pico.server, params)
+    events = await raw_stream(server, params)
     assert_sequence(events)
     kinds = {d["delta"]["type"] for n, d in events if n == "content_block_delta"}
     assert "input_json_delta" in kinds
+    (start,) = [d for n, d in events if n == "content_block_start"]
+    assert start["content_block"]["type"] == "tool_use"
+    assert start["content_block"]["input"] == {}
+    assert start["content_block"]["name"] == calls[0].name
+    joined = "".join(
+        d["delta"]["partial_json"]
+        for n, d in events
+        if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta"
+    )
+    assert json.loads(joined) == calls[0].input
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
-def test_tool_choice_auto_may_answer_in_text(pico_client: anthropic.Anthropic) -> None:
-    message = create(
-        pico_client,
+async def test_tool_choice_auto_may_answer_in_text(client: anthropic.AsyncAnthropic) -> None:
+    message = await create(
+        client,
         model=PICOLM_MODEL,
         max_tokens=40,
         tools=TOOLS,
@@ -294,12 +387,15 @@ def test_tool_choice_auto_may_answer_in_text(pico_client: anthropic.Anthropic) -
     )
     assert message.stop_reason == "end_turn"
     assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == "No tool needed."  # type: ignore[union-attr]
 
 
-def test_tool_choice_none_shows_no_tools(pico: PicoLMServer) -> None:
+async def test_tool_choice_none_shows_no_tools(
+    client: anthropic.AsyncAnthropic, server: InProcessServer
+) -> None:
     marker = tag()
-    message = create(
-        sdk_client(pico.server),
+    message = await create(
+        client,
         model=PICOLM_MODEL,
         max_tokens=40,
         tools=TOOLS,
@@ -308,7 +404,16 @@ def test_tool_choice_none_shows_no_tools(pico: PicoLMServer) -> None:
     )
     assert message.stop_reason == "end_turn"
     assert [block.type for block in message.content] == ["text"]
-    assert "Get the current weather" not in pico.runs_with(marker)[-1].prompt
+    assert "Get the current weather" not in prompt_with(server, marker)
+    # The tools are shown when the choice lets the model use them.
+    await create(
+        client,
+        model=PICOLM_MODEL,
+        max_tokens=40,
+        tools=TOOLS,
+        messages=user(f"{marker} [[reply:ok]]"),
+    )
+    assert "Get the current weather" in prompt_with(server, marker)
 
 
 @pytest.mark.parametrize(
@@ -323,10 +428,15 @@ def test_tool_choice_none_shows_no_tools(pico: PicoLMServer) -> None:
         ("city not found", True, "Error: city not found"),
     ],
 )
-def test_tool_round_trip(pico: PicoLMServer, result: Any, is_error: bool | None, seen: str) -> None:
-    client = sdk_client(pico.server)
+async def test_tool_round_trip(
+    client: anthropic.AsyncAnthropic,
+    server: InProcessServer,
+    result: Any,
+    is_error: bool | None,
+    seen: str,
+) -> None:
     marker = tag()
-    first = create(
+    first = await create(
         client,
         model=PICOLM_MODEL,
         max_tokens=40,
@@ -339,7 +449,7 @@ def test_tool_round_trip(pico: PicoLMServer, result: Any, is_error: bool | None,
     tool_result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.id, "content": result}
     if is_error is not None:
         tool_result["is_error"] = is_error
-    second = create(
+    second = await create(
         client,
         model=PICOLM_MODEL,
         max_tokens=40,
@@ -358,68 +468,72 @@ def test_tool_round_trip(pico: PicoLMServer, result: Any, is_error: bool | None,
     )
     assert second.stop_reason == "end_turn"
     assert second.content[0].text == "It is sunny."  # type: ignore[union-attr]
-    prompt = pico.runs_with(marker)[-1].prompt
+    prompt = prompt_with(server, marker)
     assert seen in prompt
     assert prompt.index('"city": "Paris"') < prompt.index(seen) < prompt.index(marker)
 
 
-def test_count_tokens_equals_the_prompt_tokens_reported(pico_client: anthropic.Anthropic) -> None:
+# ---- count_tokens ----------------------------------------------------------------------------
+
+
+async def test_count_tokens_equals_the_prompt_tokens_reported(
+    client: anthropic.AsyncAnthropic, server: InProcessServer
+) -> None:
     params: dict[str, Any] = {
         "model": PICOLM_MODEL,
         "system": "Be brief.",
         "tools": TOOLS,
         "messages": user("Count me [[reply:ok]]"),
     }
-    raw = pico_client.messages.with_raw_response.count_tokens(**params)
+    raw = await client.messages.with_raw_response.count_tokens(**params)
     counted = anthropic_types.tokens_count(raw.http_response.content).input_tokens
-    message = create(pico_client, max_tokens=10, **params)
+    assert_request_id(raw.http_response)  # type: ignore[arg-type]
+    message = await create(client, max_tokens=10, **params)
     usage = message.usage
     assert counted == usage.input_tokens + (usage.cache_read_input_tokens or 0)
-    without_tools = pico_client.messages.count_tokens(
+    assert counted == prompt_token_count(server.engine.requests[-1].prompt)
+    without_tools = await client.messages.count_tokens(
         model=PICOLM_MODEL, messages=user("Count me [[reply:ok]]")
     )
     assert 0 < without_tools.input_tokens < counted
+    # Counting generates nothing.
+    assert len(server.engine.requests) == 1
 
 
 # ---- auth ----------------------------------------------------------------------------------
 
 
-def test_x_api_key_and_bearer_are_both_accepted(pico: PicoLMServer) -> None:
+async def test_x_api_key_and_bearer_are_both_accepted(server: InProcessServer) -> None:
     params: dict[str, Any] = {
         "model": PICOLM_MODEL,
         "max_tokens": 10,
         "messages": user("[[reply:in]]"),
     }
-    by_key = anthropic.Anthropic(base_url=pico.base_url, api_key=KEY, max_retries=0)
-    assert create(by_key, **params).content[0].text == "in"  # type: ignore[union-attr]
-    by_token = anthropic.Anthropic(
-        base_url=pico.base_url, api_key=None, auth_token=KEY, max_retries=0
-    )
-    assert create(by_token, **params).content[0].text == "in"  # type: ignore[union-attr]
+    by_key = server.anthropic(max_retries=0)
+    assert (await create(by_key, **params)).content[0].text == "in"  # type: ignore[union-attr]
+    by_token = server.anthropic(api_key=None, auth_token=server.api_key, max_retries=0)
+    assert (await create(by_token, **params)).content[0].text == "in"  # type: ignore[union-attr]
     # The OpenAI routes take x-api-key too.
-    response = httpx.get(f"{pico.base_url}/v1/models", headers={"x-api-key": KEY})
+    response = await server.http().get("/v1/models", headers={"x-api-key": server.api_key})
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"authorization": "Bearer wrong"}])
-def test_missing_or_wrong_key_is_authentication_error(
-    pico: PicoLMServer, headers: dict[str, str]
+async def test_missing_or_wrong_key_is_authentication_error(
+    server: InProcessServer, headers: dict[str, str]
 ) -> None:
     for path in ("/v1/messages", "/v1/messages/count_tokens"):
-        response = httpx.post(f"{pico.base_url}{path}", json={}, headers=headers)
+        response = await server.http().post(path, json={}, headers=headers)
         assert_error(response, 401, "authentication_error")
-    wrong = anthropic.Anthropic(base_url=pico.base_url, api_key="wrong", max_retries=0)
-    with pytest.raises(anthropic.AuthenticationError):
-        wrong.messages.create(model=PICOLM_MODEL, max_tokens=5, messages=user("x"))
+    wrong = server.anthropic(api_key="wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        await wrong.messages.create(model=PICOLM_MODEL, max_tokens=5, messages=user("x"))  # type: ignore[arg-type]
+    assert caught.value.request_id
+    assert caught.value.body["request_id"] == caught.value.request_id  # type: ignore[index]
+    assert server.engine.requests == []
 
 
 # ---- errors ----------------------------------------------------------------------------------
-
-
-def post(server: PicoLMServer, body: Any, path: str = "/v1/messages") -> httpx.Response:
-    """``body`` as JSON, or as raw bytes (malformed JSON)."""
-    payload = {"content": body} if isinstance(body, bytes) else {"json": body}
-    return httpx.post(f"{server.base_url}{path}", headers={"x-api-key": KEY}, timeout=60, **payload)
 
 
 BASE: dict[str, Any] = {"model": PICOLM_MODEL, "max_tokens": 10, "messages": user("hi")}
@@ -479,231 +593,105 @@ BASE: dict[str, Any] = {"model": PICOLM_MODEL, "max_tokens": 10, "messages": use
         ),
     ],
 )
-def test_invalid_requests_are_named(pico: PicoLMServer, body: dict[str, Any], named: str) -> None:
-    message = assert_error(post(pico, body), 400, "invalid_request_error")
+async def test_invalid_requests_are_named(
+    server: InProcessServer, body: dict[str, Any], named: str
+) -> None:
+    message = assert_error(await post(server, body), 400, "invalid_request_error")
     assert named in message
+    # Refused before any generation, streamed or not.
+    streamed = await post(server, {**body, "stream": True})
+    assert assert_error(streamed, 400, "invalid_request_error") == message
+    assert server.engine.requests == []
 
 
-def test_thinking_disabled_is_accepted(pico: PicoLMServer) -> None:
-    response = post(
-        pico, {**BASE, "messages": user("[[reply:ok]]"), "thinking": {"type": "disabled"}}
+async def test_invalid_request_through_the_sdk(client: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await client.messages.create(**sdk_params({**BASE, "temperature": 1.5}))
+    assert caught.value.status_code == 400
+    assert "temperature" in caught.value.message
+    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+async def test_thinking_disabled_is_accepted(server: InProcessServer) -> None:
+    response = await post(
+        server, {**BASE, "messages": user("[[reply:ok]]"), "thinking": {"type": "disabled"}}
     )
     assert response.status_code == 200, response.text
+    assert anthropic_types.message(response.content).content[0].text == "ok"  # type: ignore[union-attr]
 
 
-def test_malformed_json_and_unknown_model_and_path(pico: PicoLMServer) -> None:
-    assert_error(post(pico, b'{"model": '), 400, "invalid_request_error")
-    assert "nope" in assert_error(post(pico, {**BASE, "model": "nope"}), 404, "not_found_error")
-    counted = post(pico, {"model": "nope", "messages": user("x")}, "/v1/messages/count_tokens")
+async def test_malformed_json_and_unknown_model_and_path(
+    server: InProcessServer, client: anthropic.AsyncAnthropic
+) -> None:
+    assert_error(await post(server, b'{"model": '), 400, "invalid_request_error")
+    unknown = await post(server, {**BASE, "model": "nope"})
+    assert "nope" in assert_error(unknown, 404, "not_found_error")
+    counted = await post(
+        server, {"model": "nope", "messages": user("x")}, "/v1/messages/count_tokens"
+    )
     assert_error(counted, 404, "not_found_error")
-    assert_error(post(pico, BASE, "/v1/messages/nothing"), 404, "not_found_error")
-    response = httpx.get(f"{pico.base_url}/v1/messages", headers={"x-api-key": KEY})
+    assert_error(await post(server, BASE, "/v1/messages/nothing"), 404, "not_found_error")
+    response = await server.http().get("/v1/messages", headers={"x-api-key": server.api_key})
     assert_error(response, 405, "invalid_request_error")
+    assert "POST" in response.headers["allow"]
     with pytest.raises(anthropic.NotFoundError):
-        sdk_client(pico.server).messages.create(model="nope", max_tokens=5, messages=user("x"))
+        await client.messages.create(model="nope", max_tokens=5, messages=user("x"))  # type: ignore[arg-type]
 
 
-def test_openai_routes_keep_openais_envelope(pico: PicoLMServer) -> None:
-    response = httpx.post(
-        f"{pico.base_url}/v1/chat/completions",
+async def test_openai_routes_keep_openais_envelope(server: InProcessServer) -> None:
+    response = await server.http().post(
+        "/v1/chat/completions",
         json={"model": "nope", "messages": user("x")},
-        headers={"x-api-key": KEY},
+        headers={"x-api-key": server.api_key},
     )
     assert response.status_code == 404
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert "request-id" not in response.headers
 
 
-def test_engine_failure(pico: PicoLMServer) -> None:
+async def test_engine_failure(server: InProcessServer, client: anthropic.AsyncAnthropic) -> None:
     body = {**BASE, "messages": user("[[crash]]")}
-    message = assert_error(post(pico, body), 500, "api_error")
-    assert "exited with status 3" in message
-    response = post(pico, {**body, "stream": True})
+    message = assert_error(await post(server, body), 500, "api_error")
+    assert message == "The scripted engine failed."
+    response = await post(server, {**body, "stream": True})
     assert response.status_code == 200
+    request_id = assert_request_id(response)
     events = anthropic_types.parse_sse(response.content)
+    # The tokens before the failure were sent; the stream ends with the error event.
+    assert events[0][0] == "message_start"
+    assert "message_stop" not in [name for name, _ in events]
     name, data = events[-1]
     assert name == "error"
-    assert "exited with status 3" in anthropic_types.stream_event(name, data).error.message
-    client = sdk_client(pico.server)
-    with (
-        pytest.raises(anthropic.APIStatusError),
-        client.messages.stream(**sdk_params(body)) as stream,
-    ):
-        stream.get_final_message()
+    error = anthropic_types.stream_event(name, data)
+    assert error.error.type == "api_error"
+    assert error.error.message == "The scripted engine failed."
+    assert json.loads(data)["request_id"] == request_id
+    with pytest.raises(anthropic.APIStatusError):
+        async with client.messages.stream(**sdk_params(body)) as stream:
+            await stream.get_final_message()
+    # One request failed; the next is served.
+    ok = await create(client, **{**BASE, "messages": user("[[reply:ok]]")})
+    assert ok.content[0].text == "ok"  # type: ignore[union-attr]
 
 
-@pytest.fixture(scope="module")
-def one_slot(
-    picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PicoLMServer]:
+async def test_queue_full_is_rate_limit_error_with_retry_after() -> None:
     """One generation at a time and no queue: a second request is refused at once."""
-    root = tmp_path_factory.mktemp("picolm-anthropic-one-slot")
-    with picolm_files.serve(root, server={"max_queue": 0}) as server:
-        yield server
-
-
-def test_queue_full_is_rate_limit_error_with_retry_after(one_slot: PicoLMServer) -> None:
-    with httpx.Client(base_url=one_slot.base_url, timeout=30) as http:
-        body = {"model": PICOLM_MODEL, "max_tokens": 500, "messages": user("[[slow:0.2]]")}
-        with http.stream("POST", "/v1/messages", json={**body, "stream": True}) as running:
-            assert running.status_code == 200
-            deadline = time.monotonic() + 20
-            while http.get("/health").json()["running"] != 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            response = http.post("/v1/messages", json={**body, "stream": False})
+    engine = picolm_like()
+    async with serve_in_process(engine, server={"max_queue": 0}) as server:
+        body = {"model": PICOLM_MODEL, "max_tokens": 500, "messages": user("[[hang]]")}
+        async with anyio.create_task_group() as running:
+            running.start_soon(post, server, {**body, "stream": True})
+            # The engine is given the first request once it holds the one slot.
+            await engine.started.wait()
+            health = (await server.http().get("/health")).json()
+            assert health["running"] == 1
+            response = await post(server, {**body, "stream": False})
             assert_error(response, 429, "rate_limit_error")
             assert int(response.headers["retry-after"]) >= 1
-            client = anthropic.Anthropic(
-                base_url=one_slot.base_url, api_key="unused", max_retries=0
-            )
+            client = server.anthropic(max_retries=0)
             with pytest.raises(anthropic.RateLimitError):
-                client.messages.create(**sdk_params(body))
-
-
-# ---- SmolLM2 on llama.cpp ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama(llama_server: RunningServer) -> anthropic.Anthropic:
-    # A generous client timeout: a shared, loaded machine can be slow (nothing is timed).
-    return sdk_client(llama_server, timeout=900)
-
-
-ASK = user("What is the capital of France? Answer in English.")
-
-
-@requires_llama
-def test_llama_create_and_stream(llama_server: RunningServer, llama: anthropic.Anthropic) -> None:
-    params: dict[str, Any] = {
-        "model": LLAMA_MODEL,
-        "max_tokens": 30,
-        "temperature": 0,
-        "messages": ASK,
-    }
-    message = create(llama, system="You are a helpful assistant.", **params)
-    assert "Paris" in message.content[0].text  # type: ignore[union-attr]
-    assert message.stop_reason in ("end_turn", "max_tokens")
-    with llama.messages.stream(
-        system="You are a helpful assistant.", **sdk_params(params)
-    ) as stream:
-        text = "".join(stream.text_stream)
-        final = stream.get_final_message()
-    assert text == message.content[0].text  # type: ignore[union-attr]
-    assert final.usage.output_tokens == message.usage.output_tokens
-    events = raw_stream(llama_server, {"system": "You are a helpful assistant.", **params})
-    assert_sequence(events)
-
-
-@requires_llama
-def test_llama_stop_sequence(llama: anthropic.Anthropic) -> None:
-    params: dict[str, Any] = {
-        "model": LLAMA_MODEL,
-        "max_tokens": 30,
-        "temperature": 0,
-        "messages": ASK,
-    }
-    whole = create(llama, **params).content[0].text  # type: ignore[union-attr]
-    word = next(word for word in whole.split() if len(word) > 3 and whole.index(word) > 0)
-    message = create(llama, stop_sequences=[word], **params)
-    assert message.stop_reason == "stop_sequence" and message.stop_sequence == word
-    assert message.content[0].text == whole[: whole.index(word)]  # type: ignore[union-attr]
-
-
-@requires_llama
-@pytest.mark.parametrize(
-    "choice",
-    [
-        {"type": "any"},
-        {"type": "tool", "name": "get_weather"},
-        {"type": "any", "disable_parallel_tool_use": True},
-    ],
-)
-def test_llama_forced_tool_use(
-    llama_server: RunningServer, llama: anthropic.Anthropic, choice: dict[str, Any]
-) -> None:
-    params: dict[str, Any] = {
-        "model": LLAMA_MODEL,
-        "max_tokens": 60,
-        "temperature": 0,
-        "tools": TOOLS,
-        "tool_choice": choice,
-        "messages": user("What is the weather in Paris?"),
-    }
-    message = create(llama, **params)
-    assert message.stop_reason == "tool_use"
-    calls = [block for block in message.content if block.type == "tool_use"]
-    assert calls
-    if choice["type"] == "tool" or choice.get("disable_parallel_tool_use"):
-        assert len(calls) == 1
-    if choice["type"] == "tool":
-        assert calls[0].name == "get_weather"
-    for call in calls:
-        assert call.name in ("get_weather", "send_email")
-        assert call.id.startswith("toolu_")
-        if call.name == "get_weather":
-            assert isinstance(call.input["city"], str)
-    if choice != {"type": "any"}:
-        return
-    # Streamed: the same calls (greedy), input_json_delta pieces that join to the input.
-    with llama.messages.stream(**sdk_params(params)) as stream:
-        final = stream.get_final_message()
-    assert [(c.name, c.input) for c in final.content if c.type == "tool_use"] == [
-        (c.name, c.input) for c in calls
-    ]
-    events = raw_stream(llama_server, params)
-    assert_sequence(events)
-    kinds = {d["delta"]["type"] for n, d in events if n == "content_block_delta"}
-    assert "input_json_delta" in kinds
-
-
-@requires_llama
-@pytest.mark.parametrize("choice", [{"type": "auto"}, {"type": "none"}])
-def test_llama_auto_and_none(llama: anthropic.Anthropic, choice: dict[str, Any]) -> None:
-    message = create(
-        llama,
-        model=LLAMA_MODEL,
-        max_tokens=60,
-        temperature=0,
-        tools=TOOLS,
-        tool_choice=choice,
-        messages=user("What is the weather in Paris?"),
-    )
-    kinds = {block.type for block in message.content}
-    if choice["type"] == "none":
-        assert kinds <= {"text"} and message.stop_reason in ("end_turn", "max_tokens")
-    else:
-        assert (message.stop_reason == "tool_use") == ("tool_use" in kinds)
-
-
-@requires_llama
-def test_llama_tool_round_trip_and_count_tokens(llama: anthropic.Anthropic) -> None:
-    first = create(
-        llama,
-        model=LLAMA_MODEL,
-        max_tokens=60,
-        temperature=0,
-        tools=[WEATHER],
-        tool_choice={"type": "tool", "name": "get_weather"},
-        messages=user("What is the weather in Paris?"),
-    )
-    call = first.content[-1]
-    assert call.type == "tool_use"
-    params: dict[str, Any] = {
-        "model": LLAMA_MODEL,
-        "tools": [WEATHER],
-        "messages": [
-            *user("What is the weather in Paris?"),
-            {"role": "assistant", "content": [block.model_dump() for block in first.content]},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": call.id, "content": "18 C and sunny"}
-                ],
-            },
-        ],
-    }
-    second = create(llama, max_tokens=40, temperature=0, **params)
-    assert second.stop_reason in ("end_turn", "max_tokens", "tool_use")
-    counted = llama.messages.count_tokens(**params).input_tokens
-    usage = second.usage
-    assert counted == usage.input_tokens + (usage.cache_read_input_tokens or 0)
+                await client.messages.create(**sdk_params(body))
+            assert len(server.engine.requests) == 1
+            running.cancel_scope.cancel()
+        # The generation that held the slot ended with its request.
+        assert server.engine.closed == 1
