@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,6 +23,7 @@ import httpx2
 import openai
 from starlette.applications import Starlette
 
+from picolm_server.api.responses.store import ResponseStore
 from picolm_server.config.settings import Settings
 from picolm_server.generation import GenerationCore
 from picolm_server.generation.scheduler import Scheduler
@@ -55,6 +57,12 @@ def app_for(core: GenerationCore, settings: Settings) -> Starlette:
         metrics_public=server.metrics_public,
         ui=server.ui,
         sse_ping_seconds=server.sse_ping_seconds,
+        # As the command line opens it; a test of /v1/responses gives a store_path in
+        # its tmp_path (without one, the user's default store would be written).
+        response_store=ResponseStore(
+            Path(settings.responses.store_path) if settings.responses.store_path else None,
+            settings.responses.store_max_bytes,
+        ),
     )
 
 
