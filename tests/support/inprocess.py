@@ -12,8 +12,10 @@ slow clients, connection limits) is tested on a real server process instead.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,6 +24,7 @@ import httpx2
 import openai
 from starlette.applications import Starlette
 
+from picolm_server.api.responses.store import ResponseStore
 from picolm_server.config.settings import Settings
 from picolm_server.generation import GenerationCore
 from picolm_server.generation.scheduler import Scheduler
@@ -55,6 +58,12 @@ def app_for(core: GenerationCore, settings: Settings) -> Starlette:
         metrics_public=server.metrics_public,
         ui=server.ui,
         sse_ping_seconds=server.sse_ping_seconds,
+        # As the command line opens it (serve_in_process gives a temporary store_path
+        # when the test gives none: the user's own store is never written).
+        response_store=ResponseStore(
+            Path(settings.responses.store_path) if settings.responses.store_path else None,
+            settings.responses.store_max_bytes,
+        ),
     )
 
 
@@ -111,8 +120,24 @@ async def serve_in_process(
     """The app over ``engine`` (default: a :class:`DirectedEngine` serving
     :data:`MODEL_ID` with a :data:`CONTEXT_LENGTH`-token context), configured as
     :data:`DEFAULT_CONFIG` with ``sections`` merged in; its lifespan runs around the
-    block."""
-    settings = settings_for(**sections)
+    block. Without a ``responses.store_path``, the Responses store is a file in a
+    temporary directory removed afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+        if not sections.get("responses", {}).get("store_path"):
+            temporary = stack.enter_context(tempfile.TemporaryDirectory(prefix="picolm-store-"))
+            store_path = str(Path(temporary) / "responses.sqlite3")
+            sections = {
+                **sections,
+                "responses": {**sections.get("responses", {}), "store_path": store_path},
+            }
+        async with _serve(engine, settings_for(**sections)) as server:
+            yield server
+
+
+@contextlib.asynccontextmanager
+async def _serve(
+    engine: ScriptedEngine | None, settings: Settings
+) -> AsyncIterator[InProcessServer]:
     if engine is None:
         engine = DirectedEngine()
         engine.model = replace(

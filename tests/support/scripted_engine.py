@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
+import json
+import math
 import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
@@ -226,3 +229,45 @@ def engine_of_kind(
     engine = DirectedEngine(abilities=abilities)
     engine.model = replace(engine.model, id=model_id, context_length=context_length)
     return engine
+
+
+# The width of EmbeddingEngine's vectors.
+EMBEDDING_WIDTH = 16
+EMBEDDING_ABILITIES = replace(GRAMMAR_ABILITIES, embeddings=True)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as engines hand vectors out (and base64 carries)."""
+    import struct
+
+    rounded: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    return rounded
+
+
+@dataclass
+class EmbeddingEngine(DirectedEngine):
+    """A :class:`DirectedEngine` that also embeds, as its abilities declare: each input's
+    vector is :data:`EMBEDDING_WIDTH` float32 values of unit length, picked by a hash of
+    the input (its text, or its token ids), so an input has the same vector alone or in a
+    batch and different inputs have different ones. A text counts
+    :func:`prompt_token_count` tokens, token ids one each."""
+
+    abilities: EngineAbilities = EMBEDDING_ABILITIES
+    embedded: list[list[EmbeddingInput]] = field(default_factory=list)
+
+    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+        self.embedded.append(list(inputs))
+        vectors = []
+        tokens = 0
+        for item in inputs:
+            if isinstance(item, str):
+                key = item.encode()
+                tokens += prompt_token_count(item)
+            else:
+                key = json.dumps(list(item)).encode()
+                tokens += len(item)
+            digest = hashlib.sha256(key).digest()[:EMBEDDING_WIDTH]
+            raw = [(byte - 127.5) / 127.5 for byte in digest]
+            norm = math.sqrt(math.fsum(value * value for value in raw))
+            vectors.append(tuple(_float32(value / norm) for value in raw))
+        return Embeddings(tuple(vectors), tokens)

@@ -1,5 +1,7 @@
-"""``/v1/completions`` over HTTP on both engines: the official SDK streamed and not,
-echo, suffix, the refusals, and every body and chunk checked against OpenAI's spec."""
+"""``/v1/completions``' wire format through the official SDK (streamed and not) and raw
+httpx, on the application in-process over a scripted engine that replies as the prompt
+directs: echo, stop, the refusals, and every body and chunk checked against OpenAI's
+spec. The end-to-end smoke on the real SmolLM2 is test_http_on_llama.py."""
 
 from __future__ import annotations
 
@@ -10,30 +12,27 @@ import httpx
 import openai
 import pytest
 
-from tests.support.both_engines import ENGINES, Target, target_for
+from tests.support.inprocess import InProcessServer
 from tests.support.openapi import check_schema
+from tests.support.picolm_setup import MODEL_ID
+
+pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=ENGINES)
-def target(request: pytest.FixtureRequest) -> Target:
-    return target_for(request)
+def client(server: InProcessServer) -> openai.AsyncOpenAI:
+    return server.client(max_retries=0)
 
 
-def client(target: Target) -> openai.OpenAI:
-    return target.server.client(max_retries=0)  # type: ignore[no-any-return]
+def prompt_for(text: str, reply: str = "Paris is lovely") -> str:
+    """A prompt that scripts the reply."""
+    return f"{text} [[reply:{reply}]]"
 
 
-def prompt_for(target: Target, text: str, reply: str = "Paris is lovely") -> str:
-    """A prompt; on the PicoLM stand-in it scripts the reply."""
-    return f"{text} [[reply:{reply}]]" if target.name == "picolm" else text
-
-
-def post(target: Target, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(
-        target.server.base_url + "/v1/completions",
-        json={"model": target.model, **body},
-        headers=target.headers,
-        timeout=300,
+async def post(server: InProcessServer, body: dict[str, Any]) -> httpx.Response:
+    return await server.http().post(
+        "/v1/completions",
+        json={"model": MODEL_ID, **body},
+        headers={"Authorization": f"Bearer {server.api_key}"},
     )
 
 
@@ -43,56 +42,59 @@ def sse_payloads(response: httpx.Response) -> list[str]:
     ]
 
 
-def test_sdk_completion(target: Target) -> None:
-    prompt = prompt_for(target, "The capital of France is")
-    completion = client(target).completions.create(
-        model=target.model, prompt=prompt, max_tokens=8, temperature=0
+async def test_sdk_completion(app_server: InProcessServer) -> None:
+    prompt = prompt_for("The capital of France is")
+    completion = await client(app_server).completions.create(
+        model=MODEL_ID, prompt=prompt, max_tokens=8, temperature=0
     )
     assert completion.object == "text_completion"
     assert completion.id.startswith("cmpl-")
+    assert completion.model == MODEL_ID
     choice = completion.choices[0]
-    assert choice.text
-    assert choice.finish_reason in ("stop", "length")
+    # A raw completion keeps the model's leading space: it continues the prompt.
+    assert choice.text == " Paris is lovely"
+    assert choice.finish_reason == "stop"
     assert choice.logprobs is None
     usage = completion.usage
     assert usage is not None and usage.prompt_tokens > 0
     assert 0 < usage.completion_tokens <= 8
-    if target.name == "picolm":
-        # A raw completion keeps the model's leading space: it continues the prompt.
-        assert choice.text == " Paris is lovely"
-        assert choice.finish_reason == "stop"
+    # The prompt reaches the engine as given: no chat template around it.
+    (request,) = app_server.engine.requests
+    assert request.prompt == prompt
 
 
-def test_the_raw_body_is_openais_shape(target: Target) -> None:
-    response = post(target, {"prompt": prompt_for(target, "Once upon a time"), "max_tokens": 4})
+async def test_the_raw_body_is_openais_shape(app_server: InProcessServer) -> None:
+    response = await post(app_server, {"prompt": prompt_for("Once upon a time"), "max_tokens": 4})
     assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
     check_schema(response.json(), "CreateCompletionResponse")
 
 
-def test_max_tokens_defaults_to_16(target: Target) -> None:
-    prompt = prompt_for(target, "Count:", " ".join(str(n) for n in range(40)))
-    body = post(target, {"prompt": prompt, "temperature": 0}).json()
+async def test_max_tokens_defaults_to_16(app_server: InProcessServer) -> None:
+    prompt = prompt_for("Count:", " ".join(str(n) for n in range(40)))
+    body = (await post(app_server, {"prompt": prompt, "temperature": 0})).json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 16
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
-def test_sdk_stream_reassembles_the_completion(target: Target, include_usage: bool) -> None:
-    prompt = prompt_for(target, "The capital of France is")
-    whole = client(target).completions.create(
-        model=target.model, prompt=prompt, max_tokens=8, temperature=0
-    )
-    stream = client(target).completions.create(
-        model=target.model,
+async def test_sdk_stream_reassembles_the_completion(
+    app_server: InProcessServer, include_usage: bool
+) -> None:
+    prompt = prompt_for("The capital of France is")
+    api = client(app_server).completions
+    whole = await api.create(model=MODEL_ID, prompt=prompt, max_tokens=8, temperature=0)
+    stream = await api.create(
+        model=MODEL_ID,
         prompt=prompt,
         max_tokens=8,
         temperature=0,
         stream=True,
         stream_options={"include_usage": include_usage},
     )
-    chunks = list(stream)
+    chunks = [chunk async for chunk in stream]
     text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
-    assert text == whole.choices[0].text
+    assert text == whole.choices[0].text == " Paris is lovely"
     finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
     assert finishes[-1] == whole.choices[0].finish_reason
     assert all(reason is None for reason in finishes[:-1])
@@ -103,17 +105,20 @@ def test_sdk_stream_reassembles_the_completion(target: Target, include_usage: bo
         assert all(chunk.usage is None for chunk in chunks)
 
 
-def test_stream_chunks_are_openais_shape(target: Target) -> None:
+async def test_stream_chunks_are_openais_shape(app_server: InProcessServer) -> None:
     body = {
-        "prompt": prompt_for(target, "Once upon a time"),
+        "prompt": prompt_for("Once upon a time"),
         "max_tokens": 4,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    payloads = sse_payloads(post(target, body))
+    response = await post(app_server, body)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    payloads = sse_payloads(response)
     assert payloads[-1] == "[DONE]"
     chunks = [json.loads(payload) for payload in payloads[:-1]]
     *texts, last, usage = chunks
+    assert texts
     for chunk in texts:
         # The spec gives streamed chunks the reply's shape; OpenAI streams finish_reason
         # null until the last chunk (and so do the SDKs expect).
@@ -130,25 +135,26 @@ def test_stream_chunks_are_openais_shape(target: Target) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_echo_puts_the_prompt_first(target: Target, stream: bool) -> None:
-    prompt = prompt_for(target, "Roses are red,", "violets are blue")
-    api = client(target).completions
+async def test_echo_puts_the_prompt_first(app_server: InProcessServer, stream: bool) -> None:
+    prompt = prompt_for("Roses are red,", "violets are blue")
+    api = client(app_server).completions
     if stream:
-        chunks = list(
-            api.create(model=target.model, prompt=prompt, max_tokens=6, echo=True, stream=True)
-        )
+        chunks = [
+            chunk
+            async for chunk in await api.create(
+                model=MODEL_ID, prompt=prompt, max_tokens=6, echo=True, stream=True
+            )
+        ]
         assert chunks[0].choices[0].text == prompt
         text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
     else:
-        text = (
-            api.create(model=target.model, prompt=prompt, max_tokens=6, echo=True).choices[0].text
-        )
-    assert text.startswith(prompt)
-    assert len(text) > len(prompt)
+        completion = await api.create(model=MODEL_ID, prompt=prompt, max_tokens=6, echo=True)
+        text = completion.choices[0].text
+    assert text == prompt + " violets are blue"
 
 
-def test_max_tokens_0_with_echo_only_echoes(target: Target) -> None:
-    body = post(target, {"prompt": "Just this.", "max_tokens": 0, "echo": True}).json()
+async def test_max_tokens_0_with_echo_only_echoes(app_server: InProcessServer) -> None:
+    body = (await post(app_server, {"prompt": "Just this.", "max_tokens": 0, "echo": True})).json()
     assert body["choices"][0]["text"] == "Just this."
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 0
@@ -156,26 +162,34 @@ def test_max_tokens_0_with_echo_only_echoes(target: Target) -> None:
     check_schema(body, "CreateCompletionResponse")
 
 
-def test_stop_strings_end_the_completion(target: Target) -> None:
-    prompt = prompt_for(target, "List:", "one two three four five")
-    if target.name == "llama":
-        prompt = "1, 2, 3, 4, 5, 6, 7,"
-    whole = post(target, {"prompt": prompt, "max_tokens": 12, "temperature": 0}).json()
-    text = whole["choices"][0]["text"]
-    cut = text.strip()[:2].strip() or text[:2]
-    stopped = post(
-        target, {"prompt": prompt, "max_tokens": 12, "temperature": 0, "stop": [cut]}
-    ).json()
-    assert stopped["choices"][0]["finish_reason"] == "stop"
-    assert cut not in stopped["choices"][0]["text"]
-    assert text.startswith(stopped["choices"][0]["text"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stop_strings_end_the_completion(app_server: InProcessServer, stream: bool) -> None:
+    prompt = prompt_for("List:", "one two three four five")
+    api = client(app_server).completions
+    whole = await api.create(model=MODEL_ID, prompt=prompt, max_tokens=12, temperature=0)
+    assert whole.choices[0].text == " one two three four five"
+    params: dict[str, Any] = {"max_tokens": 12, "temperature": 0, "stop": ["thr"]}
+    if stream:
+        chunks = [
+            chunk
+            async for chunk in await api.create(
+                model=MODEL_ID, prompt=prompt, stream=True, **params
+            )
+        ]
+        text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        stopped = await api.create(model=MODEL_ID, prompt=prompt, **params)
+        text, finish = stopped.choices[0].text, stopped.choices[0].finish_reason
+    assert finish == "stop"
+    assert text == " one two "
 
 
-def test_a_list_of_one_prompt(target: Target) -> None:
-    prompt = prompt_for(target, "Hello")
-    listed = post(target, {"prompt": [prompt], "max_tokens": 4, "temperature": 0}).json()
-    single = post(target, {"prompt": prompt, "max_tokens": 4, "temperature": 0}).json()
-    assert listed["choices"][0]["text"] == single["choices"][0]["text"]
+async def test_a_list_of_one_prompt(app_server: InProcessServer) -> None:
+    prompt = prompt_for("Hello")
+    listed = (await post(app_server, {"prompt": [prompt], "max_tokens": 4})).json()
+    single = (await post(app_server, {"prompt": prompt, "max_tokens": 4})).json()
+    assert listed["choices"][0]["text"] == single["choices"][0]["text"] == " Paris is lovely"
 
 
 @pytest.mark.parametrize(
@@ -193,36 +207,36 @@ def test_a_list_of_one_prompt(target: Target) -> None:
         ({}, "prompt"),
     ],
 )
-def test_refusals_are_400s_naming_the_parameter(
-    target: Target, body: dict[str, Any], param: str
+async def test_refusals_are_400s_naming_the_parameter(
+    app_server: InProcessServer, body: dict[str, Any], param: str
 ) -> None:
-    response = post(target, body)
+    response = await post(app_server, body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
     check_schema(response.json(), "ErrorResponse")
+    assert app_server.engine.requests == []
 
 
-def test_sdk_suffix_without_fill_in_the_middle_tokens(target: Target) -> None:
+async def test_sdk_suffix_without_fill_in_the_middle_tokens(app_server: InProcessServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client(target).completions.create(
-            model=target.model, prompt="def add(a, b):", suffix="    return c", max_tokens=8
+        await client(app_server).completions.create(
+            model=MODEL_ID, prompt="def add(a, b):", suffix="    return c", max_tokens=8
         )
+    assert isinstance(caught.value.body, dict)
     assert "fill-in-the-middle" in caught.value.body["message"]
 
 
-def test_an_unknown_model_is_404(target: Target) -> None:
-    response = httpx.post(
-        target.server.base_url + "/v1/completions",
-        json={"model": "gpt-3.5-turbo-instruct", "prompt": "x"},
-        headers=target.headers,
-    )
+async def test_an_unknown_model_is_404(app_server: InProcessServer) -> None:
+    response = await post(app_server, {"model": "gpt-3.5-turbo-instruct", "prompt": "x"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
 
 
-def test_a_prompt_over_the_context_is_a_context_error(target: Target) -> None:
-    response = post(target, {"prompt": "word " * 9000})
+async def test_a_prompt_over_the_context_is_a_context_error(app_server: InProcessServer) -> None:
+    response = await post(app_server, {"prompt": "word " * 9000})
     assert response.status_code == 400
-    assert response.json()["error"]["code"] == "context_length_exceeded"
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["param"] == "prompt"

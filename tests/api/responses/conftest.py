@@ -1,13 +1,23 @@
-"""Servers for the Responses tests (see targets.py), started once per session."""
+"""Servers for the Responses tests (see targets.py): the app in-process over a scripted
+engine with a store of its own, one per test, and real servers for the tests that need a
+process, started once per session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.api.responses.targets import LLAMA_MODEL, Target
+from tests.api.responses.targets import (
+    CONTEXT_LENGTH,
+    LLAMA_MODEL,
+    MAX_TOKENS,
+    Target,
+    serve_responses,
+)
 from tests.conftest import HAS_LLAMA
+from tests.support.inprocess import InProcessServer
 from tests.support.picolm_setup import MODEL_ID as PICOLM_MODEL
 from tests.support.picolm_setup import PicoLMFiles
 from tests.support.server import run_server
@@ -29,16 +39,20 @@ def picolm_target(
     picolm_files: PicoLMFiles, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("responses-picolm")
-    model = build_tiny_llama_gguf(root / "tiny-4k.gguf", context_length=4096)
+    model = build_tiny_llama_gguf(root / "tiny-4k.gguf", context_length=CONTEXT_LENGTH)
     with picolm_files.serve(
         root,
-        picolm={"model_path": str(model), "context_length": 4096, "max_tokens": 64},
+        picolm={
+            "model_path": str(model),
+            "context_length": CONTEXT_LENGTH,
+            "max_tokens": MAX_TOKENS,
+        },
         responses={"store_path": str(root / "store" / "responses.sqlite3")},
     ) as server:
         yield Target("picolm", server.server, PICOLM_MODEL, server)
 
 
-@pytest.fixture(params=["llama", "picolm"])
-def target(request: pytest.FixtureRequest) -> Target:
-    found: Target = request.getfixturevalue(f"{request.param}_target")
-    return found
+@pytest.fixture
+async def responses_app(tmp_path: Path) -> AsyncIterator[InProcessServer]:
+    async with serve_responses(tmp_path / "store" / "responses.sqlite3") as server:
+        yield server

@@ -1,6 +1,8 @@
-"""The Responses API over HTTP through the openai SDK, on both engines (SmolLM2 on
-llama.cpp, and PicoLM's stand-in with scripted replies), every object and stream event
-checked against the spec and the SDK's types."""
+"""The Responses API through the openai SDK (and raw httpx where the bytes are the
+point), on the application in-process over a scripted engine that replies as the prompt
+directs, every object and stream event checked against the spec and the SDK's types.
+The end-to-end smoke on a real server process is test_responses_http_on_picolm.py; the
+real SmolLM2 speaks the Responses API in test_agents_sdk.py."""
 
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import pytest
 from pydantic import BaseModel
 
 from tests.api.responses.shapes import check_event, check_response, sse_events
-from tests.api.responses.targets import TIMEOUT, Target
+from tests.api.responses.targets import serve_responses
+from tests.support.inprocess import InProcessServer
 from tests.support.openapi import check_schema
 from tests.support.picolm_setup import MODEL_ID as PICOLM_MODEL
-from tests.support.picolm_setup import PicoLMFiles
+
+pytestmark = pytest.mark.anyio
 
 WEATHER_TOOL = {
     "type": "function",
@@ -43,12 +47,28 @@ EMAIL_TOOL = {
 }
 
 
-def raw_create(client: openai.OpenAI, **params: Any) -> tuple[dict[str, Any], Any]:
+def scripted(reply: str) -> str:
+    """What makes the scripted engine write ``reply``."""
+    return f" [[reply:{reply}]]"
+
+
+def prompt_with(server: InProcessServer, marker: str) -> str:
+    """The prompt of the last generation whose prompt holds ``marker``."""
+    prompts = [request.prompt for request in server.engine.requests if marker in request.prompt]
+    assert prompts, marker
+    return prompts[-1]
+
+
+async def raw_create(client: openai.AsyncOpenAI, **params: Any) -> tuple[dict[str, Any], Any]:
     """The response's JSON as sent, checked, and as the SDK parses it."""
-    raw = client.responses.with_raw_response.create(**params)
+    raw = await client.responses.with_raw_response.create(**params)
     body = raw.http_response.json()
     check_response(body)
     return body, raw.parse()
+
+
+async def post(server: InProcessServer, body: dict[str, Any]) -> httpx.Response:
+    return await server.http().post("/v1/responses", json=body)
 
 
 def check_error(response: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
@@ -59,56 +79,55 @@ def check_error(response: httpx.Response, status: int, param: str | None) -> dic
     return body["error"]
 
 
-# ---- both engines ---------------------------------------------------------------------
-
-
-def test_create_retrieve_list_delete(target: Target) -> None:
-    client = target.client()
-    body, response = raw_create(
+async def test_create_retrieve_list_delete(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    body, response = await raw_create(
         client,
-        model=target.model,
+        model=PICOLM_MODEL,
         instructions="Answer in one short sentence.",
-        input="What is the capital of France?" + target.scripted("Paris is the capital."),
+        input="What is the capital of France?" + scripted("Paris is the capital."),
         max_output_tokens=12,
         temperature=0,
     )
-    assert response.status in ("completed", "incomplete")
-    assert response.output_text
-    if target.picolm is not None:
-        assert response.output_text == "Paris is the capital."
-        assert response.status == "completed"
+    assert response.output_text == "Paris is the capital."
+    assert response.status == "completed"
     usage = response.usage
     assert usage.input_tokens > 0 and usage.output_tokens > 0
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert usage.output_tokens_details.reasoning_tokens == 0
 
-    retrieved = client.responses.with_raw_response.retrieve(response.id).http_response.json()
-    assert retrieved == body
-    items = client.responses.input_items.list(response.id)
+    retrieved = await client.responses.with_raw_response.retrieve(response.id)
+    assert retrieved.http_response.json() == body
+    items = await client.responses.input_items.list(response.id)
     assert [item.type for item in items.data] == ["message"]
     assert items.data[0].content[0].text.startswith("What is the capital of France?")
 
-    deleted = httpx.delete(f"{target.server.openai_base_url}/responses/{response.id}")
+    deleted = await responses_app.http().delete(f"/v1/responses/{response.id}")
     assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(response.id)
+        await client.responses.retrieve(response.id)
 
 
-def test_stream_events_in_order_and_valid(target: Target) -> None:
+async def test_sdk_delete(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    response = await client.responses.create(model=PICOLM_MODEL, input="x" + scripted("y"))
+    assert await client.responses.delete(response.id) is None
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.delete(response.id)
+
+
+async def test_stream_events_in_order_and_valid(responses_app: InProcessServer) -> None:
     body = {
-        "model": target.model,
-        "input": "Say hello."
-        + target.scripted("Hello there, my friend, how are you on this fine day?"),
+        "model": PICOLM_MODEL,
+        "input": "Say hello." + scripted("Hello there, my friend, how are you on this fine day?"),
         "max_output_tokens": 8,
         "temperature": 0,
         "stream": True,
     }
-    with httpx.stream(
-        "POST", f"{target.server.openai_base_url}/responses", json=body, timeout=TIMEOUT
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(response.read().decode())
+    response = await post(responses_app, body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
     for event in events:
         check_event(event)
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
@@ -124,34 +143,32 @@ def test_stream_events_in_order_and_valid(target: Target) -> None:
         "response.content_part.done",
         "response.output_item.done",
     ]
-    assert kinds[-1] in ("response.completed", "response.incomplete")
     deltas = "".join(event["delta"] for event in events if event["type"].endswith("text.delta"))
     final = events[-1]["response"]
     assert final["output"][0]["content"][0]["text"] == deltas == events[-4]["text"]
-    if target.picolm is not None:
-        # The stand-in's reply is longer than max_output_tokens: cut, so incomplete.
-        assert kinds[-1] == "response.incomplete"
-        assert final["incomplete_details"] == {"reason": "max_output_tokens"}
-        assert final["output"][0]["status"] == "incomplete"
+    # The scripted reply is longer than max_output_tokens: cut, so incomplete.
+    assert kinds[-1] == "response.incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][0]["status"] == "incomplete"
 
 
-def test_sdk_stream_helper(target: Target) -> None:
-    client = target.client()
-    with client.responses.stream(
-        model=target.model,
-        input="Name a colour." + target.scripted("Blue."),
+async def test_sdk_stream_helper(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    async with client.responses.stream(
+        model=PICOLM_MODEL,
+        input="Name a colour." + scripted("Blue."),
         max_output_tokens=8,
         temperature=0,
     ) as stream:
-        events = list(stream)
+        events = [event async for event in stream]
+        # get_final_response() is the SDK's for a completed response.
+        final = await stream.get_final_response()
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     last = events[-1]
-    assert last.type in ("response.completed", "response.incomplete")
+    assert last.type == "response.completed"
     assert "".join(deltas) == last.response.output_text
     assert last.response.usage is not None and last.response.usage.output_tokens > 0
-    if target.picolm is not None:
-        # get_final_response() is the SDK's for a completed response.
-        assert stream.get_final_response().output_text == "Blue."
+    assert final.output_text == "Blue."
 
 
 class City(BaseModel):
@@ -159,29 +176,27 @@ class City(BaseModel):
     country: str
 
 
-def test_parse_with_a_pydantic_text_format(target: Target) -> None:
-    client = target.client()
-    raw = client.responses.with_raw_response.parse(
-        model=target.model,
+async def test_parse_with_a_pydantic_text_format(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    raw = await client.responses.with_raw_response.parse(
+        model=PICOLM_MODEL,
         input="Give the capital of France as JSON."
-        + target.scripted('{"name": "Paris", "country": "France"}'),
+        + scripted('{"name": "Paris", "country": "France"}'),
         text_format=City,
         max_output_tokens=40,
         temperature=0,
     )
     check_response(raw.http_response.json())
     parsed = raw.parse().output_parsed
-    assert isinstance(parsed, City)
-    if target.picolm is not None:
-        assert parsed == City(name="Paris", country="France")
+    assert parsed == City(name="Paris", country="France")
 
 
-def test_tool_round_trip_with_previous_response_id(target: Target) -> None:
-    client = target.client()
+async def test_tool_round_trip_with_previous_response_id(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
     call_reply = '{"city": "Paris"}'  # a named call: the model writes the arguments
-    first = client.responses.create(
-        model=target.model,
-        input="What is the weather in Paris?" + target.scripted(call_reply),
+    first = await client.responses.create(
+        model=PICOLM_MODEL,
+        input="What is the weather in Paris?" + scripted(call_reply),
         tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "name": "get_weather"},
         max_output_tokens=40,
@@ -189,17 +204,17 @@ def test_tool_round_trip_with_previous_response_id(target: Target) -> None:
     )
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
-    assert set(json.loads(calls[0].arguments)) == {"city"}
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}
     assert calls[0].call_id.startswith("call_") and calls[0].status == "completed"
 
-    second = client.responses.create(
-        model=target.model,
+    second = await client.responses.create(
+        model=PICOLM_MODEL,
         previous_response_id=first.id,
         input=[
             {
                 "type": "function_call_output",
                 "call_id": calls[0].call_id,
-                "output": "Sunny, 22 C." + target.scripted("It is sunny in Paris."),
+                "output": "Sunny, 22 C." + scripted("It is sunny in Paris."),
             }
         ],
         tools=[WEATHER_TOOL],
@@ -207,28 +222,22 @@ def test_tool_round_trip_with_previous_response_id(target: Target) -> None:
         temperature=0,
     )
     assert second.previous_response_id == first.id
-    assert second.output_text and "<tool_response>" not in second.output_text
-    listed = httpx.get(
-        f"{target.server.openai_base_url}/responses/{second.id}/input_items?order=asc"
+    assert second.output_text == "It is sunny in Paris."
+    listed = (
+        await responses_app.http().get(f"/v1/responses/{second.id}/input_items?order=asc")
     ).json()
     check_schema(listed, "ResponseItemList")
-    items = client.responses.input_items.list(second.id, order="asc")
+    items = await client.responses.input_items.list(second.id, order="asc")
     assert [item.id for item in items.data] == [item["id"] for item in listed["data"]]
     assert [item.type for item in items.data] == [
         "message",
         "function_call",
         "function_call_output",
     ]
-    if target.picolm is not None:
-        assert second.output_text == "It is sunny in Paris."
-        prompt = target.picolm.runs_with("[[reply:It is sunny in Paris.]]")[-1].prompt
-        assert prompt is not None
-        # The whole conversation was rendered: the question, the call and its result.
-        assert "What is the weather in Paris?" in prompt
-        assert "get_weather" in prompt and "Sunny, 22 C." in prompt
-
-
-# ---- PicoLM stand-in: what needs scripted replies or no engine at all ----------------
+    prompt = prompt_with(responses_app, "[[reply:It is sunny in Paris.]]")
+    # The whole conversation was rendered: the question, the call and its result.
+    assert "What is the weather in Paris?" in prompt
+    assert "get_weather" in prompt and "Sunny, 22 C." in prompt
 
 
 @pytest.mark.parametrize(
@@ -239,11 +248,13 @@ def test_tool_round_trip_with_previous_response_id(target: Target) -> None:
         ({"type": "function", "name": "get_weather"}, '{"city": "Rome"}'),
     ],
 )
-def test_tool_choice_modes_call(picolm_target: Target, choice: Any, reply: str) -> None:
-    body, response = raw_create(
-        picolm_target.client(),
+async def test_tool_choice_modes_call(
+    responses_app: InProcessServer, choice: Any, reply: str
+) -> None:
+    body, response = await raw_create(
+        responses_app.client(max_retries=0),
         model=PICOLM_MODEL,
-        input="Weather in Rome?" + picolm_target.scripted(reply),
+        input="Weather in Rome?" + scripted(reply),
         tools=[WEATHER_TOOL, EMAIL_TOOL],
         tool_choice=choice,
         temperature=0,
@@ -254,11 +265,11 @@ def test_tool_choice_modes_call(picolm_target: Target, choice: Any, reply: str) 
     assert body["tool_choice"] == choice
 
 
-def test_tool_choice_none_answers_in_text(picolm_target: Target) -> None:
+async def test_tool_choice_none_answers_in_text(responses_app: InProcessServer) -> None:
     reply = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
-    response = picolm_target.client().responses.create(
+    response = await responses_app.client(max_retries=0).responses.create(
         model=PICOLM_MODEL,
-        input="Weather in Rome?" + picolm_target.scripted(reply),
+        input="Weather in Rome?" + scripted(reply),
         tools=[WEATHER_TOOL, EMAIL_TOOL],
         tool_choice="none",
         temperature=0,
@@ -267,16 +278,17 @@ def test_tool_choice_none_answers_in_text(picolm_target: Target) -> None:
     assert response.output_text == reply
 
 
-def test_streamed_call_events(picolm_target: Target) -> None:
+async def test_streamed_call_events(responses_app: InProcessServer) -> None:
     reply = '{"name": "get_weather", "arguments": {"city": "Rome"}}'
-    response = picolm_target.post(
+    response = await post(
+        responses_app,
         {
             "model": PICOLM_MODEL,
-            "input": "Weather?" + picolm_target.scripted(reply),
+            "input": "Weather?" + scripted(reply),
             "tools": [WEATHER_TOOL, EMAIL_TOOL],
             "tool_choice": "required",
             "stream": True,
-        }
+        },
     )
     events = sse_events(response.text)
     for event in events:
@@ -293,39 +305,42 @@ def test_streamed_call_events(picolm_target: Target) -> None:
     assert events[-1]["response"]["output"][0]["call_id"].startswith("call_")
 
 
-def test_json_object_format(picolm_target: Target) -> None:
-    response = picolm_target.client().responses.create(
+async def test_json_object_format(responses_app: InProcessServer) -> None:
+    response = await responses_app.client(max_retries=0).responses.create(
         model=PICOLM_MODEL,
-        input="JSON please" + picolm_target.scripted('{"ok": true}'),
+        input="JSON please" + scripted('{"ok": true}'),
         text={"format": {"type": "json_object"}},
         temperature=0,
     )
     assert json.loads(response.output_text) == {"ok": True}
 
 
-def test_engine_failure_in_a_stream(picolm_target: Target) -> None:
-    response = picolm_target.post(
-        {"model": PICOLM_MODEL, "input": "[[crash]]", "stream": True, "temperature": 0}
+async def test_engine_failure_in_a_stream(responses_app: InProcessServer) -> None:
+    response = await post(
+        responses_app,
+        {"model": PICOLM_MODEL, "input": "[[crash]]", "stream": True, "temperature": 0},
     )
     events = sse_events(response.text)
     for event in events:
         check_event(event)
     assert [event["type"] for event in events][-2:] == ["error", "response.failed"]
-    assert "exited with status 3" in events[-2]["message"]
+    # The engine's own words reach the client (PicoLM's: "exited with status 3").
+    assert "The scripted engine failed." in events[-2]["message"]
     assert events[-1]["response"]["status"] == "failed"
 
 
-def test_store_false_is_not_kept(picolm_target: Target) -> None:
-    client = picolm_target.client()
-    response = client.responses.create(
-        model=PICOLM_MODEL, input="x" + picolm_target.scripted("y"), store=False
+async def test_store_false_is_not_kept(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    response = await client.responses.create(
+        model=PICOLM_MODEL, input="x" + scripted("y"), store=False
     )
     assert response.store is False
     with pytest.raises(openai.NotFoundError):
-        client.responses.retrieve(response.id)
+        await client.responses.retrieve(response.id)
     error = check_error(
-        picolm_target.post(
-            {"model": PICOLM_MODEL, "input": "more", "previous_response_id": response.id}
+        await post(
+            responses_app,
+            {"model": PICOLM_MODEL, "input": "more", "previous_response_id": response.id},
         ),
         404,
         "previous_response_id",
@@ -334,20 +349,17 @@ def test_store_false_is_not_kept(picolm_target: Target) -> None:
     assert response.id in error["message"]
 
 
-def test_instructions_are_not_carried_over(picolm_target: Target) -> None:
-    client = picolm_target.client()
-    first = client.responses.create(
+async def test_instructions_are_not_carried_over(responses_app: InProcessServer) -> None:
+    client = responses_app.client(max_retries=0)
+    first = await client.responses.create(
         model=PICOLM_MODEL,
         instructions="SECRET-INSTRUCTION-1",
-        input="one" + picolm_target.scripted("first answer"),
+        input="one" + scripted("first answer"),
     )
-    client.responses.create(
-        model=PICOLM_MODEL,
-        previous_response_id=first.id,
-        input="two" + picolm_target.scripted("second answer"),
+    await client.responses.create(
+        model=PICOLM_MODEL, previous_response_id=first.id, input="two" + scripted("second answer")
     )
-    prompt = picolm_target.picolm.runs_with("[[reply:second answer]]")[-1].prompt  # type: ignore[union-attr]
-    assert prompt is not None
+    prompt = prompt_with(responses_app, "[[reply:second answer]]")
     assert "first answer" in prompt and "one" in prompt
     assert "SECRET-INSTRUCTION-1" not in prompt
 
@@ -355,9 +367,11 @@ def test_instructions_are_not_carried_over(picolm_target: Target) -> None:
 @pytest.mark.parametrize(
     ("method", "suffix"), [("GET", ""), ("DELETE", ""), ("GET", "/input_items")]
 )
-def test_unknown_ids_are_404(picolm_target: Target, method: str, suffix: str) -> None:
-    url = f"{picolm_target.server.openai_base_url}/responses/resp_nonexistent{suffix}"
-    error = check_error(httpx.request(method, url), 404, "response_id")
+async def test_unknown_ids_are_404(
+    responses_app: InProcessServer, method: str, suffix: str
+) -> None:
+    response = await responses_app.http().request(method, f"/v1/responses/resp_nonexistent{suffix}")
+    error = check_error(response, 404, "response_id")
     assert error["message"] == "Response with id 'resp_nonexistent' not found."
     assert error["type"] == "invalid_request_error"
 
@@ -382,26 +396,31 @@ def test_unknown_ids_are_404(picolm_target: Target, method: str, suffix: str) ->
         ),
     ],
 )
-def test_refused_parameters_are_named(
-    picolm_target: Target, extra: dict[str, Any], param: str
+async def test_refused_parameters_are_named(
+    responses_app: InProcessServer, extra: dict[str, Any], param: str
 ) -> None:
     body = {"model": PICOLM_MODEL, "input": "hi", **extra}
     status = 404 if param == "model" else 400
-    check_error(picolm_target.post(body), status, param)
+    check_error(await post(responses_app, body), status, param)
+    assert responses_app.engine.requests == []
 
 
-def test_the_store_survives_a_restart(picolm_files: PicoLMFiles, tmp_path: Path) -> None:
-    store = {"store_path": str(tmp_path / "store" / "responses.sqlite3")}
-    with picolm_files.serve(tmp_path / "first", responses=store) as server:
-        client = server.client(max_retries=0, timeout=TIMEOUT)
-        created = client.responses.with_raw_response.create(
+async def test_the_store_survives_a_restart(tmp_path: Path) -> None:
+    """Two apps, one after the other, on one store file: what the first kept, the
+    second serves and continues."""
+    store = tmp_path / "store" / "responses.sqlite3"
+    async with serve_responses(store) as server:
+        client = server.client(max_retries=0)
+        raw = await client.responses.with_raw_response.create(
             model=PICOLM_MODEL, input="remember [[reply:kept across restarts]]", temperature=0
-        ).http_response.json()
-    with picolm_files.serve(tmp_path / "second", responses=store) as server:
-        client = server.client(max_retries=0, timeout=TIMEOUT)
-        again = client.responses.with_raw_response.retrieve(created["id"]).http_response.json()
-        assert again == created
-        follow = client.responses.create(
+        )
+        created = raw.http_response.json()
+    async with serve_responses(store) as server:
+        client = server.client(max_retries=0)
+        again = await client.responses.with_raw_response.retrieve(created["id"])
+        assert again.http_response.json() == created
+        follow = await client.responses.create(
             model=PICOLM_MODEL, previous_response_id=created["id"], input="and? [[reply:ok]]"
         )
         assert follow.output_text == "ok"
+        assert "kept across restarts" in prompt_with(server, "[[reply:ok]]")
