@@ -16,7 +16,7 @@ engine: the time spent in each package's own module bodies (``python -X importti
 wall-clock time, which a busy machine inflates; the median of N runs) and the resident
 memory each adds (every module's loading is wrapped: what VmRSS grows by while it loads,
 less what the modules it imports add, is charged to its package), then what building
-the service (engine, tokenizer, chat template, app) adds. Memory grows in pages and
+the core (engine, tokenizer, chat template) and the app add. Memory grows in pages and
 allocator arenas, so a small package's figure can be off by a fraction of a MiB, one
 way or the other; the sums hold.
 
@@ -170,10 +170,10 @@ def one_start(
 # ---- where the start goes ------------------------------------------------------------
 
 # What ``picolm_server.cli.main`` does before it serves: every import, the settings, the
-# service and the app. With "memory" as its second argument it charges each top-level
+# core and the app. With "memory" as its second argument it charges each top-level
 # package for the resident memory its own modules add while they load (a module's
 # ``create_module`` and ``exec_module`` are wrapped; what the modules it imports add is
-# charged to them), and what building the service adds to "(building the service)".
+# charged to them), and what building the core adds to "(building the core)".
 BUILD = """
 import collections, importlib.abc, json, sys
 def rss():
@@ -224,7 +224,7 @@ settings = cli.load_from_args(["-config", sys.argv[1]])
 build = getattr(cli, "build_core", None) or cli.build_service
 core = build(settings)
 cli.create_app(core, engine_name=settings.resolved_engine())
-charged["(building the service)"] = rss() - built
+charged["(building the core)"] = rss() - built
 print(json.dumps(charged))
 """
 

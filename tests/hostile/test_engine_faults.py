@@ -237,8 +237,8 @@ def llama_faults() -> Iterator[InProcessServer]:
     settings = Settings.from_values(
         {"engine": "llama_cpp", "llama_cpp": {"timeout_seconds": 300, "threads": 2}}
     )
-    service = build_core(settings)
-    engine = service.engine
+    core = build_core(settings)
+    engine = core.engine
     assert isinstance(engine, LlamaCppEngine)
     word = engine.tokenize(" word", add_special=False, parse_special=False)[0]
     loop = engine.decode_loop
@@ -252,7 +252,7 @@ def llama_faults() -> Iterator[InProcessServer]:
     handler = Collect()
     logging.getLogger("picolm_server").addHandler(handler)
     port = free_port()
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_config=None)
+    config = uvicorn.Config(create_app(core), host="127.0.0.1", port=port, log_config=None)
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ of thousands of vectors is built as Python objects) would leave the process hund
 MB larger than it was, for good: an audit saw idle memory ratchet from 362 MB to 2.3 GB.
 Three things keep it from ratcheting:
 
-- :func:`release_startup_memory`: once the service is built, ``malloc_trim(0)`` returns
+- :func:`release_startup_memory`: once the core is built, ``malloc_trim(0)`` returns
   what reading the model's metadata and vocabulary, building the pydantic models and
   compiling the chat template left behind (about 2 MiB on a PicoLM server;
   docs/benchmarks.md). A full garbage collection before it found a few dozen objects,
