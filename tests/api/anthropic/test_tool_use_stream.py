@@ -13,18 +13,10 @@ import anyio
 import httpx2
 
 from picolm_server.server.app import create_app
+from tests.api.anthropic.test_routes import EMAIL
 from tests.generation.test_core import core_for
 from tests.support.scripted_engine import ScriptedEngine
 
-EMAIL = {
-    "name": "send_email",
-    "description": "Send an email",
-    "input_schema": {
-        "type": "object",
-        "properties": {"to": {"type": "string"}, "subject": {"type": "string"}},
-        "required": ["to", "subject"],
-    },
-}
 INPUT = {"to": "ann@example.com", "subject": "The minutes of Tuesday's meeting"}
 REPLY = '<tool_call>\n{"name": "send_email", "arguments": ' + json.dumps(INPUT) + "}\n</tool_call>"
 
