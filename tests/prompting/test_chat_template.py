@@ -14,9 +14,9 @@ from picolm_server.prompting.chat_template import (
     ChatTemplate,
     TemplateSetupError,
     builtin_template_source,
-    guess_builtin,
     load_chat_template,
 )
+from picolm_server.prompting.template_choice import choose_builtin
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -127,11 +127,13 @@ def test_load_prefers_the_gguf_template() -> None:
     assert template.render([{"role": "user", "content": "a"}]) == "X"
 
 
-def test_guess_builtin() -> None:
-    assert guess_builtin(metadata()) == "zephyr"
-    assert guess_builtin(metadata(**{"general.name": "Llama-2-7b-chat"})) == "llama2"
+def test_without_a_gguf_template_a_builtin_is_chosen() -> None:
+    assert choose_builtin(metadata()).name == "zephyr"
+    assert choose_builtin(metadata(**{"general.name": "Llama-2-7b-chat"})).name == "llama2"
     tokens = ["<unk>", "<s>", "</s>", "<|im_start|>"]
-    assert guess_builtin(metadata(**{"tokenizer.ggml.tokens": tokens})) == "chatml"
+    chosen = load_chat_template("auto", metadata(**{"tokenizer.ggml.tokens": tokens}))
+    assert chosen.name == "chatml"
+    assert chosen.reason == "no template in the GGUF; its vocabulary has <|im_start|>"
 
 
 def test_load_by_name_and_path(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import typing
 
 import pytest
 
 from picolm_server.config.settings import ConfigError, Settings, load_settings
 from picolm_server.server import bootstrap
+from tests.support.picolm_setup import PicoLMFiles
 
 
 def test_every_engine_name_has_a_factory() -> None:
@@ -42,3 +44,20 @@ def test_the_resolved_name_picks_the_factory(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_picolm_factory_names_what_is_missing() -> None:
     with pytest.raises(ConfigError, match=r"picolm\.binary: required"):
         bootstrap.build_engine(load_settings(None, {"engine": "picolm"}))
+
+
+def test_the_factory_logs_the_chat_template_and_why(
+    picolm_files: PicoLMFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = picolm_files.config()
+    with caplog.at_level(logging.INFO, logger="picolm_server"):
+        built = bootstrap.build_engine(Settings.from_values(config))
+    # The tiny LLaMA's vocabulary has no turn tokens and its GGUF no template.
+    assert built.template.name == "zephyr"
+    assert built.template.reason.startswith("no template in the GGUF and no turn tokens")
+    assert f"chat template: {built.template.description}" in caplog.messages
+    config["picolm"]["chat_template"] = "chatml"
+    with caplog.at_level(logging.INFO, logger="picolm_server"):
+        chosen = bootstrap.build_engine(Settings.from_values(config)).template
+    assert "chat template: chatml (set by picolm.chat_template)" in caplog.messages
+    assert chosen.description == "chatml (set by picolm.chat_template)"

@@ -4,8 +4,9 @@ Templates are rendered the way Hugging Face transformers renders ``chat_template
 (sandboxed Jinja2 with ``trim_blocks``/``lstrip_blocks``, ``raise_exception``,
 ``strftime_now`` and a ``tojson`` that keeps non-ASCII text), so a GGUF's own template
 gives the same prompt here as in the model's reference code. Models without a template
-get a built-in one by name. A template also tells where a reply ends: its end markers
-(``<|im_end|>``, ``</s>``, ...) become stop strings.
+get a built-in one, chosen from their vocabulary (:mod:`.template_choice`). A template also
+tells where a reply ends: its end markers (``<|im_end|>``, ``<end_of_turn>``, ``</s>``,
+...) become stop strings.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import jinja2
 import jinja2.ext
 
 from ..errors import APIError, InvalidRequestError
-from ..gguf import GGUFMetadata, StringArray
+from ..gguf import GGUFMetadata
 from .sandbox import BoundedSandbox, TemplateLimitError, render_bounded
+from .template_choice import choose_builtin
 from .tokens import (
     MASK_NONCE_VARIABLE,
     PlaceholderMask,
@@ -31,7 +33,7 @@ from .tokens import (
     split_prompt,
 )
 
-BUILTIN_TEMPLATES = ("chatml", "zephyr", "llama2", "phi")
+BUILTIN_TEMPLATES = ("chatml", "zephyr", "llama2", "llama3", "mistral", "gemma", "phi")
 
 # Markers that end an assistant turn in the chat formats in use; any that a template
 # writes is a point where the reply is over.
@@ -94,7 +96,10 @@ def _environment() -> BoundedSandbox:
 
 
 class ChatTemplate:
-    """A compiled chat template with the special-token texts it is rendered with."""
+    """A compiled chat template with the special-token texts it is rendered with.
+
+    ``name`` is ``gguf`` (the model's own), a built-in's name or a file's path;
+    ``reason`` says why the model has it (for the log and a listing of models)."""
 
     def __init__(
         self,
@@ -104,8 +109,10 @@ class ChatTemplate:
         bos_token: str = "",
         eos_token: str = "",
         engine_adds_bos: bool = True,
+        reason: str = "",
     ) -> None:
         self.name = name
+        self.reason = reason
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -130,6 +137,11 @@ class ChatTemplate:
             # Any other failure (a template that insists on a system message, ...) is
             # for the requests it happens to, not for the start.
             pass
+
+    @property
+    def description(self) -> str:
+        """The template and why, e.g. ``gemma (no template in the GGUF; ...)``."""
+        return f"{self.name} ({self.reason})" if self.reason else self.name
 
     @property
     def renders_tools(self) -> bool:
@@ -222,42 +234,38 @@ def builtin_template_source(name: str) -> str:
     return (resources.files(__package__) / "templates" / f"{name}.jinja").read_text("utf-8")
 
 
-def guess_builtin(metadata: GGUFMetadata) -> str:
-    """A built-in format for a model whose GGUF has no template of its own."""
-    tokens = metadata.values.get("tokenizer.ggml.tokens")
-    # Membership in the array itself: a set of its strings would be tens of thousands
-    # of objects made for two questions (gguf.StringArray).
-    vocabulary = tokens if isinstance(tokens, (list, StringArray)) else ()
-    name = metadata.name.lower()
-    if "<|im_start|>" in vocabulary or "qwen" in name or "smollm" in name:
-        return "chatml"
-    if "<|end|>" in vocabulary or "phi" in name:
-        return "phi"
-    if "llama-2" in name or "llama2" in name:
-        return "llama2"
-    # TinyLlama and most small LLaMA chat fine-tunes use the Zephyr layout.
-    return "zephyr"
-
-
 def load_chat_template(
-    setting: str, metadata: GGUFMetadata, *, engine_adds_bos: bool = True
+    setting: str,
+    metadata: GGUFMetadata,
+    *,
+    engine_adds_bos: bool = True,
+    setting_name: str = "chat_template",
 ) -> ChatTemplate:
     """Pick the template for a ``chat_template`` setting: ``auto``, a built-in name or a path.
 
-    ``metadata`` must have been read with the ``tokenizer.ggml.tokens`` array.
+    ``metadata`` must have been read with the ``tokenizer.ggml.tokens`` array;
+    ``setting_name`` is where the setting came from, named in the template's reason.
     """
     bos = metadata.token_text("bos") or ""
     eos = metadata.token_text("eos") or ""
+    reason = f"set by {setting_name}"
 
     def make(name: str, source: str) -> ChatTemplate:
         return ChatTemplate(
-            name, source, bos_token=bos, eos_token=eos, engine_adds_bos=engine_adds_bos
+            name,
+            source,
+            bos_token=bos,
+            eos_token=eos,
+            engine_adds_bos=engine_adds_bos,
+            reason=reason,
         )
 
     if setting == "auto":
         if metadata.chat_template:
+            reason = "the GGUF's own tokenizer.chat_template"
             return make("gguf", metadata.chat_template)
-        setting = guess_builtin(metadata)
+        choice = choose_builtin(metadata)
+        setting, reason = choice.name, choice.reason
     if setting in BUILTIN_TEMPLATES:
         return make(setting, builtin_template_source(setting))
     path = Path(setting).expanduser()

@@ -82,9 +82,13 @@ def _template(
     key: str, setting: str, metadata: GGUFMetadata, *, engine_adds_bos: bool
 ) -> ChatTemplate:
     try:
-        return load_chat_template(setting, metadata, engine_adds_bos=engine_adds_bos)
+        template = load_chat_template(
+            setting, metadata, engine_adds_bos=engine_adds_bos, setting_name=key
+        )
     except TemplateSetupError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+    logger.info("chat template: %s", template.description)
+    return template
 
 
 def _picolm_tokenizer(model_path: Path) -> PicoLMTokenizer | None:
@@ -270,12 +274,7 @@ def build_engine(settings: Settings) -> BuiltEngine:
 def build_core(settings: Settings) -> GenerationCore:
     built = build_engine(settings)
     engine, template = built.engine, built.template
-    logger.info(
-        "model id %r, context %d tokens, chat template %s",
-        engine.model.id,
-        engine.model.context_length,
-        template.name,
-    )
+    logger.info("model id %r, context %d tokens", engine.model.id, engine.model.context_length)
     return GenerationCore(
         engine=engine,
         template=template,
