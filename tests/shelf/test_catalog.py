@@ -63,6 +63,10 @@ def test_no_configuration_is_the_embedded_smollm2(smollm2: Path) -> None:
     # The KV cache of 4 slots of 2048 tokens: 30 layers, 3 KV heads of 64, K and V, f16.
     assert model.estimate_bytes == tensor_bytes + 30 * (2048 * 4) * 2 * 3 * 64 * 2
     assert (model.keep_alive, model.preload, model.problem) == (300.0, True, None)
+    assert model.describe() == (
+        f"model {EMBEDDED_MODEL_ID!r}: llama_cpp: the embedded model; {model.path}, 98 MB, "
+        f"about {model.estimate_bytes / 1e6:.0f} MB loaded"
+    )
     assert shelf.models_dir == default_models_dir()
 
 
@@ -320,14 +324,6 @@ def test_a_file_whose_name_is_taken_is_left_out(tmp_path: Path) -> None:
     assert shelf.find("chat") is shelf.default
     assert shelf.skipped == (f"{directory / 'chat.gguf'}: 'chat' is already the name of "
                              "models[0].aliases[0]",)  # fmt: skip
-
-
-def test_the_directory_must_exist_when_it_is_configured(tmp_path: Path) -> None:
-    assert refused({"models_dir": str(tmp_path / "absent")}) == (
-        f"models_dir: {tmp_path / 'absent'}: no such directory"
-    )
-    write_model(tmp_path / "file.gguf")
-    assert refused({"models_dir": str(tmp_path / "file.gguf")}).endswith("not a directory")
 
 
 def test_no_model_at_all(tmp_path: Path) -> None:

@@ -72,9 +72,14 @@ def test_without_a_picolm_binary_everything_goes_to_llama_cpp(tmp_path: Path) ->
 
 
 def test_an_engine_set_in_the_configuration_is_kept(tmp_path: Path) -> None:
-    metadata = read_gguf_metadata(write_model(tmp_path / "m.gguf", arch="gemma3"))
+    metadata = read_gguf_metadata(write_model(tmp_path / "m.gguf"), check_tensors=True)
     assert choose_engine("picolm", metadata, picolm_configured=True) == EngineChoice(
         "picolm", "picolm: set in the configuration"
+    )
+    gemma = read_gguf_metadata(write_model(tmp_path / "g.gguf", arch="gemma3"))
+    assert choose_engine("picolm", gemma, picolm_configured=True) == EngineChoice(
+        "picolm",
+        "picolm: set in the configuration, though gemma3 architecture is not one PicoLM runs",
     )
     assert choose_engine("llama_cpp", None, picolm_configured=True).engine == "llama_cpp"
     assert choose_engine("auto", None, picolm_configured=True) == EngineChoice(

@@ -9,14 +9,11 @@ Sources, in this order:
    ``model`` goes to it. With no configuration at all the shelf is SmolLM2 and whatever
    is in the models directory.
 2. The ``models:`` entries, each with its id, aliases, engine, options and keep_alive.
-3. Every ``*.gguf`` file directly inside ``models_dir`` (default
-   ``$XDG_DATA_HOME/picolm-server/models``, where ``pull`` puts models), its id the file
-   name without ``.gguf``. Only names ending in ``.gguf`` are read; hidden files (a
-   download in progress is ``.NAME.part``) and subdirectories are not. Symbolic links
-   are followed, wherever they point: a link placed in the directory is a model like a
-   file is, so whoever can write the directory chooses what is served. A file that is
-   also a ``models:`` entry (the same file, by its resolved path) is that entry; a file
-   whose id is already a name on the shelf is left out, with a warning.
+3. Every ``*.gguf`` file directly inside ``models_dir`` (:mod:`.models_dir`: its id
+   the file name without ``.gguf``; symbolic links are followed, wherever they point).
+   A file that is also a ``models:`` entry or the default model (the same file, by its
+   resolved path) is that model; a file whose id is already a name on the shelf is left
+   out, with a warning.
 
 A name is only ever looked up, by id or alias (:meth:`Catalog.find`); it is never
 turned into a path, so ``../../etc/passwd`` is an unknown name like any other.
@@ -46,7 +43,6 @@ from ..config.settings import (
     Settings,
 )
 from ..gguf import GGUFMetadata
-from ..models import default_models_dir
 from ..models.embedded import (
     EMBEDDED_MODEL_ID,
     LLAMA_EXTRA_HINT,
@@ -56,10 +52,9 @@ from ..models.embedded import (
 from .engine_choice import EngineChoice, EngineName, choose_engine
 from .estimate import context_tokens, memory_estimate
 from .model_file import ModelFile, ModelFileError, check_model_file
+from .models_dir import directory_models, model_id_of
 
 logger = logging.getLogger("picolm_server")
-
-GGUF_SUFFIX = ".gguf"
 
 # Where a model came from: "default" (a section or the embedded model), "models" (an
 # entry of the list), "models_dir" (a file found in the directory).
@@ -330,37 +325,6 @@ def _entry(settings: Settings, entry: ModelEntry, index: int) -> ShelfModel:
     )
 
 
-def models_dir_of(settings: Settings) -> Path:
-    """``models_dir``, or the default directory where ``pull`` puts models."""
-    if settings.models_dir:
-        return Path(settings.models_dir).expanduser()
-    return default_models_dir()
-
-
-def _directory_files(settings: Settings) -> tuple[Path, list[Path]]:
-    """The directory and its ``*.gguf`` files, by name. A configured directory must
-    exist; the default one need not (it is made by the first ``pull``)."""
-    directory = models_dir_of(settings)
-    try:
-        entries = sorted(directory.iterdir())
-    except FileNotFoundError:
-        if settings.models_dir:
-            raise ConfigError(f"models_dir: {settings.models_dir}: no such directory") from None
-        return directory, []
-    except NotADirectoryError:
-        raise ConfigError(f"models_dir: {directory}: not a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"models_dir: {directory}: cannot be read ({exc.strerror})") from None
-    files = [
-        entry
-        for entry in entries
-        if entry.name.endswith(GGUF_SUFFIX)
-        and len(entry.name) > len(GGUF_SUFFIX)
-        and not entry.name.startswith(".")
-    ]
-    return directory, files
-
-
 def build_catalog(
     settings: Settings, *, embedded: Callable[[Settings], ShelfModel | None] = _embedded_default
 ) -> Catalog:
@@ -393,10 +357,10 @@ def build_catalog(
         if default is not None:
             add(default, [default.origin])
 
-    directory, files = _directory_files(settings)
+    directory, files = directory_models(settings)
     skipped: list[str] = []
     for file in files:
-        model_id = file.name[: -len(GGUF_SUFFIX)]
+        model_id = model_id_of(file)
         resolved = file.resolve()
         if resolved in paths:
             continue  # an entry of its own, or the default model

@@ -74,8 +74,13 @@ def choose_engine(
     picolm_configured: bool,
 ) -> EngineChoice:
     """The engine for a model file (``metadata`` None: the file could not be read)."""
-    if requested != "auto":
-        return EngineChoice(requested, f"{requested}: set in the configuration")
+    if requested == "llama_cpp":
+        return EngineChoice("llama_cpp", "llama_cpp: set in the configuration")
+    if requested == "picolm":
+        # The user's word stands; the reason says when the file looks unfit for it.
+        refusal = picolm_refusal(metadata) if metadata is not None else None
+        doubt = f", though {refusal}" if refusal is not None else ""
+        return EngineChoice("picolm", f"picolm: set in the configuration{doubt}")
     if not picolm_configured:
         return EngineChoice("llama_cpp", "llama_cpp: no PicoLM binary is configured")
     if metadata is None:
