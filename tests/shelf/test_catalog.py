@@ -23,6 +23,7 @@ from picolm_server.models.embedded import EMBEDDED_MODEL_ID
 from picolm_server.shelf.catalog import Catalog, ShelfModel, build_catalog
 from tests.shelf.conftest import write_model
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
+from tests.test_gguf import CHECKED_HOSTILE, HOSTILE
 
 BINARY = "/opt/picolm/picolm"  # the catalog names the binary; the engine's factory runs it
 
@@ -370,3 +371,20 @@ def test_real_models_side_by_side(tmp_path: Path, smollm2: Path, gemma_head: Pat
     # With the embedded model on the shelf, the link to its file is that model: one
     # file is one model, loaded once.
     assert ids(catalog(settings)) == [EMBEDDED_MODEL_ID, "gemma-head", "tiny"]
+
+
+def test_a_directory_of_hostile_files_still_serves_its_good_model(tmp_path: Path) -> None:
+    directory = tmp_path / "models"
+    directory.mkdir()
+    write_model(directory / "good.gguf")
+    hostile = {**HOSTILE, **CHECKED_HOSTILE}
+    for index, name in enumerate(sorted(hostile)):
+        (directory / f"bad-{index}.gguf").write_bytes(hostile[name])
+    shelf = catalog({"models_dir": str(directory)}, embedded=no_embedded)
+    assert len(shelf) == len(hostile) + 1
+    good = shelf.find("good")
+    assert good is not None and good.problem is None and good.estimate_bytes > 0
+    for model in shelf:
+        if model is not good:
+            assert model.problem is not None and "\n" not in model.problem, model.id
+            assert (model.estimate_bytes, model.engine) == (0, "llama_cpp")

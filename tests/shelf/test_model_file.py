@@ -3,15 +3,18 @@ named .gguf, a truncated or hostile GGUF are each one clear line, never a crash.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import gguf
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from picolm_server.gguf import GGUFValueType
+from picolm_server.gguf import GGMLType, GGUFValueType
 from picolm_server.shelf.model_file import ModelFileError, check_model_file
 from tests.shelf.conftest import write_model
-from tests.support.gguf_bytes import Array
+from tests.support.gguf_bytes import Array, gguf_model_bytes, llama_kvs
 
 
 def refusal(path: Path) -> str:
@@ -71,3 +74,37 @@ def test_head_counts_given_per_layer_are_read(tmp_path: Path) -> None:
     )
     values = check_model_file(path).metadata.values
     assert list(values["llama.attention.head_count_kv"]) == [2, 0]
+
+
+WHOLE_MODEL = gguf_model_bytes(llama_kvs(), [("a", (256, 4), GGMLType.Q4_K), ("b", (64,), 0)])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(WHOLE_MODEL) - 1), st.binary(min_size=1, max_size=8)),
+        min_size=1,
+        max_size=4,
+    ),
+    cut=st.integers(0, len(WHOLE_MODEL)),
+)
+def test_a_damaged_file_is_refused_or_read_never_a_crash(
+    edits: list[tuple[int, bytes]], cut: int
+) -> None:
+    data = bytearray(WHOLE_MODEL)
+    for at, patch in edits:
+        data[at : at + len(patch)] = patch
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "m.gguf"
+        path.write_bytes(bytes(data[:cut]))
+        try:
+            checked = check_model_file(path)
+        except ModelFileError as exc:
+            assert "\n" not in str(exc)
+            return
+        # Read: then every tensor's data lies inside the file.
+        table = checked.metadata.tensor_table
+        assert table is not None
+        assert all(
+            table.data_offset + t.offset + t.n_bytes <= checked.size_bytes for t in table.tensors
+        )
