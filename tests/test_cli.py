@@ -144,3 +144,23 @@ def test_embedding_model_from_flag_env_and_file(
     )
     flagged = load_from_args(["-config", str(config), "--embedding-model-path", "/flag.gguf"])
     assert flagged.llama_cpp.embedding_model_path == "/flag.gguf"
+
+
+def test_shelf_flags(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("models_dir: /from/file\nshelf:\n  keep_alive: 1h\n")
+    from_file = load_from_args(["-config", str(config)])
+    assert from_file.models_dir == "/from/file" and from_file.shelf.keep_alive == 3600.0
+    assert from_file.shelf.max_loaded_memory == 0  # auto
+    flags = ["-models-dir", "/flag", "--keep-alive", "-1", "--max-loaded-memory", "6GiB"]
+    settings = load_from_args(["-config", str(config), *flags])
+    assert settings.models_dir == "/flag"
+    assert settings.shelf.keep_alive == -1.0
+    assert settings.shelf.max_loaded_memory == 6 * 1024**3
+    assert load_from_args(["-keep-alive", "30s"]).shelf.keep_alive == 30.0
+    assert load_from_args(["--max-loaded-memory", "AUTO"]).shelf.max_loaded_memory == 0
+
+
+def test_shelf_flag_errors_name_the_key(tmp_path: Path) -> None:
+    assert_refused(run_cli("--keep-alive", "soon"), "shelf.keep_alive", "soon")
+    assert_refused(run_cli("-max-loaded-memory", "lots"), "shelf.max_loaded_memory")

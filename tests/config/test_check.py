@@ -59,7 +59,7 @@ def test_every_problem_is_named_at_once() -> None:
         "engine",
         "server.port",
         "server.max_queue",
-        "server.cors_origins.0",
+        "server.cors_origins[0]",
         "server.extra",
         "picolm",
         "logging.log_requests",

@@ -69,6 +69,14 @@ def ours_now(file_values: dict[str, Any], overrides: dict[str, Any]) -> Settings
     return Settings.from_values(merge_sources(overrides, environment_values(), file_values))
 
 
+def key_of(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error's location as ours name keys: ``models[2].path``."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else part
+    return key
+
+
 def outcome(build: Any) -> Any:
     """The values built, or the error: its class, and each problem's key and message
     (pydantic's words; ours add the value given, and say "unknown key" for its
@@ -80,7 +88,7 @@ def outcome(build: Any) -> Any:
             "invalid",
             sorted(
                 (
-                    ".".join(str(part) for part in e["loc"]),
+                    key_of(e["loc"]),
                     "unknown key" if e["type"] == "extra_forbidden" else e["msg"],
                 )
                 for e in exc.errors()
@@ -118,6 +126,14 @@ ENVIRONMENTS: list[dict[str, str]] = [
     {"PICOLM_LLAMA_CPP__EMBEDDING_MODEL_PATH": "/e.gguf", "PICOLM_RESPONSES__STORE_PATH": "/s"},
     {"PICOLM_PICOLM": '{"binary": "/b", "threads": "2"}', "PICOLM_PICOLM__THREADS": "3"},
     {"PICOLM_BOGUS": "1", "PICOLM_ENGINEX": "picolm"},
+    # The model shelf.
+    {"PICOLM_MODELS_DIR": "/srv/models", "PICOLM_SHELF__KEEP_ALIVE": "1h30m"},
+    {"PICOLM_SHELF__MAX_LOADED_MEMORY": "6GiB", "PICOLM_SHELF__ALLOW_OVER_BUDGET": "yes"},
+    {"PICOLM_SHELF__KEEP_ALIVE": "-1", "PICOLM_SHELF__MAX_LOADED_MEMORY": "Auto"},
+    {"PICOLM_SHELF__KEEP_ALIVE": "forever", "PICOLM_SHELF__MAX_LOADED_MEMORY": "-5"},
+    {"PICOLM_MODELS": '[{"id": "a", "path": "/a.gguf", "aliases": ["x"], "keep_alive": "5m"}]'},
+    {"PICOLM_MODELS": '[{"id": "a"}, 3, {"id": "b", "path": "/b", "threads": "many"}]'},
+    {"PICOLM_MODELS": '{"id": "a", "path": "/a.gguf"}', "PICOLM_SHELF": '{"keep_alive": 0}'},
 ]
 FILES: list[dict[str, Any]] = [
     {},
@@ -147,8 +163,51 @@ FILES: list[dict[str, Any]] = [
         "picolm": {"context_length": "16", "timeout_seconds": "nan", "max_tokens": "2.0"},
         "logging": {"level": "WARNING"},
     },
+    # The model shelf: entries, their options (None is the section's), the defaults.
+    {
+        "models_dir": "~/models",
+        "models": [
+            {"id": "tiny", "path": "/m/tiny.gguf", "aliases": ["chat", "t"], "engine": "picolm"},
+            {
+                "id": "smol",
+                "path": "/m/smol.gguf",
+                "keep_alive": "30s",
+                "preload": "true",
+                "context_length": "4096",
+                "threads": 0,
+                "parallel": 2,
+                "temperature": None,
+                "cache_max_bytes": "64MiB",
+                "chat_template": "chatml",
+            },
+            {"id": "x", "path": "/x", "keep_alive": -7, "flash_attention": "off"},
+        ],
+        "shelf": {"keep_alive": "2h", "max_loaded_memory": "6GiB", "allow_over_budget": 1},
+    },
+    {
+        "models_dir": 5,
+        "models": [
+            {"id": "a"},
+            "b",
+            {"id": "c", "path": "/c", "engine": "gpu", "aliases": "c2", "keep_alive": "soon"},
+            {"id": "d", "path": "/d", "context_length": 1 << 21, "parallel": 0, "bogus": 1},
+            {"id": 7, "path": None, "keep_alive": 1e9, "top_p": 0, "preload": "maybe"},
+        ],
+        "shelf": {"keep_alive": "5 minutes", "max_loaded_memory": "lots", "extra": 1},
+    },
+    {
+        "models": {"id": "a", "path": "/a"},
+        "shelf": {"keep_alive": "nan", "max_loaded_memory": -1},
+        "picolm": {"context_length": 2_000_000},
+    },
+    {"models": [], "shelf": {"keep_alive": "1h30m15.5s", "max_loaded_memory": 123}},
 ]
-OVERRIDES: list[dict[str, Any]] = [{}, {"server": {"port": 3}}, {"engine": "picolm"}]
+OVERRIDES: list[dict[str, Any]] = [
+    {},
+    {"server": {"port": 3}},
+    {"engine": "picolm"},
+    {"models_dir": "/flag", "shelf": {"keep_alive": "10m", "max_loaded_memory": "1GiB"}},
+]
 
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS, ids=lambda e: json.dumps(e)[:60])

@@ -5,7 +5,8 @@ bounds (:func:`setting`); :func:`validate_settings` turns a mapping of sections 
 file, the environment and the flags) into them. It converts as pydantic's lax mode
 does, so that a file or variable means what it meant when the settings were pydantic
 models (``"8080"`` and ``8080.0`` are the port 8080, ``"yes"`` is true, ``"4MiB"`` is
-a size), and it reports every problem at once, by dotted key, in pydantic's words.
+a size), and it reports every problem at once, by key (``server.port``,
+``models[2].path``), in pydantic's words.
 ``tests/config/test_env.py`` holds it to a pydantic model built from the same
 dataclasses (:func:`.config_env.pydantic_model`) over many files and environments.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -190,8 +192,12 @@ class _Checker:
                 raw = values[name]
             elif f.default is not dataclasses.MISSING:
                 raw = f.default
-            else:  # a default factory: a section, or an empty list
-                raw = f.default_factory()  # type: ignore[operator]
+            elif f.default_factory is not dataclasses.MISSING:  # a section, or an empty list
+                raw = f.default_factory()
+            else:
+                self.fail(where, _Invalid("Field required", show=False))
+                ok = False
+                continue
             try:
                 converted[name] = self.value(hints[name], raw, where, f.metadata.get("bounds"))
             except _Invalid as problem:
@@ -217,6 +223,12 @@ class _Checker:
                     except ValueError as exc:
                         raise _Invalid(f"Value error, {exc}", raw) from None
             return self.value(hint, raw, key, bounds)
+        if origin in (typing.Union, types.UnionType):
+            # ``X | None``: None as it is, anything else checked as ``X``.
+            inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            if len(inner) != 1:
+                raise TypeError(f"{key}: only X | None is a settings union")
+            return None if raw is None else self.value(inner[0], raw, key, bounds)
         if dataclasses.is_dataclass(hint):
             section = self.section(hint, raw, key)  # type: ignore[arg-type]
             if section is None:
@@ -236,10 +248,13 @@ class _Checker:
                 raise _Invalid("Input should be a valid list", raw)
             items, ok = [], True
             for index, one in enumerate(raw):
+                where = f"{key}[{index}]"
                 try:
-                    items.append(self.value(item, one, f"{key}.{index}", None))
+                    items.append(self.value(item, one, where, None))
                 except _Invalid as problem:
-                    self.fail(f"{key}.{index}", problem)
+                    self.fail(where, problem)
+                    ok = False
+                except _SectionInvalid:
                     ok = False
             if not ok:
                 raise _SectionInvalid

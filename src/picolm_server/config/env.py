@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 import typing
 from typing import Any
 
@@ -34,6 +35,13 @@ def _annotation(hint: Any) -> Any:
         return typing.Annotated.__class_getitem__((_annotation(inner), *validators))
     if dataclasses.is_dataclass(hint):
         return pydantic_model(hint)  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return list[_annotation(item)]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        inner = [_annotation(arg) for arg in typing.get_args(hint) if arg is not type(None)]
+        return typing.Optional.__getitem__(*inner)
     return hint
 
 
@@ -48,6 +56,8 @@ def pydantic_model(cls: type, base: type[BaseModel] = BaseModel) -> type[BaseMod
         bounds: Bounds = f.metadata.get("bounds", Bounds())
         if f.default is not dataclasses.MISSING:
             default = Field(default=f.default, ge=bounds.ge, gt=bounds.gt, le=bounds.le)
+        elif f.default_factory is dataclasses.MISSING:  # required
+            default = Field(ge=bounds.ge, gt=bounds.gt, le=bounds.le)
         else:  # a section (its own model's defaults) or an empty list
             factory: Any = f.default_factory
             if dataclasses.is_dataclass(factory):

@@ -2,10 +2,12 @@
 
 The file keeps the layout of the original Go server (``server:``, ``picolm:``,
 ``logging:``) so its configuration files load unchanged; ``engine:`` and ``llama_cpp:``
-are additions with defaults. Sources, highest first: command-line flags, environment
-variables (``PICOLM_<SECTION>__<KEY>``, e.g. ``PICOLM_SERVER__PORT``), the YAML file,
-defaults. Any problem is raised as :class:`ConfigError` with a one-line message that
-names the key or path.
+are additions with defaults, and so is the model shelf: ``models_dir``, ``models:`` (one
+:class:`ModelEntry` each) and ``shelf:`` (:class:`ShelfSection`), which
+:mod:`picolm_server.shelf.catalog` turns into the list of models served. Sources,
+highest first: command-line flags, environment variables (``PICOLM_<SECTION>__<KEY>``,
+e.g. ``PICOLM_SERVER__PORT``), the YAML file, defaults. Any problem is raised as
+:class:`ConfigError` with a one-line message that names the key or path.
 
 Environment variables are decoded by pydantic-settings (:mod:`.config_env`), which is
 imported only when one of them is set: a server configured by its file and flags alone
@@ -68,6 +70,58 @@ def parse_size(value: object) -> int:
 # A byte count written as a number or with a unit ("4MiB").
 ByteSize = Annotated[int, Before(parse_size)]
 
+# The longest a context may be, in tokens: far past any model a small machine runs,
+# and a bound on what a configuration (or, later, a request) can make the engine allocate.
+MAX_CONTEXT_LENGTH = 1 << 20
+# The longest finite keep_alive: 30 days. Longer is what a negative value says (forever).
+MAX_KEEP_ALIVE_SECONDS = 30 * 24 * 3600.0
+KEEP_FOREVER = -1.0
+DEFAULT_KEEP_ALIVE_SECONDS = 300.0
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a duration such as ``"5m"``, ``"1h30m"``, ``"30s"``,
+    ``"250ms"`` (Go's and Ollama's spelling); any negative value is
+    :data:`KEEP_FOREVER`."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration")
+    seconds: float | None = None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body) if body else None
+        except ValueError:
+            parts = _DURATION_PART.findall(body)
+            if parts and "".join(number + unit for number, unit in parts) == body:
+                seconds = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds is None or seconds != seconds:  # nothing read, or NaN
+        raise ValueError('expected seconds or a duration, such as 300, "5m" or "1h"')
+    return KEEP_FOREVER if seconds < 0 else seconds
+
+
+# A time span: seconds, or a duration with units; negative means forever.
+Duration = Annotated[float, Before(parse_duration)]
+
+# max_loaded_memory: "auto" (stored as this) is a share of the memory available at start.
+AUTO_MEMORY_BUDGET = 0
+
+
+def parse_memory_budget(value: object) -> int:
+    """``"auto"`` (:data:`AUTO_MEMORY_BUDGET`) or a size in bytes (:func:`parse_size`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO_MEMORY_BUDGET
+    return parse_size(value)
+
+
+MemoryBudget = Annotated[int, Before(parse_memory_budget)]
+
 
 def _split_origins(value: object) -> object:
     """``"*"`` or ``"https://a, https://b"`` as well as a YAML list."""
@@ -125,7 +179,7 @@ class GenerationDefaults:
     threads: int = setting(4, ge=1)
     temperature: float = setting(0.7, ge=0.0, le=2.0)
     top_p: float = setting(0.9, gt=0.0, le=1.0)
-    context_length: int = setting(2048, ge=16)
+    context_length: int = setting(2048, ge=16, le=MAX_CONTEXT_LENGTH)
     timeout_seconds: float = setting(300.0, gt=0.0)
     chat_template: str = "auto"
 
@@ -195,6 +249,66 @@ EngineChoice = Literal["auto", "picolm", "llama_cpp"]
 
 
 @dataclass(frozen=True)
+class ShelfSection:
+    """The model shelf's defaults: how long an idle model stays loaded, and the memory
+    that loaded models may take together."""
+
+    # Seconds (or "5m", "1h"); 0 unloads as soon as the last request ends; negative:
+    # never unloaded.
+    keep_alive: Duration = setting(
+        DEFAULT_KEEP_ALIVE_SECONDS, ge=KEEP_FOREVER, le=MAX_KEEP_ALIVE_SECONDS
+    )
+    # Bytes (or "6GiB"), or "auto": a share of the memory available at start
+    # (picolm_server.shelf.budget).
+    max_loaded_memory: MemoryBudget = setting(AUTO_MEMORY_BUDGET, ge=0)
+    # Load a model even when it cannot fit the budget alone (machines with swap).
+    allow_over_budget: bool = False
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the ``models:`` list. An option left out (None) is the engine's
+    section's (``picolm:`` or ``llama_cpp:``); an option of the other engine is ignored,
+    so that an ``engine: auto`` entry can carry both. Bounds here are the looser of the
+    two sections'; the engine's own are checked when the entry meets its section."""
+
+    id: str
+    path: str
+    aliases: list[str] = field(default_factory=list)
+    engine: EngineChoice = "auto"
+    keep_alive: Duration | None = setting(None, ge=KEEP_FOREVER, le=MAX_KEEP_ALIVE_SECONDS)
+    preload: bool = False
+    # Both engines' options.
+    context_length: int | None = setting(None, ge=16, le=MAX_CONTEXT_LENGTH)
+    threads: int | None = setting(None, ge=0)
+    max_tokens: int | None = setting(None, ge=1)
+    temperature: float | None = setting(None, ge=0.0, le=2.0)
+    top_p: float | None = setting(None, gt=0.0, le=1.0)
+    timeout_seconds: float | None = setting(None, gt=0.0)
+    chat_template: str | None = None
+    prompt_cache: bool | None = None
+    cache_max_bytes: ByteSize | None = setting(None, ge=0)
+    # llama.cpp's.
+    parallel: int | None = setting(None, ge=1, le=64)
+    flash_attention: bool | None = None
+    deterministic: bool | None = None
+
+    def given_options(self) -> dict[str, Any]:
+        """The engine options this entry sets, by name."""
+        return {
+            name: value for name in ENTRY_OPTION_NAMES if (value := getattr(self, name)) is not None
+        }
+
+
+# The fields of an entry that are engine options (the rest say what and where it is).
+ENTRY_OPTION_NAMES: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(ModelEntry)
+    if f.name not in ("id", "path", "aliases", "engine", "keep_alive", "preload")
+)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole configuration. Build it with :func:`load_settings`."""
 
@@ -205,6 +319,11 @@ class Settings:
     logging: LoggingSection = field(default_factory=LoggingSection)
     responses: ResponsesSection = field(default_factory=ResponsesSection)
     structured_output: StructuredOutputSection = field(default_factory=StructuredOutputSection)
+    # The model shelf. Empty: $XDG_DATA_HOME/picolm-server/models, where ``pull`` puts
+    # models (picolm_server.models.default_models_dir).
+    models_dir: str = ""
+    models: list[ModelEntry] = field(default_factory=list)
+    shelf: ShelfSection = field(default_factory=ShelfSection)
 
     def resolved_engine(self) -> Literal["picolm", "llama_cpp"]:
         """``auto`` means PicoLM when its binary and model are configured, else llama.cpp."""

