@@ -197,3 +197,33 @@ class EmbeddingsUnsupportedError(EngineCannotError):
             "llama.cpp engine to use /v1/embeddings.",
             param=param,
         )
+
+
+class ModelLoadFailedError(APIError):
+    """500: a model on the shelf failed to load; the message names it and the cause."""
+
+    status_code = 500
+    error_type = "server_error"
+    default_code = "model_load_failed"
+
+    def __init__(self, model: str, cause: str) -> None:
+        super().__init__(f"The model `{model}` failed to load: {cause}", param="model")
+        self.model = model
+
+
+class InsufficientMemoryError(APIError):
+    """503: a model needs more memory than the shelf's budget, even alone."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "insufficient_memory"
+
+    def __init__(self, model: str, needed_bytes: int, budget_bytes: int) -> None:
+        super().__init__(
+            f"The model `{model}` needs {needed_bytes} bytes of memory, more than the "
+            f"loaded-memory budget of {budget_bytes} bytes (max_loaded_memory).",
+            param="model",
+        )
+        self.model = model
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
