@@ -23,10 +23,10 @@ from picolm_server.generation import (
     Conversation,
     Finish,
     FunctionTool,
-    GenerationCore,
     GenerationEvent,
     GenerationSpec,
     JSONOutput,
+    ModelCore,
     NamedTool,
     OutputRequest,
     RawPrompt,
@@ -36,9 +36,9 @@ from picolm_server.generation import (
     ToolCallDone,
     ToolCallStart,
 )
-from picolm_server.generation.scheduler import Scheduler
 from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from tests.support.scripted_engine import SCHEMA_ABILITIES, ScriptedEngine
+from tests.support.scripted_shelf import scripted_core
 
 WEATHER = FunctionTool(
     name="get_weather",
@@ -50,13 +50,12 @@ WEATHER = FunctionTool(
 )  # fmt: skip
 
 
-def core_for(engine: ScriptedEngine, template: str = "chatml") -> GenerationCore:
+def core_for(engine: ScriptedEngine, template: str = "chatml") -> ModelCore:
     source = builtin_template_source(template)
-    return GenerationCore(
-        engine=engine,
+    return scripted_core(
+        engine,
         template=ChatTemplate(template, source, eos_token="<|im_end|>"),
         defaults=GenerationDefaults(max_tokens=50, temperature=0.3, top_p=0.8),
-        scheduler=Scheduler(1, 1),
     )
 
 
@@ -64,7 +63,7 @@ def conversation(text: str = "hi", **fields: Any) -> GenerationSpec:
     return GenerationSpec(Conversation(({"role": "user", "content": text},)), **fields)
 
 
-async def events_of(core: GenerationCore, spec: GenerationSpec) -> list[GenerationEvent]:
+async def events_of(core: ModelCore, spec: GenerationSpec) -> list[GenerationEvent]:
     async with await core.open(spec) as stream:
         return [event async for event in stream]
 
@@ -83,7 +82,7 @@ def test_text_streams_as_deltas_then_finish_with_usage() -> None:
     assert isinstance(finish, Finish) and finish.reason == "stop"
     assert (finish.usage.prompt_tokens, finish.usage.cached_tokens) == (7, 3)
     assert finish.usage.completion_tokens == 2 and finish.usage.total_tokens == 9
-    assert engine.closed == 1 and core.scheduler.running == 0
+    assert engine.closed == 1 and core.core.models.running == 0
     request = engine.requests[0]
     assert "<|im_start|>user\nhi<|im_end|>" in request.prompt
     assert (request.max_tokens, request.temperature, request.top_p) == (50, 0.3, 0.8)
@@ -187,7 +186,7 @@ def test_an_engine_failure_mid_stream_is_raised_and_frees_everything() -> None:
         return seen
 
     assert run(consume()) == [TextDelta("a"), TextDelta("b")]
-    assert engine.closed == 1 and core.scheduler.running == 0
+    assert engine.closed == 1 and core.core.models.running == 0
 
 
 def test_a_stream_closed_early_stops_the_engine() -> None:
@@ -201,7 +200,7 @@ def test_a_stream_closed_early_stops_the_engine() -> None:
         await stream.aclose()
 
     run(take_one())
-    assert engine.closed == 1 and core.scheduler.running == 0
+    assert engine.closed == 1 and core.core.models.running == 0
 
 
 def test_a_raw_prompt_is_sent_as_it_is_with_only_the_clients_stops() -> None:
@@ -223,12 +222,14 @@ def test_a_nul_is_refused_where_the_engine_cannot_take_it() -> None:
     run(core_for(ScriptedEngine()).complete(spec))  # llama.cpp-like: a character like any
 
 
-def test_check_model() -> None:
-    core = core_for(ScriptedEngine())
-    core.check_model("scripted")
-    with pytest.raises(ModelNotFoundError) as caught:
-        core.check_model("gpt-4o")
-    assert caught.value.status_code == 404
+def test_a_model_is_found_by_name_and_no_name_is_the_default() -> None:
+    core = core_for(ScriptedEngine()).core
+    assert core.accept("scripted").model_id == "scripted"
+    assert core.accept("").model_id == "scripted"
+    for name in ("gpt-4o", "../../etc/passwd", "/nonexistent/scripted.gguf"):
+        with pytest.raises(ModelNotFoundError) as caught:
+            core.accept(name, param="body.model")
+        assert (caught.value.status_code, caught.value.param) == (404, "body.model")
 
 
 def test_tokenize_detokenize_and_embeddings_by_ability() -> None:
@@ -259,7 +260,7 @@ def test_errors_before_the_first_token_free_the_slot() -> None:
     for spec in too_long:
         with pytest.raises(APIError):
             run(core.complete(spec))  # no call in an empty reply
-    assert core.scheduler.running == 0
+    assert core.core.models.running == 0
 
 
 def test_count_prompt_tokens_is_what_a_generation_reports_without_a_slot() -> None:

@@ -12,15 +12,16 @@ import pytest
 from picolm_server.generation import (
     Conversation,
     Finish,
-    GenerationCore,
     GenerationSpec,
     JSONOutput,
+    ModelCore,
     OutputRequest,
     TextDelta,
 )
 from picolm_server.observability.observation import RequestRecord
-from tests.generation.test_core import core_for, events_of, run
+from tests.generation.test_core import events_of, run
 from tests.support.scripted_engine import SCHEMA_ABILITIES, ScriptedEngine
+from tests.support.scripted_shelf import scripted_core
 from tests.tool_calls.test_prompt_schema import CITY, MD_JSON_REQUEST, USER, instructor_system
 
 SYSTEM = {"role": "system", "content": instructor_system(CITY)}
@@ -32,10 +33,8 @@ def spec(*messages: dict[str, Any], json_object: bool = True, **fields: Any) -> 
     return GenerationSpec(Conversation(tuple(messages)), output=output, **fields)
 
 
-def core_with(engine: ScriptedEngine, setting: Any = "json_object") -> GenerationCore:
-    core = core_for(engine)
-    core.prompt_schema = setting
-    return core
+def core_with(engine: ScriptedEngine, setting: Any = "json_object") -> ModelCore:
+    return scripted_core(engine, prompt_schema=setting)
 
 
 def test_a_schema_in_the_prompt_holds_the_reply_on_a_grammar_engine() -> None:

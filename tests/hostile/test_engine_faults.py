@@ -238,7 +238,7 @@ def llama_faults() -> Iterator[InProcessServer]:
         {"engine": "llama_cpp", "llama_cpp": {"timeout_seconds": 300, "threads": 2}}
     )
     core = build_core(settings)
-    engine = core.engine
+    engine = core.models.loaded_engine(core.accept("").model_id)
     assert isinstance(engine, LlamaCppEngine)
     word = engine.tokenize(" word", add_special=False, parse_special=False)[0]
     loop = engine.decode_loop

@@ -12,13 +12,13 @@ import pytest
 
 from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import InvalidRequestError
-from picolm_server.generation import Conversation, GenerationCore, GenerationSpec
-from picolm_server.generation.scheduler import Scheduler
+from picolm_server.generation import Conversation, GenerationSpec
 from picolm_server.gguf import TOKENS_KEY, GGUFMetadata, GGUFValueType, read_gguf_metadata
 from picolm_server.prompting.chat_template import ChatTemplate, load_chat_template
 from picolm_server.prompting.template_choice import TemplateChoice, choose_builtin
 from tests.support.gguf_bytes import Array, gguf_bytes
 from tests.support.scripted_engine import ScriptedEngine
+from tests.support.scripted_shelf import scripted_core
 
 STRING, UINT32 = GGUFValueType.STRING, GGUFValueType.UINT32
 
@@ -145,12 +145,7 @@ def test_the_end_of_turn_ends_the_reply_printed_as_text(family_gguf: tuple[str, 
     template = load_chat_template("auto", read(path))
     end = FAMILIES[name].end_of_turn
     engine = ScriptedEngine(pieces=("Paris", f".{end}\nuser\n", "What else?"))
-    core = GenerationCore(
-        engine=engine,
-        template=template,
-        defaults=GenerationDefaults(max_tokens=20),
-        scheduler=Scheduler(1, 1),
-    )
+    core = scripted_core(engine, template=template, defaults=GenerationDefaults(max_tokens=20))
     spec = GenerationSpec(Conversation(({"role": "user", "content": "Capital of France?"},)))
     reply = asyncio.run(core.complete(spec))
     assert (reply.text, reply.finish_reason) == ("Paris.", "stop")

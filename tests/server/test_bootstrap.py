@@ -1,4 +1,5 @@
-"""Engines are built by one factory each, chosen from a table by the resolved name."""
+"""Engines are built by one factory each, chosen from a table by the model's engine;
+the shelf is built from the settings with its default model loaded."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import typing
 import pytest
 
 from picolm_server.config.settings import ConfigError, Settings, load_settings
+from picolm_server.generation.models import LoadedModel
 from picolm_server.server import bootstrap
-from tests.support.picolm_setup import PicoLMFiles
+from picolm_server.shelf.catalog import ShelfModel
+from tests.support.picolm_setup import MODEL_ID, PicoLMFiles
 
 
 def test_every_engine_name_has_a_factory() -> None:
@@ -17,12 +20,14 @@ def test_every_engine_name_has_a_factory() -> None:
     assert set(bootstrap.ENGINE_FACTORIES) == set(names)
 
 
-def test_the_resolved_name_picks_the_factory(monkeypatch: pytest.MonkeyPatch) -> None:
-    chosen: list[str] = []
+def test_the_model_s_engine_picks_the_factory(
+    monkeypatch: pytest.MonkeyPatch, picolm_files: PicoLMFiles
+) -> None:
+    chosen: list[tuple[str, str]] = []
 
-    def factory(name: str) -> typing.Callable[[Settings], bootstrap.BuiltEngine]:
-        def build(settings: Settings) -> bootstrap.BuiltEngine:
-            chosen.append(name)
+    def factory(name: str) -> typing.Callable[[Settings, ShelfModel], LoadedModel]:
+        def build(settings: Settings, model: ShelfModel) -> LoadedModel:
+            chosen.append((name, model.id))
             raise ConfigError(name)
 
         return build
@@ -30,20 +35,27 @@ def test_the_resolved_name_picks_the_factory(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(
         bootstrap, "ENGINE_FACTORIES", {name: factory(name) for name in bootstrap.ENGINE_FACTORIES}
     )
-    for overrides, expected in [
-        ({"engine": "picolm"}, "picolm"),
-        ({"engine": "llama_cpp"}, "llama_cpp"),
-        ({"picolm": {"binary": "/x", "model_path": "/y"}}, "picolm"),
-    ]:
+    picolm = picolm_files.config()
+    llama = {"llama_cpp": {"model_path": str(picolm_files.model), "model_id": "tiny"}}
+    for config, expected in [(picolm, "picolm"), (llama, "llama_cpp")]:
         with pytest.raises(ConfigError) as caught:
-            bootstrap.build_engine(load_settings(None, overrides))
+            bootstrap.build_core(Settings.from_values(config))
         assert str(caught.value) == expected
-    assert chosen == ["picolm", "llama_cpp", "picolm"]
+    assert chosen == [("picolm", MODEL_ID), ("llama_cpp", "tiny")]
 
 
-def test_the_picolm_factory_names_what_is_missing() -> None:
+def test_the_picolm_section_names_what_is_missing() -> None:
     with pytest.raises(ConfigError, match=r"picolm\.binary: required"):
-        bootstrap.build_engine(load_settings(None, {"engine": "picolm"}))
+        bootstrap.build_core(load_settings(None, {"engine": "picolm"}))
+
+
+def test_the_default_model_is_loaded_at_start_and_kept(picolm_files: PicoLMFiles) -> None:
+    core = bootstrap.build_core(Settings.from_values(picolm_files.config()))
+    shelf = core.models
+    assert shelf.loaded_engine(MODEL_ID) is not None
+    (model,) = shelf.describe()
+    assert (model.id, model.engine, model.loaded) == (MODEL_ID, "picolm", True)
+    assert model.chat_template is not None and model.chat_template.startswith("zephyr")
 
 
 def test_the_factory_logs_the_chat_template_and_why(
@@ -51,13 +63,15 @@ def test_the_factory_logs_the_chat_template_and_why(
 ) -> None:
     config = picolm_files.config()
     with caplog.at_level(logging.INFO, logger="picolm_server"):
-        built = bootstrap.build_engine(Settings.from_values(config))
+        core = bootstrap.build_core(Settings.from_values(config))
+    (model,) = core.models.describe()
     # The tiny LLaMA's vocabulary has no turn tokens and its GGUF no template.
-    assert built.template.name == "zephyr"
-    assert built.template.reason.startswith("no template in the GGUF and no turn tokens")
-    assert f"chat template: {built.template.description}" in caplog.messages
+    template = model.chat_template
+    assert template is not None
+    assert template.startswith("zephyr (no template in the GGUF and no turn tokens")
+    assert f"chat template: {template}" in caplog.messages
     config["picolm"]["chat_template"] = "chatml"
     with caplog.at_level(logging.INFO, logger="picolm_server"):
-        chosen = bootstrap.build_engine(Settings.from_values(config)).template
+        core = bootstrap.build_core(Settings.from_values(config))
     assert "chat template: chatml (set by picolm.chat_template)" in caplog.messages
-    assert chosen.description == "chatml (set by picolm.chat_template)"
+    assert core.models.describe()[0].chat_template == "chatml (set by picolm.chat_template)"

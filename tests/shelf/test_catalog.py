@@ -63,7 +63,7 @@ def test_no_configuration_is_the_embedded_smollm2(smollm2: Path) -> None:
     tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(smollm2).tensors)
     # The KV cache of 4 slots of 2048 tokens: 30 layers, 3 KV heads of 64, K and V, f16.
     assert model.estimate_bytes == tensor_bytes + 30 * (2048 * 4) * 2 * 3 * 64 * 2
-    assert (model.keep_alive, model.preload, model.problem) == (300.0, True, None)
+    assert (model.keep_alive, model.preload, model.problem) == (KEEP_FOREVER, True, None)
     assert model.describe() == (
         f"model {EMBEDDED_MODEL_ID!r}: llama_cpp: the embedded model; {model.path}, 98 MB, "
         f"about {model.estimate_bytes / 1e6:.0f} MB loaded"

@@ -28,10 +28,10 @@ from picolm_server.api.responses.store import ResponseStore
 from picolm_server.config.settings import Settings
 from picolm_server.generation import GenerationCore
 from picolm_server.generation.scheduler import Scheduler
-from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from picolm_server.server.app import create_app
 from tests.support.picolm_setup import MODEL_ID
 from tests.support.scripted_engine import DirectedEngine, ScriptedEngine
+from tests.support.scripted_shelf import scripted_shelf, shelf_model
 
 BASE_URL = "http://picolm.test"
 # What the session's PicoLM stand-in server is given (tests/conftest.py), so that a test
@@ -143,16 +143,17 @@ async def _serve(
         engine.model = replace(
             engine.model, id=settings.picolm.model_id, context_length=CONTEXT_LENGTH
         )
-    defaults = settings.picolm
-    core = GenerationCore(
-        engine=engine,
-        template=ChatTemplate("chatml", builtin_template_source("chatml"), eos_token="<|im_end|>"),
-        defaults=defaults,
-        scheduler=Scheduler(
-            settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
+    model_id = engine.model.id
+    server = settings.server
+    shelf = scripted_shelf(
+        {model_id: engine},
+        models={model_id: shelf_model(model_id, settings.picolm)},
+        scheduler=lambda e: Scheduler(
+            server.max_concurrent or e.abilities.parallel, server.max_queue
         ),
-        prompt_schema=settings.structured_output.prompt_schema,
+        max_waiting=server.max_queue,
     )
+    core = GenerationCore(models=shelf, prompt_schema=settings.structured_output.prompt_schema)
     app = app_for(core, settings)
     async with app.router.lifespan_context(app), contextlib.AsyncExitStack() as clients:
         server = InProcessServer(app, engine, core, settings.server.api_key, _clients=clients)

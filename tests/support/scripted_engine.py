@@ -67,7 +67,8 @@ class ScriptedEngine:
     delay: float = 0.0
     vocabulary: tuple[str, ...] = ("<s>", "hello", "world")
     requests: list[GenerationRequest] = field(default_factory=list)
-    closed: int = 0
+    closed: int = 0  # generations closed
+    unloaded: int = 0  # close() calls: the shelf unloaded the model
     grammar_problem: str | None = None
     model: ModelInfo = field(
         default_factory=lambda: ModelInfo("scripted", Path("scripted.gguf"), 4096, 0)
@@ -97,6 +98,9 @@ class ScriptedEngine:
 
     def health(self) -> EngineHealth:
         return EngineHealth(True, "scripted")
+
+    def close(self) -> None:
+        self.unloaded += 1
 
     def grammar_error(self, gbnf: str) -> str | None:
         return self.grammar_problem

@@ -14,10 +14,7 @@ import pytest
 from picolm_server.api.chat.convert import chat_spec, output_request, template_messages
 from picolm_server.api.chat.respond import chunk_events
 from picolm_server.api.chat.types import ChatCompletionRequest
-from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import InvalidRequestError
-from picolm_server.generation import GenerationCore
-from picolm_server.generation.scheduler import Scheduler
 from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from picolm_server.tool_calls import (
     ARRAY_CAP,
@@ -39,6 +36,7 @@ from picolm_server.tool_calls import (
 from picolm_server.tool_calls.grammar import _no_marker_text
 from picolm_server.tool_calls.prompting import response_format_section
 from tests.support.scripted_engine import ScriptedEngine
+from tests.support.scripted_shelf import scripted_core
 
 WEATHER = {
     "type": "function",
@@ -726,12 +724,7 @@ def test_stream_deltas_reassemble_the_call() -> None:
         + hermes_call("send_email", json.loads(email))
     )
     engine = ScriptedEngine(pieces=(text[:30], text[30:]))
-    core = GenerationCore(
-        engine=engine,
-        template=ChatTemplate("chatml", builtin_template_source("chatml"), eos_token="<|im_end|>"),
-        defaults=GenerationDefaults(max_tokens=50, temperature=0.3, top_p=0.8),
-        scheduler=Scheduler(1, 1),
-    )
+    core = scripted_core(engine)
     spec = chat_spec(request(tools=[WEATHER, EMAIL], stream=True))
 
     async def chunks() -> list[dict[str, Any]]:

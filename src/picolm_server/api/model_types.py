@@ -15,6 +15,16 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # The shelf's fields (extra to OpenAI's, which clients ignore).
+    engine: str
+    engine_reason: str
+    loaded: bool
+    size_bytes: int
+    memory_bytes: int
+    aliases: list[str]
+    chat_template: str | None
+    # Why it cannot load, when known without loading it (a missing file); else null.
+    problem: str | None = None
 
 
 class ModelList(BaseModel):

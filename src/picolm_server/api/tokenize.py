@@ -31,6 +31,9 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     content: str
+    # The model whose tokenizer to use (llama-server's route has one model; here the
+    # shelf's default when it is left out).
+    model: str | None = None
     add_special: bool = False
     parse_special: bool = True
     with_pieces: bool = False
@@ -40,6 +43,7 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     tokens: list[int]
+    model: str | None = None
 
 
 def piece_value(piece: bytes) -> str | list[int]:
@@ -68,7 +72,7 @@ def pieces_json(engine: Engine, tokens: Sequence[int]) -> JSONText:
 @router.post("/tokenize")
 async def tokenize(request: Request) -> JSONResponse:
     parsed = await parse_request(request, TokenizeRequest)
-    core = core_of(request)
+    core = core_of(request).model(parsed.model or "")
     tokens = await core.tokenize(
         parsed.content,
         add_special=parsed.add_special,
@@ -78,10 +82,11 @@ async def tokenize(request: Request) -> JSONResponse:
     if not parsed.with_pieces:
         return JSONResponse({"tokens": tokens})
     # Written in the tokenizer's worker thread: JSON text, rendered as it is.
-    return JSONResponse(await core.tokenizer_job(lambda: pieces_json(core.engine, tokens)))
+    return JSONResponse(await core.tokenizer_job(lambda engine: pieces_json(engine, tokens)))
 
 
 @router.post("/detokenize")
 async def detokenize(request: Request) -> JSONResponse:
     parsed = await parse_request(request, DetokenizeRequest)
-    return JSONResponse({"content": await core_of(request).detokenize(parsed.tokens)})
+    core = core_of(request).model(parsed.model or "")
+    return JSONResponse({"content": await core.detokenize(parsed.tokens)})

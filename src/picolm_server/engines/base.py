@@ -242,3 +242,8 @@ class Engine(Protocol):
         """One embedding per input. Engines whose abilities do not say ``embeddings``
         raise ``EmbeddingsUnsupportedError``."""
         ...
+
+    def close(self) -> None:
+        """Free what the model holds (the shelf unloads it); called once, after its last
+        generation, off the event loop. It may block."""
+        ...

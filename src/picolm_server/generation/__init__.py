@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .core import GenerationCore, Reply, ToolCall
+from .core import GenerationCore, ModelCore, Reply, ToolCall
 from .events import (
     Finish,
     FinishReason,
@@ -66,6 +66,7 @@ __all__ = [
     "GenerationEvent",
     "GenerationSpec",
     "JSONOutput",
+    "ModelCore",
     "NamedTool",
     "OutputRequest",
     "RawPrompt",

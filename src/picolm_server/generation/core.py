@@ -1,12 +1,15 @@
-"""The generation core: what every wire API calls. It owns the engine, the chat
-template, the server's defaults, the scheduler and the shutdown drain, and is the one
-place that reads the engine's abilities.
+"""The generation core: what every wire API calls. It owns the models it serves from
+(:mod:`.models`: the shelf), the shutdown drain and the tokenizer's admission, and is
+the one place that reads an engine's abilities.
 
-``open`` starts a generation and returns its :class:`EventStream` (errors before the
-first token are raised here, while an adapter can still answer with a status);
-``complete`` runs one to the end and returns a :class:`Reply`. ``tokenize``,
-``detokenize`` and ``embed`` give adapters the engine's tokenizer and embeddings,
-refused clearly where the engine cannot.
+A wire API first has the core :meth:`~GenerationCore.accept` the model its request
+names: that gives a :class:`ModelCore`, the core bound to that model. Its ``open``
+starts a generation and returns its :class:`EventStream` (errors before the first token
+are raised here, while an adapter can still answer with a status: a model that fails to
+load too); ``complete`` runs one to the end and returns a :class:`Reply`. ``tokenize``,
+``detokenize`` and ``embed`` give adapters the model's tokenizer and embeddings, refused
+clearly where its engine cannot. Each holds a lease on the model while it works, so
+that the shelf never unloads a model in use.
 
 Tokenizer work outside a generation (``tokenize``, ``detokenize``, token counts, and
 what an adapter runs with :meth:`GenerationCore.tokenizer_job`) costs CPU and memory in
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from ..config.settings import GenerationDefaults, PromptSchemaSetting
-from ..engines.base import EmbeddingInput, Embeddings, Engine, EngineAbilities, TokenLimitExceeded
+from ..engines.base import EmbeddingInput, Embeddings, Engine, TokenLimitExceeded
 from ..errors import (
     APIError,
     ContextLengthExceededError,
@@ -33,9 +36,9 @@ from ..errors import (
     ModelNotFoundError,
 )
 from ..observability.observation import NO_OBSERVER, GenerationObserver
-from ..prompting.chat_template import ChatTemplate
 from .drain import Drain
 from .events import Finish, FinishReason, TextDelta, ToolCallDone, Usage
+from .models import LoadedModel, ModelSource, RequestedModel
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -75,10 +78,7 @@ class Reply:
 
 @dataclass
 class GenerationCore:
-    engine: Engine
-    template: ChatTemplate
-    defaults: GenerationDefaults
-    scheduler: Scheduler
+    models: ModelSource
     drain: Drain = field(default_factory=Drain)
     tokenizer_work: Scheduler = field(
         default_factory=lambda: Scheduler(1, TOKENIZER_QUEUE, what="tokenizer job")
@@ -86,68 +86,119 @@ class GenerationCore:
     # Where a schema written in the prompt is taken as the reply's (structured_output).
     prompt_schema: PromptSchemaSetting = "json_object"
 
+    def accept(
+        self, model: str, observer: GenerationObserver = NO_OBSERVER, param: str = "model"
+    ) -> ModelCore:
+        """What every wire API does first with a parsed request: record the model it
+        asked for (the request log shows it, even when refused), then find it (404
+        ``model_not_found`` naming ``param`` for a name the server does not serve; a
+        name is only ever looked up, never made into a path)."""
+        observer.request_parsed(model)
+        return self.model(model, param)
+
+    def model(self, name: str, param: str = "model") -> ModelCore:
+        """The core bound to the model ``name`` names (no name: the default model)."""
+        try:
+            requested = self.models.find(name)
+        except ModelNotFoundError as exc:
+            exc.param = param
+            raise
+        return ModelCore(self, requested)
+
+    async def tokenizer_job(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (tokenizer work on a client's text) in a worker thread, admitted
+        through ``tokenizer_work``. A cancelled caller waits for the thread to finish:
+        the slot is never free while its work still runs."""
+        async with self.tokenizer_work.slot():
+            future = asyncio.get_running_loop().run_in_executor(None, work)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                while not future.done():  # a thread cannot be stopped: wait for it
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({future})
+                if not future.cancelled():
+                    future.exception()  # retrieved: nobody is left to be told of it
+                raise
+
+
+@dataclass(frozen=True)
+class ModelCore:
+    """The core bound to one model of its source: what a request's work runs on."""
+
+    core: GenerationCore
+    model: RequestedModel
+
     @property
     def model_id(self) -> str:
-        return self.engine.model.id
+        return self.model.id
 
     @property
-    def abilities(self) -> EngineAbilities:
-        return self.engine.abilities
+    def defaults(self) -> GenerationDefaults:
+        return self.model.defaults
 
-    def accept(self, model: str, observer: GenerationObserver = NO_OBSERVER) -> None:
-        """What every wire API does first with a parsed request: record the model it
-        asked for (the request log shows it, even when refused), then check it."""
-        observer.request_parsed(model)
-        self.check_model(model)
+    @contextlib.asynccontextmanager
+    async def loaded(self) -> AsyncIterator[LoadedModel]:
+        """The model, loaded and leased for the ``async with`` block."""
+        async with self.core.models.lease(self.model.id) as loaded:
+            yield loaded
 
-    def check_model(self, model: str, param: str = "model") -> None:
-        """404 ``model_not_found`` unless ``model`` is the served model's id."""
-        if model != self.model_id:
-            error = ModelNotFoundError(model)
-            error.param = param
-            raise error
+    async def inspect(self, look: Callable[[Engine], T]) -> T:
+        """``look`` at the model's engine (a quick read, on the event loop)."""
+        async with self.loaded() as loaded:
+            return look(loaded.engine)
 
-    def prepare(
-        self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
+    def _prepare(
+        self, loaded: LoadedModel, spec: GenerationSpec, observer: GenerationObserver
     ) -> Generation:
         """Validate and convert; raises 4xx errors before any engine work."""
         from .prepare import prepare
         from .run import Generation
 
-        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
+        core = self.core
+        prepared = prepare(
+            spec, loaded.engine, loaded.template, loaded.defaults, core.prompt_schema
+        )
         if prepared.plan is not None and prepared.plan.schema_from_prompt:
             observer.schema_from_prompt()
         return Generation(
-            engine=self.engine,
+            engine=loaded.engine,
             request=prepared.request,
             stops=prepared.stops,
-            timeout_seconds=self.defaults.timeout_seconds,
+            timeout_seconds=loaded.defaults.timeout_seconds,
             plan=prepared.plan,
             client_stops=prepared.client_stops,
             strip_leading_space=prepared.strip_leading_space,
             drop_result_echo=prepared.drop_result_echo,
-            drain=self.drain,
+            drain=core.drain,
             observer=observer,
         )
 
     async def open(
         self, spec: GenerationSpec, observer: GenerationObserver = NO_OBSERVER
     ) -> EventStream:
-        """Start a generation: every error before its first token (a 4xx, a full queue,
-        a prompt that does not fit, an engine that cannot start) is raised here. The
-        returned stream owns the slot and the engine until it is closed."""
-        generation = self.prepare(spec, observer)
-        try:
-            await generation.admit()
-        except ContextLengthExceededError as exc:
-            raise exc.for_field(spec.prompt.param) from None
-        # What the stream releases when it is closed: first the slot, whose wait (not
-        # its holding) ends when a shutdown drain does.
-        resources = contextlib.AsyncExitStack()
-        with self.drain.guard():
-            await resources.enter_async_context(self.scheduler.slot())
+        """Start a generation: every error before its first token (a model that cannot
+        load, a 4xx, a full queue, a prompt that does not fit, an engine that cannot
+        start) is raised here. The returned stream owns the lease on the model, its slot
+        and the engine until it is closed."""
         from .stream import EventStream
 
+        # What the stream releases when it is closed, last in first out: the slot, then
+        # the lease (a model is unloadable only once its last generation is done).
+        resources = contextlib.AsyncExitStack()
+        try:
+            loaded = await resources.enter_async_context(self.loaded())
+            generation = self._prepare(loaded, spec, observer)
+            try:
+                await generation.admit()
+            except ContextLengthExceededError as exc:
+                raise exc.for_field(spec.prompt.param) from None
+            # The slot's wait (not its holding) ends when a shutdown drain does.
+            with self.core.drain.guard():
+                await resources.enter_async_context(loaded.scheduler.slot())
+        except BaseException:
+            await resources.aclose()
+            raise
         stream = EventStream(generation, resources)
         try:
             await generation.start()
@@ -181,29 +232,21 @@ class GenerationCore:
                     )
         raise APIError("The generation ended without finishing.")  # pragma: no cover
 
-    # ---- the engine's tokenizer and embeddings ----
+    # ---- the model's tokenizer and embeddings ----
 
-    def _require_tokenizer(self) -> None:
-        if not self.abilities.tokenize:
+    @staticmethod
+    def _require_tokenizer(engine: Engine) -> None:
+        if not engine.abilities.tokenize:
             raise EngineCannotError(
                 "This model's engine cannot tokenize: its vocabulary could not be read."
             )
 
-    async def tokenizer_job(self, work: Callable[[], T]) -> T:
-        """Run ``work`` (tokenizer work on a client's text) in a worker thread, admitted
-        through ``tokenizer_work``. A cancelled caller waits for the thread to finish:
-        the slot is never free while its work still runs."""
-        async with self.tokenizer_work.slot():
-            future = asyncio.get_running_loop().run_in_executor(None, work)
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                while not future.done():  # a thread cannot be stopped: wait for it
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait({future})
-                if not future.cancelled():
-                    future.exception()  # retrieved: nobody is left to be told of it
-                raise
+    async def tokenizer_job(self, work: Callable[[Engine], T]) -> T:
+        """Run ``work`` on the model's engine in the core's tokenizer worker (see
+        :meth:`GenerationCore.tokenizer_job`), the model leased meanwhile."""
+        async with self.loaded() as loaded:
+            engine = loaded.engine
+            return await self.core.tokenizer_job(lambda: work(engine))
 
     async def tokenize(
         self,
@@ -215,10 +258,10 @@ class GenerationCore:
     ) -> list[int]:
         """The model's exact token ids for ``text``; more than
         :data:`MAX_TOKENIZE_TOKENS` of them is a 400 naming ``param``."""
-        self._require_tokenizer()
 
-        def work() -> list[int]:
-            return self.engine.tokenize(
+        def work(engine: Engine) -> list[int]:
+            self._require_tokenizer(engine)
+            return engine.tokenize(
                 text,
                 add_special=add_special,
                 parse_special=parse_special,
@@ -237,8 +280,12 @@ class GenerationCore:
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens``; an id outside the vocabulary is a 400 (``tokens``)."""
-        self._require_tokenizer()
-        return await self.tokenizer_job(lambda: self.engine.detokenize(list(tokens)))
+
+        def work(engine: Engine) -> str:
+            self._require_tokenizer(engine)
+            return engine.detokenize(list(tokens))
+
+        return await self.tokenizer_job(work)
 
     async def count_prompt_tokens(self, spec: GenerationSpec) -> int:
         """The prompt tokens a generation of ``spec`` would report (template and tools
@@ -246,13 +293,21 @@ class GenerationCore:
         than the context: counting is how a client finds out."""
         from .prepare import prepare
 
-        self._require_tokenizer()
-        prepared = prepare(spec, self.engine, self.template, self.defaults, self.prompt_schema)
-        return await self.tokenizer_job(lambda: self.engine.count_prompt_tokens(prepared.request))
+        async with self.loaded() as loaded:
+            engine = loaded.engine
+            self._require_tokenizer(engine)
+            prepared = prepare(
+                spec, engine, loaded.template, loaded.defaults, self.core.prompt_schema
+            )
+            return await self.core.tokenizer_job(
+                lambda: engine.count_prompt_tokens(prepared.request)
+            )
 
     async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
         """One embedding per input; engines that cannot embed get a 400
         (:class:`~picolm_server.errors.EmbeddingsUnsupportedError`)."""
-        if not self.abilities.embeddings:
-            raise EmbeddingsUnsupportedError(self.engine.model.owned_by)
-        return await self.engine.embed(inputs)
+        async with self.loaded() as loaded:
+            engine = loaded.engine
+            if not engine.abilities.embeddings:
+                raise EmbeddingsUnsupportedError(engine.model.owned_by)
+            return await engine.embed(inputs)

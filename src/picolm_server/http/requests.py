@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from starlette.requests import Request
 
 from ..errors import InvalidRequestError
-from ..generation import GenerationCore
+from ..generation import GenerationCore, ModelCore
 from ..observability.observation import GenerationObserver
 from ..observability.request_log import observer_of
 
@@ -121,15 +121,14 @@ async def accept(
     request: Request,
     kind: type[ModelRequestT],
     invalid: Callable[[ValidationError], InvalidRequestError] | None = None,
-) -> tuple[ModelRequestT, GenerationCore, GenerationObserver]:
+) -> tuple[ModelRequestT, ModelCore, GenerationObserver]:
     """The preamble of every route that serves a model: the body parsed as ``kind``
     (:func:`parse_request`), then the core accepts its model
     (:meth:`~picolm_server.generation.GenerationCore.accept`). Returns the request,
-    the core and the request's observer."""
+    the core bound to its model, and the request's observer."""
     parsed = await parse_request(request, kind, invalid)
-    core = core_of(request)
     observer = observer_of(request.scope)
-    core.accept(parsed.model, observer)
+    core = core_of(request).accept(parsed.model, observer)
     return parsed, core, observer
 
 

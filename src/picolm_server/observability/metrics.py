@@ -15,12 +15,11 @@ nobody scrapes never loads it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..generation.scheduler import Scheduler
 from ..http.route_table import Routes
 from .observation import RequestRecord
 from .series import Registry
@@ -38,11 +37,21 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, fl
 UNMATCHED_ROUTE = "unmatched"
 
 
+class Occupancy(Protocol):
+    """Generations running and waiting now (the shelf's, over its loaded models)."""
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+
 class ServerMetrics:
     def __init__(
         self,
         engine: str,
-        scheduler: Scheduler,
+        scheduler: Occupancy,
         store_available: Callable[[], bool] = lambda: True,
     ) -> None:
         self.engine = engine

@@ -4,9 +4,10 @@ log, CORS, gzip, API key, body size)."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -179,7 +180,18 @@ def create_app(
         ClientDisconnected: _client_gone,
         StarletteHTTPException: _http_error,
     }
-    app = Starlette(routes=routes, exception_handlers=exception_handlers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        core.models.start()
+        try:
+            yield
+        finally:
+            # Unloading saves what models keep across a restart (llama.cpp's prompt
+            # states) and ends their threads before the process exits.
+            await core.models.aclose()
+
+    app = Starlette(routes=routes, exception_handlers=exception_handlers, lifespan=lifespan)
     # A path with a stray slash is a 404 like any unknown path: Starlette's redirect to
     # the path without it builds its Location from the client's Host header.
     app.router.redirect_slashes = False
@@ -187,7 +199,7 @@ def create_app(
     # Opened on first use: an app that never serves /v1/responses makes no file.
     store = app.state.response_store = response_store or ResponseStore(None)
     app.state.metrics = ServerMetrics(
-        engine_name or "unknown", core.scheduler, lambda: store.status == "ok"
+        engine_name or "unknown", core.models, lambda: store.status == "ok"
     )
     open_paths = set(OPEN_PATHS)
     if metrics_public:

@@ -1,6 +1,7 @@
-"""From settings to a running generation core: pick the engine's factory from a table, check its
-files, load the model and its chat template. Every problem becomes a one-line
-:class:`ConfigError`."""
+"""From settings to a running generation core: the shelf's catalog, and the loader that
+turns one of its models into an engine (the factory of its engine, from a table), with
+its chat template and its own scheduler. Every problem becomes a one-line
+:class:`ConfigError` naming the setting (for a model of the shelf, its entry)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config.settings import ConfigError, GenerationDefaults, PicoLMSection, Settings
+from ..config.settings import (
+    ConfigError,
+    GenerationDefaults,
+    LlamaCppSection,
+    PicoLMSection,
+    Settings,
+)
 from ..engines.base import Engine
 from ..engines.picolm.engine import PicoLMEngine, PicoLMOptions
 from ..engines.picolm.kv_file import KVShape
@@ -21,15 +27,19 @@ from ..engines.picolm.prompt_store import PromptCache
 from ..engines.picolm.tokenizer import PicoLMTokenizer
 from ..engines.state_dir import StateDirRefused, default_state_dir
 from ..generation import GenerationCore
+from ..generation.models import LoadedModel
 from ..generation.scheduler import Scheduler
 from ..gguf import TOKENS_KEY, GGUFError, GGUFMetadata, read_gguf_metadata
 from ..models.embedded import (
-    EMBEDDED_MODEL_ID,
     LLAMA_EXTRA_HINT,
     EmbeddedModelMissing,
     embedded_model_file,
 )
 from ..prompting.chat_template import ChatTemplate, TemplateSetupError, load_chat_template
+from ..shelf.budget import memory_budget
+from ..shelf.catalog import ShelfModel, build_catalog
+from ..shelf.residency import ResidencyObserver
+from ..shelf.shelf import Shelf
 
 if TYPE_CHECKING:
     from ..engines.llama_cpp.embeddings import LlamaEmbedder
@@ -150,26 +160,17 @@ def _prompt_cache(
     return cache
 
 
-@dataclass(frozen=True)
-class BuiltEngine:
-    """An engine with the chat template and defaults its settings section gives it."""
-
-    engine: Engine
-    template: ChatTemplate
-    defaults: GenerationDefaults
-
-
-def build_picolm(settings: Settings) -> BuiltEngine:
-    """PicoLM: the user's binary and GGUF, its tokenizer and prompt-state cache."""
-    section = settings.picolm
-    if not section.binary:
+def build_picolm(settings: Settings, model: ShelfModel) -> LoadedModel:
+    """PicoLM: the user's binary and the model's GGUF, its tokenizer and prompt-state
+    cache."""
+    section = model.options
+    assert isinstance(section, PicoLMSection)
+    if not settings.picolm.binary:
         raise ConfigError("picolm.binary: required when engine is picolm")
-    if not section.model_path:
-        raise ConfigError("picolm.model_path: required when engine is picolm")
-    binary = _find_binary(section.binary)
-    model_path, metadata = _read_model("picolm.model_path", section.model_path)
+    binary = _find_binary(settings.picolm.binary)
+    model_path, metadata = _read_model(_path_key(model), str(model.path))
     template = _template(
-        "picolm.chat_template", section.chat_template, metadata, engine_adds_bos=True
+        _key(model, "chat_template"), section.chat_template, metadata, engine_adds_bos=True
     )
     # Nothing else needs the metadata's copy of the vocabulary (the tokenizer reads
     # its own, packed): dropped (its bytes as in the file, a few hundred KiB).
@@ -180,7 +181,7 @@ def build_picolm(settings: Settings) -> BuiltEngine:
         PicoLMOptions(
             binary=binary,
             model_path=model_path,
-            model_id=section.model_id,
+            model_id=model.id,
             threads=section.threads,
             context_length=section.context_length,
         ),
@@ -188,63 +189,101 @@ def build_picolm(settings: Settings) -> BuiltEngine:
         tokenizer=tokenizer,
         prompt_cache=cache,
     )
-    logger.info("engine: picolm (%s), model file: %s", binary, model_path)
-    return BuiltEngine(engine, template, section)
+    logger.info("model %r: engine picolm (%s), model file: %s", model.id, binary, model_path)
+    return _loaded(settings, engine, template, section)
 
 
-def build_llama_cpp(settings: Settings) -> BuiltEngine:
-    """llama.cpp in-process: the configured GGUF, or the embedded SmolLM2."""
-    llama_section = settings.llama_cpp
+def build_llama_cpp(settings: Settings, model: ShelfModel) -> LoadedModel:
+    """llama.cpp in-process: the model's GGUF (the embedded SmolLM2's, by default)."""
+    section = model.options
+    assert isinstance(section, LlamaCppSection)
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError(
             "the llama.cpp engine needs the llama extra, and no PicoLM binary is configured "
             f"(picolm.binary, picolm.model_path): run {LLAMA_EXTRA_HINT}"
         )
-    if llama_section.model_path:
-        model_path, metadata = _read_model("llama_cpp.model_path", llama_section.model_path)
-        model_id = llama_section.model_id or model_path.stem
-    else:
-        model_path, metadata = _read_model("embedded model", str(embedded_model_path()))
-        model_id = llama_section.model_id or EMBEDDED_MODEL_ID
+    model_path, metadata = _read_model(_path_key(model), str(model.path))
     from ..engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
 
-    threads = llama_section.threads or os.cpu_count() or 1
+    threads = section.threads or os.cpu_count() or 1
+    # The section's embedding model serves its own model's /v1/embeddings; the shelf's
+    # other models embed with themselves.
+    embedding_path = section.embedding_model_path if model.source == "default" else ""
     try:
         llama_engine = LlamaCppEngine(
             LlamaCppOptions(
                 model_path=model_path,
-                model_id=model_id,
-                context_length=llama_section.context_length,
+                model_id=model.id,
+                context_length=section.context_length,
                 threads=threads,
-                slots=llama_section.parallel,
-                prompt_reuse=llama_section.prompt_cache,
-                cache_max_bytes=llama_section.cache_max_bytes,
-                flash_attention=llama_section.flash_attention,
-                deterministic=llama_section.deterministic,
+                slots=section.parallel,
+                prompt_reuse=section.prompt_cache,
+                cache_max_bytes=section.cache_max_bytes,
+                flash_attention=section.flash_attention,
+                deterministic=section.deterministic,
             ),
-            embedder=_llama_embedder(settings, model_path, metadata, threads),
+            embedder=_llama_embedder(
+                settings, section, embedding_path, model_path, metadata, threads
+            ),
         )
     except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"llama_cpp.model_path: {model_path}: cannot load ({exc})") from None
+        raise ConfigError(f"{_path_key(model)}: {model_path}: cannot load ({exc})") from None
     adds_bos = bool(metadata.values.get("tokenizer.ggml.add_bos_token", True))
-    template = _template(
-        "llama_cpp.chat_template", llama_section.chat_template, metadata, engine_adds_bos=adds_bos
+    try:
+        template = _template(
+            _key(model, "chat_template"),
+            section.chat_template,
+            metadata,
+            engine_adds_bos=adds_bos,
+        )
+    except ConfigError:
+        llama_engine.close()
+        raise
+    logger.info("model %r: engine llama.cpp in-process, model file: %s", model.id, model_path)
+    return _loaded(settings, llama_engine, template, section)
+
+
+def _key(model: ShelfModel, option: str) -> str:
+    """The setting an option of ``model`` comes from, for error messages."""
+    if model.source == "models":
+        return f"{model.origin}.{option}"
+    return f"{model.engine}.{option}"
+
+
+def _path_key(model: ShelfModel) -> str:
+    if model.source == "models":
+        return f"{model.origin}.path"
+    return model.origin  # "picolm.model_path", a file of models_dir, "embedded model"
+
+
+def _loaded(
+    settings: Settings, engine: Engine, template: ChatTemplate, defaults: GenerationDefaults
+) -> LoadedModel:
+    return LoadedModel(
+        engine=engine,
+        template=template,
+        defaults=defaults,
+        scheduler=Scheduler(
+            settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
+        ),
     )
-    logger.info("engine: llama.cpp in-process, model file: %s", model_path)
-    return BuiltEngine(llama_engine, template, llama_section)
 
 
 def _llama_embedder(
-    settings: Settings, served_path: Path, served_metadata: GGUFMetadata, threads: int
+    settings: Settings,
+    section: LlamaCppSection,
+    embedding_path: str,
+    served_path: Path,
+    served_metadata: GGUFMetadata,
+    threads: int,
 ) -> LlamaEmbedder:
-    """The /v1/embeddings model: ``llama_cpp.embedding_model_path`` when set, else the
-    served model; loaded on first use, in an embedding context of its own."""
+    """The /v1/embeddings model: ``embedding_path`` when set, else the served model;
+    loaded on first use, in an embedding context of its own."""
     from ..engines.llama_cpp.embeddings import LlamaEmbedder, LlamaEmbeddingOptions
 
-    section = settings.llama_cpp
     path, metadata = served_path, served_metadata
-    if section.embedding_model_path:
-        path, metadata = _read_model("llama_cpp.embedding_model_path", section.embedding_model_path)
+    if embedding_path:
+        path, metadata = _read_model("llama_cpp.embedding_model_path", embedding_path)
     options = LlamaEmbeddingOptions.for_model(
         path,
         metadata,
@@ -255,27 +294,44 @@ def _llama_embedder(
     return LlamaEmbedder(options)
 
 
-# One factory per engine, by the name the settings resolve to.
-ENGINE_FACTORIES: Mapping[str, Callable[[Settings], BuiltEngine]] = {
+# One factory per engine, by the name the catalog gives a model.
+ENGINE_FACTORIES: Mapping[str, Callable[[Settings, ShelfModel], LoadedModel]] = {
     "picolm": build_picolm,
     "llama_cpp": build_llama_cpp,
 }
 
 
-def build_engine(settings: Settings) -> BuiltEngine:
-    return ENGINE_FACTORIES[settings.resolved_engine()](settings)
+def load_model(settings: Settings, model: ShelfModel) -> LoadedModel:
+    return ENGINE_FACTORIES[model.engine](settings, model)
 
 
-def build_core(settings: Settings) -> GenerationCore:
-    built = build_engine(settings)
-    engine, template = built.engine, built.template
-    logger.info("model id %r, context %d tokens", engine.model.id, engine.model.context_length)
+def build_shelf(settings: Settings, observer: ResidencyObserver | None = None) -> Shelf:
+    """The shelf of the settings' models, its models to preload loaded (the default
+    model's failure is a :class:`ConfigError`)."""
+    catalog = build_catalog(settings)
+    for model in catalog:
+        logger.info("%s", model.describe())
+    shelf = Shelf(
+        catalog,
+        lambda model: load_model(settings, model),
+        max_loaded_memory=memory_budget(settings.shelf),
+        allow_over_budget=settings.shelf.allow_over_budget,
+        max_waiting=settings.server.max_queue,
+        observer=observer,
+    )
+    shelf.load_at_start()
+    default = catalog.default
+    logger.info(
+        "default model %r; %d model(s) on the shelf, loaded-memory budget %d bytes",
+        default.id,
+        len(catalog),
+        shelf.residency.max_loaded_memory,
+    )
+    return shelf
+
+
+def build_core(settings: Settings, observer: ResidencyObserver | None = None) -> GenerationCore:
     return GenerationCore(
-        engine=engine,
-        template=template,
-        defaults=built.defaults,
-        scheduler=Scheduler(
-            settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
-        ),
+        models=build_shelf(settings, observer),
         prompt_schema=settings.structured_output.prompt_schema,
     )

@@ -1,5 +1,7 @@
-"""``GET /health``: whether the engine can serve, and how busy the server is. Open
-without the API key (orchestrators and load balancers probe it)."""
+"""``GET /health``: whether the default model's engine can serve, and how busy the
+server is. Open without the API key (orchestrators and load balancers probe it). It
+never loads a model: a default model that is not loaded now (the shelf made room for
+another) is loaded by its next request, and the server is healthy meanwhile."""
 
 from __future__ import annotations
 
@@ -14,15 +16,20 @@ router = Routes()
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    core = core_of(request)
-    state = core.engine.health()
+    models = core_of(request).models
+    default = models.find("").id
+    engine = models.loaded_engine(default)
+    ok, detail = True, "not loaded"
+    if engine is not None:
+        state = engine.health()
+        ok, detail = state.ok, state.detail
     body = {
-        "status": "ok" if state.ok else "unavailable",
-        "engine": state.detail,
-        "model": core.model_id,
-        "running": core.scheduler.running,
-        "queued": core.scheduler.queued,
+        "status": "ok" if ok else "unavailable",
+        "engine": detail,
+        "model": default,
+        "running": models.running,
+        "queued": models.queued,
         # Shown, not a 503: everything but stored responses still works without it.
         "response_store": request.app.state.response_store.status,
     }
-    return JSONResponse(body, status_code=200 if state.ok else 503)
+    return JSONResponse(body, status_code=200 if ok else 503)

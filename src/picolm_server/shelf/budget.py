@@ -129,3 +129,13 @@ def memory_budget(
             'read: give a size, such as "4GiB"'
         )
     return int(free * AUTO_SHARE)
+
+
+def resident_memory(statm: Path = Path("/proc/self/statm")) -> int | None:
+    """This process's resident memory in bytes (what a load adds to it is the model's
+    cost), or None where ``/proc`` cannot tell."""
+    try:
+        pages = int(statm.read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

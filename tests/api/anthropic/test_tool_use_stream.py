@@ -22,7 +22,7 @@ REPLY = '<tool_call>\n{"name": "send_email", "arguments": ' + json.dumps(INPUT) 
 
 
 async def stream_call() -> tuple[list[Any], anthropic.types.Message]:
-    app = create_app(core_for(ScriptedEngine(pieces=(REPLY,))), log_requests=False)
+    app = create_app(core_for(ScriptedEngine(pieces=(REPLY,))).core, log_requests=False)
     # This SDK brings its own httpx (httpx2): its client is given the app's transport.
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:

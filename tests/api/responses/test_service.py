@@ -16,13 +16,10 @@ from picolm_server.api.responses.service import (
 )
 from picolm_server.api.responses.store import ResponseStore
 from picolm_server.api.responses.types import ResponsesRequest
-from picolm_server.config.settings import GenerationDefaults
 from picolm_server.errors import ModelNotFoundError
-from picolm_server.generation import GenerationCore
-from picolm_server.generation.scheduler import Scheduler
-from picolm_server.prompting.chat_template import ChatTemplate, builtin_template_source
 from tests.api.responses.shapes import check_event, check_response, sse_events
 from tests.support.scripted_engine import ScriptedEngine
+from tests.support.scripted_shelf import scripted_core
 
 WEATHER = {
     "type": "function",
@@ -32,12 +29,7 @@ WEATHER = {
 
 
 def service_for(engine: ScriptedEngine, tmp_path: Path) -> ResponsesService:
-    core = GenerationCore(
-        engine=engine,
-        template=ChatTemplate("chatml", builtin_template_source("chatml"), eos_token="<|im_end|>"),
-        defaults=GenerationDefaults(max_tokens=50, temperature=0.3, top_p=0.8),
-        scheduler=Scheduler(1, 1),
-    )
+    core = scripted_core(engine).core
     return ResponsesService(core, ResponseStore(tmp_path / "responses.sqlite3"))
 
 

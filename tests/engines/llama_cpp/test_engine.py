@@ -431,7 +431,8 @@ def test_one_generation_at_a_time_while_requests_queue(debug_server: RunningServ
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
     from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
-    from picolm_server.server.bootstrap import EMBEDDED_MODEL_ID, embedded_model_path
+    from picolm_server.models.embedded import EMBEDDED_MODEL_ID
+    from picolm_server.server.bootstrap import embedded_model_path
 
     path = embedded_model_path()
     instance = LlamaCppEngine(

@@ -37,7 +37,8 @@ def make_engine(
     slots: int, reuse: bool, cache_max_bytes: int = 64 * 2**20, deterministic: bool = False
 ) -> Any:
     from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
-    from picolm_server.server.bootstrap import EMBEDDED_MODEL_ID, embedded_model_path
+    from picolm_server.models.embedded import EMBEDDED_MODEL_ID
+    from picolm_server.server.bootstrap import embedded_model_path
 
     return LlamaCppEngine(
         LlamaCppOptions(

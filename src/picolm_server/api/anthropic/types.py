@@ -89,7 +89,7 @@ ToolChoice = Annotated[
 class CountTokensRequest(_Request):
     """What ``/v1/messages/count_tokens`` takes: the prompt's part of a request."""
 
-    model: str
+    model: str = ""  # left out: the server's default model
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlockParam] | None = None
     tools: list[ToolParam] | None = None

@@ -36,7 +36,7 @@ async def create_completion(request: Request) -> Response:
     parsed, core, observer = await accept(request, CompletionRequest)
     refuse_unsupported(parsed)
     text = prompt_text(parsed)
-    fim = FimMarkers.of(core.engine) if parsed.suffix is not None else None
+    fim = await core.inspect(FimMarkers.of) if parsed.suffix is not None else None
     spec = completion_spec(parsed, engine_prompt(parsed, text, fim))
     echo = text if parsed.echo else ""
     writer = ChunkWriter(

@@ -14,7 +14,7 @@ class CompletionRequest(BaseModel):
     # Strict like the chat request: "yes" is not a boolean, 1.5 not an integer.
     model_config = ConfigDict(extra="allow", strict=True)
 
-    model: str
+    model: str = ""  # left out: the server's default model
     # A string, a list of strings, a token array or a list of token arrays (OpenAI's
     # four forms); which of them this server runs is decided in convert.py.
     prompt: str | list[str] | list[int] | list[list[int]] | None = None

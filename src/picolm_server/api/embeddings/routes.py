@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from ...engines.base import EmbeddingInput, Embeddings
 from ...errors import EngineTimeoutError
-from ...generation import GenerationCore
+from ...generation import ModelCore
 from ...http.requests import accept, until_disconnected
 from ...http.responses import JSONResponse
 from ...http.route_table import Routes
@@ -19,7 +19,7 @@ from .types import EmbeddingRequest
 router = Routes()
 
 
-async def _embed(core: GenerationCore, inputs: list[EmbeddingInput]) -> Embeddings:
+async def _embed(core: ModelCore, inputs: list[EmbeddingInput]) -> Embeddings:
     timeout = core.defaults.timeout_seconds
     try:
         with anyio.fail_after(timeout):
@@ -37,5 +37,5 @@ async def create_embeddings(request: Request) -> Response:
     result = await until_disconnected(request, _embed(core, inputs))
     if result.vectors:
         refuse_dimensions(parsed, len(result.vectors[0]))
-    reply = embedding_list(result, parsed.model, parsed.encoding_format)
+    reply = embedding_list(result, core.model_id, parsed.encoding_format)
     return JSONResponse(reply)

@@ -11,7 +11,7 @@ class EmbeddingRequest(BaseModel):
     # Strict like the other requests; unknown fields are accepted (clients send new ones).
     model_config = ConfigDict(extra="allow", strict=True)
 
-    model: str
+    model: str = ""  # left out: the server's default model
     # A string, strings, a token array or token arrays: see convert.embedding_inputs.
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"

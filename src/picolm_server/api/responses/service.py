@@ -88,12 +88,12 @@ class ResponsesService:
     ) -> tuple[EventStream, ResponseWriter, list[Item]]:
         """Check, convert and start the generation: every error before its first token
         (4xx, a full queue, a prompt that does not fit) is raised here."""
-        self.core.accept(request.model, observer)
+        core = self.core.accept(request.model, observer)
         refuse_unsupported(request)
         items, params = await self._conversation(request)
         spec = generation_spec(request, items, params)
-        stream = await self.core.open(spec, observer)
-        response = initial_response(request, self.core.defaults, self.core.model_id)
+        stream = await core.open(spec, observer)
+        response = initial_response(request, core.defaults, core.model_id)
         return stream, ResponseWriter(response), items
 
     async def _events(

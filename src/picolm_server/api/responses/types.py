@@ -99,7 +99,7 @@ class ReasoningParam(_Request):
 
 
 class ResponsesRequest(_Request):
-    model: str
+    model: str = ""  # left out: the server's default model
     input: str | list[InputItem] | None = None
     instructions: str | None = None
     tools: list[ToolParam] | None = None

@@ -213,6 +213,10 @@ class PicoLMEngine:
         # bytes of a merge buffer: a generous bound for SentencePiece vocabularies).
         self._piece_bytes = tokenizer.max_piece_bytes if tokenizer is not None else 256
 
+    def close(self) -> None:
+        """Nothing to free: PicoLM holds no memory between generations (a process per
+        generation), and every generation's process ends with it."""
+
     def health(self) -> EngineHealth:
         binary, model = self.options.binary, self.options.model_path
         if not os.access(binary, os.X_OK):
