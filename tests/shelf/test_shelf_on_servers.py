@@ -1,0 +1,203 @@
+"""Many models from one server process: real models on llama.cpp (SmolLM2, Gemma 3
+270M) beside a PicoLM model (the stand-in, or the real PicoLM when ``PICOLM_BINARY``
+names a build), picked by name; idle unloads; bad model files next to good ones.
+
+Greedy replies from the shelf are compared with the same model served alone, by a
+server of its own: a shelf must not change what a model says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import HAS_LLAMA
+from tests.shelf.conftest import write_model
+from tests.support.picolm_setup import MODEL_ID, PicoLMFiles
+from tests.support.server import RunningServer, run_server
+
+pytestmark = pytest.mark.skipif(not HAS_LLAMA, reason="needs the llama extra")
+
+REAL_PICOLM = os.environ.get("PICOLM_BINARY")
+PROMPTS = ("Name a colour.", "What is two plus two?")
+GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12}
+
+
+def picolm_config(picolm_files: PicoLMFiles) -> dict[str, Any]:
+    """The PicoLM section (the real build when given), as the shelf's default model."""
+    config = picolm_files.config()
+    if REAL_PICOLM:
+        config["picolm"]["binary"] = REAL_PICOLM
+    config["server"]["max_queue"] = 16
+    return config
+
+
+def replies(server: RunningServer, model: str) -> list[str]:
+    client = server.client(max_retries=0)
+    out = []
+    for prompt in PROMPTS:
+        completion = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], **GREEDY
+        )
+        assert completion.model == model
+        out.append(completion.choices[0].message.content or "")
+    return out
+
+
+def listing(server: RunningServer) -> dict[str, dict[str, Any]]:
+    body = httpx.get(f"{server.openai_base_url}/models", timeout=30).json()
+    return {entry["id"]: entry for entry in body["data"]}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_two_llama_models_and_a_picolm_model_answer_as_they_do_alone(
+    tmp_path: Path, smollm2: Path, gemma_model: Path, picolm_files: PicoLMFiles
+) -> None:
+    llama = {"threads": 2, "parallel": 1}
+    alone: dict[str, list[str]] = {}
+    for model_id, path in (("smol", smollm2), ("gemma", gemma_model)):
+        config = {"llama_cpp": {**llama, "model_path": str(path), "model_id": model_id}}
+        with run_server(config, tmp_path / f"alone-{model_id}") as server:
+            alone[model_id] = replies(server, model_id)
+    with run_server(picolm_config(picolm_files), tmp_path / "alone-picolm") as server:
+        alone[MODEL_ID] = replies(server, MODEL_ID)
+
+    config = picolm_config(picolm_files)
+    config["llama_cpp"] = llama
+    config["models"] = [
+        {"id": "smol", "path": str(smollm2), "engine": "llama_cpp", "aliases": ["smollm2"]},
+        {"id": "gemma", "path": str(gemma_model), "engine": "auto"},
+    ]
+    with run_server(config, tmp_path / "shelf") as server:
+        models = listing(server)
+        assert list(models) == [MODEL_ID, "smol", "gemma"]
+        assert models[MODEL_ID]["engine"] == "picolm" and models[MODEL_ID]["loaded"]
+        assert models["gemma"]["engine"] == "llama_cpp" and not models["gemma"]["loaded"]
+        assert models["gemma"]["size_bytes"] == gemma_model.stat().st_size
+        estimate = models["gemma"]["memory_bytes"]
+        # Alternating: each model in turn, twice over.
+        for _ in range(2):
+            for model_id in (MODEL_ID, "smol", "gemma"):
+                assert replies(server, model_id) == alone[model_id], model_id
+        models = listing(server)
+        assert all(models[m]["loaded"] for m in ("smol", "gemma"))
+        # Measured after the load now, not the estimate from the file.
+        assert models["gemma"]["memory_bytes"] != estimate
+        assert models["gemma"]["chat_template"].startswith("gemma")
+
+        # Concurrent: every model at once, each asked both prompts.
+        async def all_at_once() -> dict[str, list[str]]:
+            client = server.async_client(max_retries=0)
+
+            async def ask(model_id: str, prompt: str) -> str:
+                completion = await client.chat.completions.create(
+                    model=model_id, messages=[{"role": "user", "content": prompt}], **GREEDY
+                )
+                return completion.choices[0].message.content or ""
+
+            ids = (MODEL_ID, "smol", "gemma")
+            got = await asyncio.gather(*(ask(m, p) for m in ids for p in PROMPTS))
+            return {m: got[i * len(PROMPTS) : (i + 1) * len(PROMPTS)] for i, m in enumerate(ids)}
+
+        assert asyncio.run(all_at_once()) == alone
+        # An alias answers as its model, under the model's id.
+        client = server.client(max_retries=0)
+        completion = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": PROMPTS[0]}], **GREEDY
+        )
+        assert completion.model == "smol"
+        assert completion.choices[0].message.content == alone["smol"][0]
+        # No model at all: the default one.
+        body = httpx.post(
+            f"{server.openai_base_url}/chat/completions",
+            json={"messages": [{"role": "user", "content": PROMPTS[0]}], **GREEDY},
+            timeout=60,
+        ).json()
+        assert body["model"] == MODEL_ID
+        assert body["choices"][0]["message"]["content"] == alone[MODEL_ID][0]
+        one = httpx.get(f"{server.openai_base_url}/models/smollm2", timeout=30).json()
+        assert (one["id"], one["loaded"], one["engine"]) == ("smol", True, "llama_cpp")
+
+
+def test_an_idle_model_unloads_after_its_keep_alive(tmp_path: Path, smollm2: Path) -> None:
+    config = {
+        "llama_cpp": {"threads": 2},
+        "models": [{"id": "smol", "path": str(smollm2), "keep_alive": "1s"}],
+        "models_dir": str(tmp_path / "empty"),
+    }
+    (tmp_path / "empty").mkdir()
+    with run_server(config, tmp_path / "server") as server:
+        # The first entry is the default model; without preload it waits for a request.
+        assert not listing(server)["smol"]["loaded"]
+        before = rss_bytes(server.process.pid)
+        replies(server, "smol")
+        loaded = rss_bytes(server.process.pid)
+        assert listing(server)["smol"]["loaded"]
+        for _ in range(600):  # polled: the unload's time is the keep_alive's, not ours
+            if not listing(server)["smol"]["loaded"]:
+                break
+            time.sleep(0.1)
+        assert not listing(server)["smol"]["loaded"]
+        after = rss_bytes(server.process.pid)
+        # The model's memory is given back (what stays is the allocator's and the
+        # libraries', a fraction of the model's).
+        assert loaded - before > 100_000_000, (before, loaded)
+        assert after - before < (loaded - before) / 2, (before, loaded, after)
+        assert re.search(r"model smol unloaded", server.log())
+        assert replies(server, "smol")  # and loads again on demand
+
+
+def test_bad_model_files_fail_their_requests_and_the_others_serve(
+    tmp_path: Path, smollm2: Path
+) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    (models_dir / "notes.gguf").write_text("not a model, a text file\n")
+    whole = write_model(tmp_path / "whole.gguf").read_bytes()
+    (models_dir / "cut.gguf").write_bytes(whole[: len(whole) // 2])
+    write_model(models_dir / "alien.gguf", arch="nonesuch")
+    config = {
+        "llama_cpp": {"model_path": str(smollm2), "model_id": "smol", "threads": 2},
+        "models_dir": str(models_dir),
+    }
+    with run_server(config, tmp_path / "server") as server:
+        models = listing(server)
+        assert set(models) == {"smol", "notes", "cut", "alien"}
+        assert models["notes"]["problem"] and models["cut"]["problem"]
+        for name, cause in (
+            ("notes", "not a GGUF file"),
+            ("cut", "truncated|ends|beyond|past the end"),
+            ("alien", "cannot load|architecture"),
+        ):
+            response = httpx.post(
+                f"{server.openai_base_url}/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=120,
+            )
+            assert response.status_code == 500, (name, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "model_load_failed" and error["param"] == "model"
+            assert error["message"].startswith(f"The model `{name}` failed to load: ")
+            assert re.search(cause, error["message"]), error["message"]
+            assert replies(server, "smol")  # the server is up and the good model serves
+        for name in ("../../etc/passwd", "notes.gguf", str(models_dir / "notes.gguf")):
+            response = httpx.post(
+                f"{server.openai_base_url}/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            )
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "model_not_found"
