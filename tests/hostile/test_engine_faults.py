@@ -266,7 +266,7 @@ def llama_faults() -> Iterator[InProcessServer]:
         uvicorn_server.should_exit = True
         thread.join()
         logging.getLogger("picolm_server").removeHandler(handler)
-        engine.close()
+        # The app's lifespan unloaded the model (the engine is closed) on its way out.
 
 
 def llama_chat(server: InProcessServer, content: str, **extra: Any) -> httpx.Response:

@@ -169,6 +169,7 @@ class LlamaCppEngine:
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"
         )
+        self._closed = False
 
     def health(self) -> EngineHealth:
         return EngineHealth(True, f"llama.cpp in-process ({self.options.model_path.name})")
@@ -307,6 +308,10 @@ class LlamaCppEngine:
         return self._grammars.sampler(gbnf)
 
     def close(self) -> None:
+        # Once: a second llama_free of the same context would abort the process.
+        if self._closed:
+            return
+        self._closed = True
         if self._embedder is not None:
             self._embedder.close()
         self._tokenizer_thread.shutdown(wait=True)
