@@ -101,7 +101,7 @@ def test_tokenizer_jobs_run_one_at_a_time_behind_a_bounded_queue() -> None:
         engine = BlockingEngine()
         core = core_for(engine)
         jobs = [asyncio.ensure_future(core.tokenize("hello")) for _ in range(1 + TOKENIZER_QUEUE)]
-        while core.tokenizer_work.queued < TOKENIZER_QUEUE:  # noqa: ASYNC110 (the queue is the observed state)
+        while core.core.tokenizer_work.queued < TOKENIZER_QUEUE:  # noqa: ASYNC110 (the queue is the observed state)
             await asyncio.sleep(0.01)
         with pytest.raises(QueueFullError) as refused:
             await core.tokenize("hello")
@@ -127,7 +127,7 @@ def test_a_cancelled_tokenizer_job_keeps_its_slot_until_its_thread_ends() -> Non
         second = asyncio.ensure_future(core.tokenize("hello"))
         await asyncio.sleep(0.1)
         # The first job's thread still runs: the second has not started beside it.
-        assert engine.running == 1 and core.tokenizer_work.queued == 1
+        assert engine.running == 1 and core.core.tokenizer_work.queued == 1
         engine.release.set()
         assert await second == [0, engine.vocabulary.index("hello")]
         assert engine.most_at_once == 1

@@ -28,7 +28,7 @@ BIG = {**CHAT, "padding": "x" * 4096}
 def post(
     path: str, body: dict[str, Any], *, draining: bool = False, **options: Any
 ) -> httpx.Response:
-    core = core_for(ScriptedEngine())
+    core = core_for(ScriptedEngine()).core
     app = create_app(core, log_requests=False, max_body=2048, **options)
     if draining:
         core.drain.begin()

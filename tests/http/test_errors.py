@@ -126,14 +126,22 @@ async def test_lone_surrogate_escape_is_refused_not_a_crash(app_server: InProces
             assert response.status_code == 200, response.text
 
 
-async def test_missing_model_is_named(app_server: InProcessServer) -> None:
-    response = await app_server.http().post(
-        "/v1/chat/completions",
-        json={"messages": user("hi")},
-        headers=AUTH,
+async def test_no_model_is_the_default_model_and_a_wrong_one_is_named(
+    app_server: InProcessServer,
+) -> None:
+    http = app_server.http()
+    response = await http.post("/v1/chat/completions", json={"messages": user("hi")}, headers=AUTH)
+    assert response.status_code == 200 and response.json()["model"] == MODEL_ID
+    response = await http.post(
+        "/v1/chat/completions", json={"model": 7, "messages": user("hi")}, headers=AUTH
     )
     error = assert_error(response, 400, type_="invalid_request_error")
     assert error["param"] == "model" and "model" in error["message"]
+    response = await http.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": user("hi")}, headers=AUTH
+    )
+    error = assert_error(response, 404, type_="invalid_request_error")
+    assert (error["param"], error["code"]) == ("model", "model_not_found")
 
 
 async def test_invalid_parameter_through_sdk(client: openai.AsyncOpenAI) -> None:

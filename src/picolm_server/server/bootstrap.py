@@ -189,7 +189,13 @@ def build_picolm(settings: Settings, model: ShelfModel) -> LoadedModel:
         tokenizer=tokenizer,
         prompt_cache=cache,
     )
-    logger.info("model %r: engine picolm (%s), model file: %s", model.id, binary, model_path)
+    logger.info(
+        "model %r: engine picolm (%s), context %d tokens, model file: %s",
+        model.id,
+        binary,
+        engine.model.context_length,
+        model_path,
+    )
     return _loaded(settings, engine, template, section)
 
 
@@ -239,7 +245,12 @@ def build_llama_cpp(settings: Settings, model: ShelfModel) -> LoadedModel:
     except ConfigError:
         llama_engine.close()
         raise
-    logger.info("model %r: engine llama.cpp in-process, model file: %s", model.id, model_path)
+    logger.info(
+        "model %r: engine llama.cpp in-process, context %d tokens, model file: %s",
+        model.id,
+        llama_engine.model.context_length,
+        model_path,
+    )
     return _loaded(settings, llama_engine, template, section)
 
 
@@ -308,6 +319,8 @@ def load_model(settings: Settings, model: ShelfModel) -> LoadedModel:
 def build_shelf(settings: Settings, observer: ResidencyObserver | None = None) -> Shelf:
     """The shelf of the settings' models, its models to preload loaded (the default
     model's failure is a :class:`ConfigError`)."""
+    if settings.picolm.binary:  # named first, as it always was, before any model file
+        _find_binary(settings.picolm.binary)
     catalog = build_catalog(settings)
     for model in catalog:
         logger.info("%s", model.describe())
