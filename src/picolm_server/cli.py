@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     map_large_allocations()
     logger.info("listening on http://%s:%d", settings.server.host, settings.server.port)
     serve(app, settings.server, core.drain)
+    core.close()  # the event loop is gone: nothing waits on this
     return 0
 
 

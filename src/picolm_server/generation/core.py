@@ -85,6 +85,14 @@ class GenerationCore:
     )
     # Where a schema written in the prompt is taken as the reply's (structured_output).
     prompt_schema: PromptSchemaSetting = "json_object"
+    # What frees the engine when the server has stopped (None: nothing to free).
+    close_engine: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        """After the server has stopped serving: free the engine, which keeps what it
+        should (llama.cpp writes its prompt states to disk). Blocks."""
+        if self.close_engine is not None:
+            self.close_engine()
 
     @property
     def model_id(self) -> str:

@@ -13,13 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config.settings import ConfigError, GenerationDefaults, PicoLMSection, Settings
+from ..config.settings import (
+    ConfigError,
+    GenerationDefaults,
+    LlamaCppSection,
+    PicoLMSection,
+    Settings,
+)
 from ..engines.base import Engine
 from ..engines.picolm.engine import PicoLMEngine, PicoLMOptions
 from ..engines.picolm.kv_file import KVShape
 from ..engines.picolm.prompt_store import PromptCache
 from ..engines.picolm.tokenizer import PicoLMTokenizer
-from ..engines.state_dir import StateDirRefused, default_state_dir
+from ..engines.saved_states import file_identity
+from ..engines.state_dir import StateDirRefused, default_state_dir, make_private_dir
 from ..generation import GenerationCore
 from ..generation.scheduler import Scheduler
 from ..gguf import TOKENS_KEY, GGUFError, GGUFMetadata, read_gguf_metadata
@@ -118,18 +125,13 @@ def _prompt_cache(
     if shape is None:
         logger.warning("picolm: the model's shape is not in its metadata: prompt reuse is off")
         return None
-    try:
-        directory = (
-            Path(section.cache_dir).expanduser() if section.cache_dir else default_state_dir()
-        )
-    except RuntimeError as exc:  # no home directory to put the default under
-        logger.warning("picolm: no directory for prompt states (%s): reuse is off", exc)
+    directory = _state_directory("picolm", section.cache_dir)
+    if directory is None:
         return None
-    stat = model_path.stat()
-    identity = f"{model_path}|{stat.st_size}|{stat.st_mtime_ns}"
+    identity = file_identity(model_path)
     try:
         cache = PromptCache(
-            directory.resolve(),
+            directory,
             max_bytes=section.cache_max_bytes,
             model_identity=identity,
             shape=shape,
@@ -150,6 +152,39 @@ def _prompt_cache(
     return cache
 
 
+def _state_directory(section: str, cache_dir: str) -> Path | None:
+    """The base directory of a section's saved prompt states (``cache_dir``, else the
+    default), resolved; None when there is no home directory for the default."""
+    try:
+        directory = Path(cache_dir).expanduser() if cache_dir else default_state_dir()
+        return directory.resolve()
+    except RuntimeError as exc:  # no home directory to put the default under
+        logger.warning("%s: no directory for prompt states (%s): reuse is off", section, exc)
+        return None
+
+
+def llama_state_dir(section: LlamaCppSection) -> Path | None:
+    """Where llama.cpp engines keep their prompt states across unloads and restarts
+    (``LlamaCppOptions.state_dir``), checked private: None when reuse or its budget is
+    off. A ConfigError when the directory is unsafe; one that cannot be made now is
+    passed on (the engine retries it, and goes without meanwhile)."""
+    if not section.prompt_cache or section.cache_max_bytes <= 0:
+        return None
+    directory = _state_directory("llama_cpp", section.cache_dir)
+    if directory is None:
+        return None
+    try:
+        make_private_dir(directory)
+    except StateDirRefused as exc:
+        raise ConfigError(
+            f"llama_cpp.cache_dir: {exc}: prompt states hold every prompt's tokens "
+            "(use a private directory, or set llama_cpp.prompt_cache: false)"
+        ) from None
+    except OSError as exc:
+        logger.warning("llama_cpp: prompt states directory %s: %s", directory, exc)
+    return directory
+
+
 @dataclass(frozen=True)
 class BuiltEngine:
     """An engine with the chat template and defaults its settings section gives it."""
@@ -157,6 +192,8 @@ class BuiltEngine:
     engine: Engine
     template: ChatTemplate
     defaults: GenerationDefaults
+    # Frees the engine when the server stops (llama.cpp's prompt states go to disk then).
+    close: Callable[[], None] | None = None
 
 
 def build_picolm(settings: Settings) -> BuiltEngine:
@@ -219,6 +256,7 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
                 slots=llama_section.parallel,
                 prompt_reuse=llama_section.prompt_cache,
                 cache_max_bytes=llama_section.cache_max_bytes,
+                state_dir=llama_state_dir(llama_section),
                 flash_attention=llama_section.flash_attention,
                 deterministic=llama_section.deterministic,
             ),
@@ -231,7 +269,7 @@ def build_llama_cpp(settings: Settings) -> BuiltEngine:
         "llama_cpp.chat_template", llama_section.chat_template, metadata, engine_adds_bos=adds_bos
     )
     logger.info("engine: llama.cpp in-process, model file: %s", model_path)
-    return BuiltEngine(llama_engine, template, llama_section)
+    return BuiltEngine(llama_engine, template, llama_section, close=llama_engine.close)
 
 
 def _llama_embedder(
@@ -278,4 +316,5 @@ def build_core(settings: Settings) -> GenerationCore:
             settings.server.max_concurrent or engine.abilities.parallel, settings.server.max_queue
         ),
         prompt_schema=settings.structured_output.prompt_schema,
+        close_engine=built.close,
     )
