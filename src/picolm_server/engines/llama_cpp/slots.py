@@ -133,10 +133,11 @@ class ModelContext:
 
     def warm_up(self) -> None:
         """Decode a throwaway prompt of two rows and a token of one, then forget them, as
-        llama.cpp's own tools do at load: the first decodes of a new context cost far
-        more than later ones (about a second for SmolLM2 on two cores, measured in
-        ``bench/llama_state_restore.py``), and a model loaded for a request, or
-        reloaded with its prompt states, would otherwise charge it to the first one."""
+        llama.cpp's own tools do at load: the first decodes of a new context cost more
+        than later ones, and a model loaded for a request, or reloaded with its prompt
+        states, would otherwise charge that to the first one (SmolLM2 on two busy
+        cores: a second turn's TTFT after a reload 1.21 s with it, 1.34 s without; see
+        docs/benchmarks.md, "Prompt states across a reload")."""
         token = max(0, int(llama_cpp.llama_vocab_bos(self.vocab)))
         slot = Slot(0)
         self.decode([Row(slot, token, 0, False), Row(slot, token, 1, True)])
