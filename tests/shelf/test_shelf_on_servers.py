@@ -201,3 +201,72 @@ def test_bad_model_files_fail_their_requests_and_the_others_serve(
             )
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "model_not_found"
+
+
+def metric(server: RunningServer, name: str, model: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    match = re.search(rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_eight_requests_to_a_cold_model_cause_one_load(tmp_path: Path, smollm2: Path) -> None:
+    config = {
+        "server": {"max_queue": 16},
+        "llama_cpp": {"threads": 2},
+        "models": [{"id": "smol", "path": str(smollm2)}],
+        "models_dir": str(tmp_path / "empty"),
+    }
+    (tmp_path / "empty").mkdir()
+    with run_server(config, tmp_path / "server") as server:
+        assert metric(server, "picolm_model_loads_total", "smol") == 0
+
+        async def eight() -> list[str]:
+            client = server.async_client(max_retries=0)
+            completions = await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="smol",
+                        messages=[{"role": "user", "content": f"Count to {i}."}],
+                        max_tokens=4,
+                    )
+                    for i in range(8)
+                )
+            )
+            return [c.model for c in completions]
+
+        assert asyncio.run(eight()) == ["smol"] * 8
+        assert metric(server, "picolm_model_loads_total", "smol") == 1
+        assert len(re.findall(r"model smol loaded in", server.log())) == 1
+        text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+        loaded = re.search(r"^picolm_models_loaded_memory_bytes(?:\{[^}]*\})? (\S+)$", text, re.M)
+        assert loaded and float(loaded.group(1)) == listing(server)["smol"]["memory_bytes"]
+
+
+def test_a_budget_for_one_model_swaps_on_every_alternate_request(
+    tmp_path: Path, smollm2: Path, gemma_model: Path
+) -> None:
+    llama = {"threads": 2, "parallel": 1}
+    models = [
+        {"id": "smol", "path": str(smollm2), "engine": "llama_cpp"},
+        {"id": "gemma", "path": str(gemma_model), "engine": "llama_cpp"},
+    ]
+    base = {"llama_cpp": llama, "models": models, "models_dir": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
+    # What each takes, measured by a shelf without a budget to speak of.
+    with run_server(base, tmp_path / "measure") as server:
+        alone = {model: replies(server, model) for model in ("smol", "gemma")}
+        measured = {m: e["memory_bytes"] for m, e in listing(server).items()}
+    budget = int(max(measured.values()) * 1.3)
+    assert budget < sum(measured.values()), measured  # room for one, not both
+    config = {**base, "shelf": {"max_loaded_memory": budget}}
+    with run_server(config, tmp_path / "shelf") as server:
+        for turn in range(4):
+            model = ("smol", "gemma")[turn % 2]
+            assert replies(server, model) == alone[model]
+            loaded = {m for m, e in listing(server).items() if e["loaded"]}
+            assert loaded == {model}
+        assert metric(server, "picolm_model_loads_total", "smol") == 2
+        assert metric(server, "picolm_model_loads_total", "gemma") == 2
+        assert metric(server, "picolm_model_unloads_total", "smol") == 2
+        assert metric(server, "picolm_model_unloads_total", "gemma") == 1
+        assert "unloading smol to make room for gemma" in server.log()

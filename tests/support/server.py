@@ -76,7 +76,8 @@ def run_server(
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "server.log"
-    process_env = {**os.environ, **(env or {})}
+    # Default state directories inside the test's own folder, never the user's.
+    process_env = {**os.environ, "XDG_CACHE_HOME": str(workdir / "xdg-cache"), **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [

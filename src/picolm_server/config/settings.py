@@ -202,7 +202,11 @@ class LlamaCppSection(GenerationDefaults):
     parallel: int = setting(4, ge=1, le=64)
     # Reuse computed prompt states across requests (replies stay identical either way).
     prompt_cache: bool = True
-    # Host memory for prompt states of slots about to be overwritten; LRU eviction.
+    # Where prompt states go when the model is unloaded or the server stops, and come
+    # back from ("": $XDG_CACHE_HOME/picolm-server/prompt-states, as picolm's).
+    cache_dir: str = ""
+    # Host memory for prompt states of slots about to be overwritten, and again the
+    # states kept on disk per model; LRU eviction.
     cache_max_bytes: ByteSize = setting(256 * MIB, ge=0)
     # Flash attention: faster on long contexts, but then a reply can depend on what was
     # reused or batched beside it (its kernel's last bits depend on the batch's shape).

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -101,16 +102,31 @@ def make_private(fd: int, path: Path) -> None:
         os.chmod(path, FILE_MODE)
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new private file (fails if it exists)."""
+def write_private_file(path: Path, *parts: bytes) -> None:
+    """Write ``parts``, one after the other, to a new private file (fails if it exists)."""
     create_private_file(path)
     fd = os.open(path, os.O_WRONLY | NOFOLLOW | CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for data in parts:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        # os.kill(pid, 0) there sends Ctrl+C to a process group: taken as alive, another
+        # server's files are never removed.
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -256,6 +272,15 @@ class StateDir:
             with contextlib.suppress(OSError):
                 probe.unlink()
         return None
+
+    def remove_leftovers(self) -> None:
+        """Delete the files in progress (``RUN_PREFIX`` + process id) that processes no
+        longer running left behind; another live server's are left alone."""
+        for leftover in self.path.glob(f"{RUN_PREFIX}*"):
+            match = re.match(rf"{re.escape(RUN_PREFIX)}(\d+)-", leftover.name)
+            if match is None or not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def recheck(self) -> None:
         """Check now that the directory is still the same and can be written to (after

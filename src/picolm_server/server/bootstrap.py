@@ -25,7 +25,8 @@ from ..engines.picolm.engine import PicoLMEngine, PicoLMOptions
 from ..engines.picolm.kv_file import KVShape
 from ..engines.picolm.prompt_store import PromptCache
 from ..engines.picolm.tokenizer import PicoLMTokenizer
-from ..engines.state_dir import StateDirRefused, default_state_dir
+from ..engines.saved_states import file_identity
+from ..engines.state_dir import StateDirRefused, default_state_dir, make_private_dir
 from ..generation import GenerationCore
 from ..generation.models import LoadedModel
 from ..generation.scheduler import Scheduler
@@ -128,18 +129,13 @@ def _prompt_cache(
     if shape is None:
         logger.warning("picolm: the model's shape is not in its metadata: prompt reuse is off")
         return None
-    try:
-        directory = (
-            Path(section.cache_dir).expanduser() if section.cache_dir else default_state_dir()
-        )
-    except RuntimeError as exc:  # no home directory to put the default under
-        logger.warning("picolm: no directory for prompt states (%s): reuse is off", exc)
+    directory = _state_directory("picolm", section.cache_dir)
+    if directory is None:
         return None
-    stat = model_path.stat()
-    identity = f"{model_path}|{stat.st_size}|{stat.st_mtime_ns}"
+    identity = file_identity(model_path)
     try:
         cache = PromptCache(
-            directory.resolve(),
+            directory,
             max_bytes=section.cache_max_bytes,
             model_identity=identity,
             shape=shape,
@@ -158,6 +154,39 @@ def _prompt_cache(
         section.cache_max_bytes,
     )
     return cache
+
+
+def _state_directory(section: str, cache_dir: str) -> Path | None:
+    """The base directory of a section's saved prompt states (``cache_dir``, else the
+    default), resolved; None when there is no home directory for the default."""
+    try:
+        directory = Path(cache_dir).expanduser() if cache_dir else default_state_dir()
+        return directory.resolve()
+    except RuntimeError as exc:  # no home directory to put the default under
+        logger.warning("%s: no directory for prompt states (%s): reuse is off", section, exc)
+        return None
+
+
+def llama_state_dir(section: LlamaCppSection) -> Path | None:
+    """Where llama.cpp engines keep their prompt states across unloads and restarts
+    (``LlamaCppOptions.state_dir``), checked private: None when reuse or its budget is
+    off. A ConfigError when the directory is unsafe; one that cannot be made now is
+    passed on (the engine retries it, and goes without meanwhile)."""
+    if not section.prompt_cache or section.cache_max_bytes <= 0:
+        return None
+    directory = _state_directory("llama_cpp", section.cache_dir)
+    if directory is None:
+        return None
+    try:
+        make_private_dir(directory)
+    except StateDirRefused as exc:
+        raise ConfigError(
+            f"llama_cpp.cache_dir: {exc}: prompt states hold every prompt's tokens "
+            "(use a private directory, or set llama_cpp.prompt_cache: false)"
+        ) from None
+    except OSError as exc:
+        logger.warning("llama_cpp: prompt states directory %s: %s", directory, exc)
+    return directory
 
 
 def build_picolm(settings: Settings, model: ShelfModel) -> LoadedModel:
@@ -225,6 +254,7 @@ def build_llama_cpp(settings: Settings, model: ShelfModel) -> LoadedModel:
                 slots=section.parallel,
                 prompt_reuse=section.prompt_cache,
                 cache_max_bytes=section.cache_max_bytes,
+                state_dir=llama_state_dir(section),
                 flash_attention=section.flash_attention,
                 deterministic=section.deterministic,
             ),
@@ -321,6 +351,7 @@ def build_shelf(settings: Settings, observer: ResidencyObserver | None = None) -
     model's failure is a :class:`ConfigError`)."""
     if settings.picolm.binary:  # named first, as it always was, before any model file
         _find_binary(settings.picolm.binary)
+    llama_state_dir(settings.llama_cpp)  # an unsafe directory stops the start, named
     catalog = build_catalog(settings)
     for model in catalog:
         logger.info("%s", model.describe())

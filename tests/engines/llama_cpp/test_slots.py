@@ -13,6 +13,7 @@ import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +35,11 @@ FOLLOW_UPS = ["Tell me more.", "Say it in one sentence.", "Give an example."]
 
 
 def make_engine(
-    slots: int, reuse: bool, cache_max_bytes: int = 64 * 2**20, deterministic: bool = False
+    slots: int,
+    reuse: bool,
+    cache_max_bytes: int = 64 * 2**20,
+    deterministic: bool = False,
+    state_dir: Path | None = None,
 ) -> Any:
     from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
     from picolm_server.models.embedded import EMBEDDED_MODEL_ID
@@ -50,6 +55,7 @@ def make_engine(
             prompt_reuse=reuse,
             cache_max_bytes=cache_max_bytes,
             deterministic=deterministic,
+            state_dir=state_dir,
         )
     )
 

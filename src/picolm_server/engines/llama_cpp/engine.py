@@ -47,12 +47,15 @@ from ..base import (
     PromptAccepted,
     TextDelta,
 )
+from ..saved_states import file_identity
+from ..state_dir import StateDirRefused
 from .cpu_load import CpuLoad
 from .embeddings import LlamaEmbedder
 from .loop_wakeup import LoopWakeups
 from .sampling import GrammarCache, GrammarError, RequestSampler, SamplingSettings
 from .slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
 from .state_cache import StateCache, as_tokens
+from .state_store import StateStore
 from .vocab import TokenFloor, tokenize_capped
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
@@ -72,8 +75,13 @@ class LlamaCppOptions:
     slots: int = 1
     # Keep computed prompt states for the requests that come next.
     prompt_reuse: bool = True
-    # Host memory for states of slots about to be overwritten (0: none kept there).
+    # Host memory for states of slots about to be overwritten (0: none kept there), and
+    # again the bound of the states kept on disk.
     cache_max_bytes: int = 256 * 1024 * 1024
+    # The private state directory (state_dir.py): states are written there (in a folder
+    # of this model's) when the engine closes, and found there when an engine of the same
+    # model file opens. None: states live as long as the engine.
+    state_dir: Path | None = None
     # Faster attention on long contexts, but replies then depend in their last bits on
     # reuse and batching (see llama_slots).
     flash_attention: bool = False
@@ -156,8 +164,11 @@ class LlamaCppEngine:
             1, thread_name_prefix="llama-tokenize"
         )
         cache = StateCache(options.cache_max_bytes) if options.cache_max_bytes > 0 else None
+        store = self._state_store(options) if cache is not None else None
+        model_context = ModelContext(self._context, vocab, BATCH_TOKENS)
+        model_context.warm_up()
         self.decode_loop = DecodeLoop(
-            ModelContext(self._context, vocab, BATCH_TOKENS),
+            model_context,
             slots=options.slots,
             context_length=self.context_length,
             reuse=options.prompt_reuse,
@@ -165,11 +176,39 @@ class LlamaCppEngine:
             threads=options.threads,
             cpu_load=CpuLoad(),
             deterministic=options.deterministic,
+            store=store,
         )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"
         )
         self._closed = False
+
+    def _state_store(self, options: LlamaCppOptions) -> StateStore | None:
+        """The states earlier engines of this model saved, and where this one's go; None
+        when there is no state directory or it cannot be used (reuse in memory goes on)."""
+        if options.state_dir is None or not options.prompt_reuse:
+            return None
+        # States computed with flash attention have other last bits (see llama_slots).
+        compatibility = f"llama.cpp {self._llama_cpp.__version__}|flash {options.flash_attention}"
+        try:
+            store = StateStore(
+                options.state_dir,
+                model_identity=f"llama.cpp|{file_identity(options.model_path)}",
+                compatibility=compatibility,
+                max_bytes=options.cache_max_bytes,
+                # What an idle slot keeps at most (see llama_slots._leave_room).
+                max_tokens=self.context_length - 2,
+            )
+        except (StateDirRefused, OSError) as exc:
+            logger.warning("llama.cpp: prompt states are not kept on disk: %s", exc)
+            return None
+        logger.info(
+            "llama.cpp: prompt states on disk in %s (%d found, budget %d bytes)",
+            store.directory,
+            len(store),
+            options.cache_max_bytes,
+        )
+        return store
 
     def health(self) -> EngineHealth:
         return EngineHealth(True, f"llama.cpp in-process ({self.options.model_path.name})")
@@ -308,6 +347,9 @@ class LlamaCppEngine:
         return self._grammars.sampler(gbnf)
 
     def close(self) -> None:
+        """Stop the engine and free the model. Blocks (joins the decode loop, writes the
+        prompt states to the state directory, at most the store's ``save_seconds``): call
+        it off the event loop (``await asyncio.to_thread(engine.close)``)."""
         # Once: a second llama_free of the same context would abort the process.
         if self._closed:
             return

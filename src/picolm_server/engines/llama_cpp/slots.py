@@ -10,8 +10,11 @@ finishes or is cancelled leaves between steps, and the others never notice.
 **Reuse.** A slot keeps the state of what it last computed when its request ends (by
 default its prompt's: see the exactness paragraph below for why not the reply's). A new
 request takes the free slot sharing the longest token prefix with its prompt, or, when a
-state kept in host memory (:mod:`.llama_state_cache`) shares a longer one, restores that
-state into a free slot; a slot's state is saved there before it is overwritten. Only the
+state kept in host memory (:mod:`.state_cache`), or on disk (:mod:`.state_store`: states
+an earlier engine of the model saved), shares a longer one, restores that state into a
+free slot; a slot's state is saved in host memory before it is overwritten, and when
+the loop closes every slot's state and the host memory's go to disk (most recent
+first). Only the
 prompt's tokens after the shared prefix are computed (at least the last one, whose
 logits start the reply), and ``cached_tokens`` says how many were not.
 
@@ -34,11 +37,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ctypes
+import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +54,8 @@ from .cpu_load import WINDOW as CPU_READING_SECONDS
 from .cpu_load import CpuLoad
 from .loop_wakeup import LoopWakeup
 from .sampling import RequestSampler
-from .state_cache import StateCache, Tokens, as_tokens, common_prefix
+from .state_cache import SavedState, StateCache, Tokens, as_tokens, common_prefix
+from .state_store import StateStore
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
 
@@ -126,6 +131,20 @@ class ModelContext:
         batch.n_tokens = len(rows)
         return int(llama_cpp.llama_decode(self.ctx, batch))
 
+    def warm_up(self) -> None:
+        """Decode a throwaway prompt of two rows and a token of one, then forget them, as
+        llama.cpp's own tools do at load: the first decodes of a new context cost more
+        than later ones, and a model loaded for a request, or reloaded with its prompt
+        states, would otherwise charge that to the first one (SmolLM2 on two busy
+        cores: a second turn's TTFT after a reload 1.21 s with it, 1.34 s without; see
+        docs/benchmarks.md, "Prompt states across a reload")."""
+        token = max(0, int(llama_cpp.llama_vocab_bos(self.vocab)))
+        slot = Slot(0)
+        self.decode([Row(slot, token, 0, False), Row(slot, token, 1, True)])
+        self.decode([Row(slot, token, 2, True)])
+        llama_cpp.llama_synchronize(self.ctx)
+        llama_cpp.llama_memory_clear(self.memory, True)
+
     def sample(self, job: Job, row: int) -> int:
         return job.sampler.sample(self.ctx, row)
 
@@ -181,6 +200,7 @@ class DecodeLoop:
         threads: int = 1,
         cpu_load: CpuLoad | None = None,
         deterministic: bool = False,
+        store: StateStore | None = None,
     ) -> None:
         self.model = model
         # Every generated token computed two rows at a time (see "the batch" below).
@@ -194,6 +214,8 @@ class DecodeLoop:
         self.reuse = reuse
         # Host memory for states (only with reuse): None or a zero budget keeps none.
         self.cache = cache if reuse else None
+        # States on disk: those of earlier engines found here, this one's kept at close.
+        self.store = store if reuse else None
         self.slots = [Slot(seq) for seq in range(slots)]
         self._incoming: deque[Job] = deque()
         self._waiting: deque[Job] = deque()
@@ -220,6 +242,24 @@ class DecodeLoop:
             self._closing = True
             self._wake.notify()
         self._thread.join()
+        if self.store is not None:
+            try:
+                saved = self.store.save(self._states_to_keep())
+            except Exception:  # closing goes on: the states are only lost
+                logger.exception("could not save the prompt states")
+            else:
+                logger.debug("prompt states: %d written to %s", saved, self.store.directory)
+
+    def _states_to_keep(self) -> Iterator[tuple[Tokens, Callable[[], bytes]]]:
+        """Every state worth keeping, most recently used first: the slots' (a request's
+        prompt), then the host memory's (slots overwritten since). Only after the loop's
+        thread has stopped: the context is the caller's then."""
+        for slot in sorted(self.slots, key=lambda s: s.last_used, reverse=True):
+            if len(slot.tokens) >= 2:
+                yield slot.tokens, functools.partial(self.model.save, slot.seq)
+        if self.cache is not None:
+            for entry in self.cache.most_recent_first():
+                yield entry.tokens, functools.partial(_same, entry.data)
 
     # ---- the loop's thread ----
 
@@ -310,6 +350,9 @@ class DecodeLoop:
             entry, entry_shared = (
                 self.cache.best_match(prompt) if self.cache is not None else (None, 0)
             )
+            on_disk = self._from_disk(prompt, max(shared, entry_shared))
+            if on_disk is not None:
+                entry, entry_shared = on_disk
             if entry is not None and entry_shared > shared:
                 slot = least_recent
                 self._keep(slot)
@@ -331,6 +374,19 @@ class DecodeLoop:
         slot.job = job
         slot.last_used = time.monotonic()
         job.deliver(PromptAccepted(len(prompt), cached_tokens=shared))
+
+    def _from_disk(self, prompt: Tokens, shared: int) -> tuple[SavedState, int] | None:
+        """A state on disk sharing more than ``shared`` tokens with the prompt, read and
+        checked (None when there is none). Read on the loop's thread, which holds other
+        slots that long: about 60 ms for a 1,500-token state of SmolLM2 (35 MB), where
+        computing those tokens again takes seconds (bench/llama_state_restore.py)."""
+        if self.store is None:
+            return None
+        stored, stored_shared = self.store.best_match(prompt)
+        if stored is None or stored_shared <= shared:
+            return None
+        data = self.store.read(stored)
+        return None if data is None else (SavedState(stored.tokens, data), stored_shared)
 
     def _keep(self, slot: Slot) -> None:
         """Save the slot's state in host memory before any of it is overwritten."""
@@ -514,6 +570,10 @@ class DecodeLoop:
         if error is not None:
             job.deliver(error)
         job.deliver(JOB_RELEASED)
+
+
+def _same(data: bytes) -> bytes:
+    return data
 
 
 def deliver_to(wakeup: LoopWakeup, queue: asyncio.Queue[object]) -> Callable[[object], None]:

@@ -70,6 +70,9 @@ class StateCache:
         self._entries.move_to_end(best_key)
         return self._entries[best_key], best_length
 
+    def most_recent_first(self) -> list[SavedState]:
+        return list(reversed(self._entries.values()))
+
     def holds(self, tokens: Tokens) -> bool:
         """Whether an entry already holds ``tokens`` (or a longer run starting with them)."""
         return any(

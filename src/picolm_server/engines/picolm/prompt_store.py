@@ -27,12 +27,10 @@ function.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import re
-import struct
 import threading
 import time
 import uuid
@@ -40,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..saved_states import model_folder, over_budget, tokens_key
 from ..state_dir import (
     FILE_MODE,
     RECHECK_SECONDS,
@@ -86,30 +85,12 @@ class CacheLease:
     source: _Entry | None = field(default=None, repr=False)
 
 
-def _key(tokens: Sequence[int]) -> str:
-    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:32]
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     limit = min(len(a), len(b))
     index = 0
     while index < limit and a[index] == b[index]:
         index += 1
     return index
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":
-        # os.kill(pid, 0) there sends Ctrl+C to a process group: taken as alive, another
-        # server's files are never removed.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _unlink(path: Path) -> None:
@@ -138,8 +119,9 @@ class PromptCache:
         self.max_bytes = max_bytes
         self.shape = shape
         self.model_identity = model_identity
-        model_key = hashlib.sha256(model_identity.encode()).hexdigest()[:16]
-        self.state_dir = StateDir(directory, model_key, recheck_seconds=recheck_seconds)
+        self.state_dir = StateDir(
+            directory, model_folder(model_identity), recheck_seconds=recheck_seconds
+        )
         self.directory = self.state_dir.path
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -189,11 +171,10 @@ class PromptCache:
     def _load(self) -> None:
         """Adopt states left by an earlier run of this server, if they check out.
         Called with the lock held."""
-        for leftover in self.directory.glob(f"{RUN_PREFIX}*"):
-            match = re.match(rf"{re.escape(RUN_PREFIX)}(\d+)-", leftover.name)
-            if match is None or not _pid_alive(int(match.group(1))):
-                _unlink(leftover)
+        self.state_dir.remove_leftovers()
         for index_path in self.directory.glob(f"*{_INDEX_SUFFIX}"):
+            if index_path.name.startswith(RUN_PREFIX):  # another live server's, in progress
+                continue
             state_path = index_path.with_suffix(_STATE_SUFFIX)
             entry = self._read_index(index_path, state_path)
             if entry is None:
@@ -201,7 +182,7 @@ class PromptCache:
                 _unlink(index_path)
                 _unlink(state_path)
                 continue
-            self._entries[_key(entry.tokens)] = entry
+            self._entries[tokens_key(entry.tokens)] = entry
         for state_path in self.directory.glob(f"*{_STATE_SUFFIX}"):
             if not state_path.with_suffix(_INDEX_SUFFIX).exists():
                 _unlink(state_path)
@@ -227,7 +208,7 @@ class PromptCache:
             return None
         if not tokens or kv_file_positions(state_path, self.shape) != len(tokens):
             return None
-        if index_path.stem != _key(tokens):
+        if index_path.stem != tokens_key(tokens):
             return None
         return _Entry(tokens, state_path, size, float(record.get("used", 0)), sha256)
 
@@ -249,7 +230,7 @@ class PromptCache:
     def has(self, tokens: Sequence[int]) -> bool:
         """Whether exactly ``tokens`` are saved (and, if so, mark them recently used)."""
         with self._lock:
-            entry = self._entries.get(_key(tokens))
+            entry = self._entries.get(tokens_key(tokens))
             if entry is None or entry.tokens != tuple(tokens):
                 return False
             entry.last_used = time.time()
@@ -285,7 +266,7 @@ class PromptCache:
     def _drop(self, entry: _Entry) -> None:
         """Forget a state and delete its files (unless it was replaced meanwhile)."""
         with self._lock:
-            key = _key(entry.tokens)
+            key = tokens_key(entry.tokens)
             if self._entries.get(key) is entry:
                 del self._entries[key]
                 _unlink(entry.state_path.with_suffix(_INDEX_SUFFIX))
@@ -404,7 +385,7 @@ class PromptCache:
             self._failed(exc)
             self.discard(lease)
             return False
-        key = _key(tokens)
+        key = tokens_key(tokens)
         state_path = self.directory / f"{key}{_STATE_SUFFIX}"
         index_path = self.directory / f"{key}{_INDEX_SUFFIX}"
         index_tmp = self.directory / f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex}.json"
@@ -448,13 +429,10 @@ class PromptCache:
     def _evict(self) -> None:
         """Drop least recently used states until the budget holds (pinned ones stay).
         Called with the lock held."""
-        total = sum(entry.size for entry in self._entries.values())
-        for key, entry in sorted(self._entries.items(), key=lambda item: item[1].last_used):
-            if total <= self.max_bytes:
-                break
-            if entry.pins:
-                continue
-            del self._entries[key]
-            total -= entry.size
+        entries = self._entries
+        for key in over_budget(
+            ((key, e.size, e.last_used, not e.pins) for key, e in entries.items()), self.max_bytes
+        ):
+            entry = entries.pop(key)
             _unlink(entry.state_path.with_suffix(_INDEX_SUFFIX))
             _unlink(entry.state_path)
