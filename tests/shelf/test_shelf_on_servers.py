@@ -39,7 +39,7 @@ def picolm_config(picolm_files: PicoLMFiles) -> dict[str, Any]:
     return config
 
 
-def replies(server: RunningServer, model: str) -> list[str]:
+def completions(server: RunningServer, model: str) -> list[Any]:
     client = server.client(max_retries=0)
     out = []
     for prompt in PROMPTS:
@@ -47,8 +47,12 @@ def replies(server: RunningServer, model: str) -> list[str]:
             model=model, messages=[{"role": "user", "content": prompt}], **GREEDY
         )
         assert completion.model == model
-        out.append(completion.choices[0].message.content or "")
+        out.append(completion)
     return out
+
+
+def replies(server: RunningServer, model: str) -> list[str]:
+    return [c.choices[0].message.content or "" for c in completions(server, model)]
 
 
 def listing(server: RunningServer) -> dict[str, dict[str, Any]]:
@@ -262,9 +266,16 @@ def test_a_budget_for_one_model_swaps_on_every_alternate_request(
     with run_server(config, tmp_path / "shelf") as server:
         for turn in range(4):
             model = ("smol", "gemma")[turn % 2]
-            assert replies(server, model) == alone[model]
+            answered = completions(server, model)
+            assert [c.choices[0].message.content for c in answered] == alone[model]
             loaded = {m for m, e in listing(server).items() if e["loaded"]}
             assert loaded == {model}
+            if turn >= 2:
+                # Unloaded and loaded again since it last saw these prompts: their
+                # states came back from disk, and the replies are the same.
+                for completion in answered:
+                    details = completion.usage.prompt_tokens_details
+                    assert details is not None and details.cached_tokens, completion.usage
         assert metric(server, "picolm_model_loads_total", "smol") == 2
         assert metric(server, "picolm_model_loads_total", "gemma") == 2
         assert metric(server, "picolm_model_unloads_total", "smol") == 2
