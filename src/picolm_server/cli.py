@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .api.responses.store import ResponseStore
 from .config.settings import ConfigError, Settings, load_settings
+from .observability.metrics import ShelfMetrics
 from .server.app import create_app
 from .server.bootstrap import build_core
 from .server.footprint import map_large_allocations, release_startup_memory
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_from_args(args)
         configure_logging(settings.logging)
-        core = build_core(settings)
+        # Made before the shelf, which counts its first loads (at start) in it.
+        shelf_metrics = ShelfMetrics()
+        core = build_core(settings, shelf_metrics)
     except ConfigError as exc:
         print(f"picolm-server: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ui=settings.server.ui,
         sse_ping_seconds=settings.server.sse_ping_seconds,
         response_store=response_store,
+        shelf_metrics=shelf_metrics,
     )
     release_startup_memory()
     map_large_allocations()

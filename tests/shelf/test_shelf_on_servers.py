@@ -104,17 +104,20 @@ def test_two_llama_models_and_a_picolm_model_answer_as_they_do_alone(
 
         # Concurrent: every model at once, each asked both prompts.
         async def all_at_once() -> dict[str, list[str]]:
-            client = server.async_client(max_retries=0)
+            # Closed inside its event loop: a client left to the garbage collector would
+            # close its connections on a loop that is gone.
+            async with server.async_client(max_retries=0) as client:
 
-            async def ask(model_id: str, prompt: str) -> str:
-                completion = await client.chat.completions.create(
-                    model=model_id, messages=[{"role": "user", "content": prompt}], **GREEDY
-                )
-                return completion.choices[0].message.content or ""
+                async def ask(model_id: str, prompt: str) -> str:
+                    completion = await client.chat.completions.create(
+                        model=model_id, messages=[{"role": "user", "content": prompt}], **GREEDY
+                    )
+                    return completion.choices[0].message.content or ""
 
-            ids = (MODEL_ID, "smol", "gemma")
-            got = await asyncio.gather(*(ask(m, p) for m in ids for p in PROMPTS))
-            return {m: got[i * len(PROMPTS) : (i + 1) * len(PROMPTS)] for i, m in enumerate(ids)}
+                ids = (MODEL_ID, "smol", "gemma")
+                got = await asyncio.gather(*(ask(m, p) for m in ids for p in PROMPTS))
+            n = len(PROMPTS)
+            return {m: got[i * n : (i + 1) * n] for i, m in enumerate(ids)}
 
         assert asyncio.run(all_at_once()) == alone
         # An alias answers as its model, under the model's id.
@@ -225,7 +228,10 @@ def test_eight_requests_to_a_cold_model_cause_one_load(tmp_path: Path, smollm2: 
         assert metric(server, "picolm_model_loads_total", "smol") == 0
 
         async def eight() -> list[str]:
-            client = server.async_client(max_retries=0)
+            async with server.async_client(max_retries=0) as client:
+                return await asking(client)
+
+        async def asking(client: Any) -> list[str]:
             completions = await asyncio.gather(
                 *(
                     client.chat.completions.create(

@@ -1,4 +1,4 @@
-"""``GET /metrics``'s text: the server's series (:mod:`.metrics_series`) and the process's,
+"""``GET /metrics``'s text: the server's series (:mod:`.series`) and the process's,
 written by prometheus_client exactly as its own metric classes would be.
 
 Imported with the first scrape. Each :class:`Exposition` has a registry of its own (never

@@ -7,9 +7,14 @@ scheduler's running and queued counts are read at scrape time. Every series carr
 ``engine`` label (``picolm`` or ``llama_cpp``) so that several servers' metrics can be
 put side by side.
 
-The series are held by :mod:`.metrics_series`; prometheus_client is imported with the
-first scrape (:mod:`.metrics_exposition` writes its exposition from them), so a server
-nobody scrapes never loads it.
+The model shelf's series (:class:`ShelfMetrics`: loads, unloads, load seconds and the
+memory loaded, by model) are recorded from the shelf's residency events; they carry a
+``model`` label instead of ``engine``, since one shelf mixes engines and the model names
+its engine.
+
+The series are held by :mod:`.series`; prometheus_client is imported with the first
+scrape (:mod:`.exposition` writes its exposition from them), so a server nobody scrapes
+never loads it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # take minutes, up to the default 300 s time limit.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, float("inf"))
 
+# Seconds. SmolLM2 loads from the page cache in a fraction of a second; a model of a few
+# GB read from an SD card takes minutes.
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, float("inf"))
+
 UNMATCHED_ROUTE = "unmatched"
 
 
@@ -47,12 +56,66 @@ class Occupancy(Protocol):
     def queued(self) -> int: ...
 
 
+class ShelfMetrics:
+    """The model shelf's series, recorded from its residency's events: pass it as
+    ``Residency(observer=...)`` (it is a :class:`~..shelf.residency.ResidencyObserver`)
+    and to :class:`ServerMetrics` (``shelf=``) to have them scraped.
+
+    Its families are its own until a :class:`ServerMetrics` takes them, so that the
+    shelf can be built (and count its preloads) before the app exists.
+    """
+
+    def __init__(self) -> None:
+        registry = Registry()
+        self._loads = registry.counter(
+            "picolm_model_loads",
+            "Models loaded into memory, by model.",
+            ["model"],
+        )
+        self._unloads = registry.counter(
+            "picolm_model_unloads",
+            "Models unloaded from memory (keep_alive, room for another model, shutdown), by model.",
+            ["model"],
+        )
+        self._load_seconds = registry.histogram(
+            "picolm_model_load_seconds",
+            "Time a model took to load, by model.",
+            ["model"],
+            LOAD_BUCKETS,
+        )
+        self._memory = registry.gauge(
+            "picolm_model_memory_bytes",
+            "Memory a loaded model takes (measured after its load), by model; 0 once unloaded.",
+            ["model"],
+        )
+        self._loaded_memory = registry.gauge(
+            "picolm_models_loaded_memory_bytes",
+            "Memory the shelf's models take now, counted against max_loaded_memory "
+            "(loading and closing models included).",
+            [],
+        ).labels()
+        self.families = registry.families
+
+    def model_loaded(self, model_id: str, seconds: float, memory_bytes: int) -> None:
+        self._loads.labels(model_id).inc()
+        self._load_seconds.labels(model_id).observe(seconds)
+        self._memory.labels(model_id).set(memory_bytes)
+
+    def model_unloaded(self, model_id: str) -> None:
+        self._unloads.labels(model_id).inc()
+        self._memory.labels(model_id).set(0)
+
+    def loaded_memory(self, total_bytes: int) -> None:
+        self._loaded_memory.set(total_bytes)
+
+
 class ServerMetrics:
     def __init__(
         self,
         engine: str,
         scheduler: Occupancy,
         store_available: Callable[[], bool] = lambda: True,
+        shelf: ShelfMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry = Registry()
@@ -117,6 +180,8 @@ class ServerMetrics:
         )
         self._engine_errors = failures.labels(engine, "error")
         self._engine_timeouts = failures.labels(engine, "timeout")
+        if shelf is not None:
+            registry.families.extend(shelf.families)
 
     def request_started(self) -> None:
         self._in_flight.inc()

@@ -2,7 +2,7 @@
 
 Counters, gauges and histograms with labels, kept as prometheus_client keeps them (each
 labelled child made on first use, with its creation time; a histogram's per-bucket
-counts and sum), so that :mod:`.metrics_exposition` writes exactly what
+counts and sum), so that :mod:`.exposition` writes exactly what
 prometheus_client's own metric classes would. prometheus_client itself is imported with
 the first scrape (about 1.3 MiB of idle memory and a tenth of a second of start-up
 otherwise; docs/benchmarks.md).
@@ -66,6 +66,9 @@ class GaugeChild:
 
     def dec(self, amount: float = 1.0) -> None:
         self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
 
     def set_function(self, function: Callable[[], float]) -> None:
         """Read the value from ``function`` at each scrape."""

@@ -42,7 +42,7 @@ from ..http.manners import (
 )
 from ..http.requests import ClientDisconnected
 from ..http.shutdown import DrainMiddleware
-from ..observability.metrics import ServerMetrics
+from ..observability.metrics import ServerMetrics, ShelfMetrics
 from ..observability.metrics import router as metrics_router
 from ..observability.request_log import (
     REQUEST_ID_HEADER,
@@ -164,6 +164,7 @@ def create_app(
     ui: bool = True,
     sse_ping_seconds: float = 10.0,
     response_store: ResponseStore | None = None,
+    shelf_metrics: ShelfMetrics | None = None,
 ) -> Starlette:
     # Plain Starlette routes (http/route_table.py): FastAPI would add nothing the
     # handlers use.
@@ -199,7 +200,10 @@ def create_app(
     # Opened on first use: an app that never serves /v1/responses makes no file.
     store = app.state.response_store = response_store or ResponseStore(None)
     app.state.metrics = ServerMetrics(
-        engine_name or "unknown", core.models, lambda: store.status == "ok"
+        engine_name or "unknown",
+        core.models,
+        lambda: store.status == "ok",
+        shelf=shelf_metrics,
     )
     open_paths = set(OPEN_PATHS)
     if metrics_public:

@@ -16,6 +16,8 @@ Three things keep it from ratcheting:
   and later ones then come from the heap, where they fragment it).
 - :class:`IdleTrimMiddleware`: when the last request in flight ends, at most once a
   second, ``malloc_trim(0)`` runs in a worker thread (a few ms).
+- An unloaded model hands its memory back itself: the llama.cpp engine's ``close``
+  trims (:mod:`..heap`, the access to glibc that this module uses too).
 
 Each is a no-op where the C library is not glibc (musl, macOS, Windows).
 """
@@ -23,44 +25,18 @@ Each is a no-op where the C library is not glibc (musl, macOS, Windows).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
 import logging
-import sys
 import time
-from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..heap import glibc, trim_function
 
 logger = logging.getLogger("picolm_server")
 
 # mallopt's parameter for the size from which blocks are memory-mapped (malloc.h).
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1024 * 1024
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    # The symbols the process already has (libc's among them): no library search,
-    # which ctypes.util would do by running ldconfig and would cost 3 MiB itself.
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
-        return None  # not glibc (musl has no malloc_trim)
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.malloc_trim.restype = ctypes.c_int
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
-    return libc
-
-
-def trim_function() -> Callable[[], None] | None:
-    """``malloc_trim(0)``, or None where the C library has none."""
-    libc = _glibc()
-    if libc is None:
-        return None
-    return functools.partial(libc.malloc_trim, 0)
 
 
 def release_startup_memory() -> None:
@@ -75,7 +51,7 @@ def release_startup_memory() -> None:
 def map_large_allocations() -> None:
     """Blocks of :data:`MMAP_THRESHOLD_BYTES` and more are mapped on their own (module
     doc)."""
-    libc = _glibc()
+    libc = glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 

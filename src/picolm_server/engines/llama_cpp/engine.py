@@ -29,6 +29,7 @@ from ...errors import (
     EngineError,
     InvalidRequestError,
 )
+from ...heap import trim
 from ...prompting.tokens import (
     SplitPrompt,
     llama_prompt_tokenizer,
@@ -363,3 +364,8 @@ class LlamaCppEngine:
         self._grammars.close()
         self._llama_cpp.llama_free(self._context)
         self.llama.close()  # type: ignore[no-untyped-call]
+        # The model's vocabulary, metadata and buffers below glibc's mmap threshold were
+        # freed into the heap, which keeps them: without this a server that loads and
+        # unloads models holds 25 to 40 MB more than after its first unload
+        # (bench/model_unload_leak.py), and an idle unload would show no drop.
+        trim()
