@@ -279,9 +279,9 @@ async def test_embed_and_the_older_embeddings(
             "images are not supported",
         ),
         (
-            {"model": MODEL_ID, "messages": user("x"), "options": {"num_ctx": 100000}},
+            {"model": MODEL_ID, "messages": user("x"), "options": {"num_ctx": 513}},
             400,
-            "num_ctx",
+            "num_ctx 513 is more than this model's context of 512 tokens",
         ),
         ({"model": MODEL_ID, "messages": user("x"), "keep_alive": "soon"}, 400, "keep_alive"),
         ({"model": MODEL_ID, "messages": user("x"), "keep_alive": "9999h"}, 400, "keep_alive"),

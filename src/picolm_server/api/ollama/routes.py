@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ...engines.base import Engine
 from ...errors import InvalidRequestError
 from ...generation import EventStream, GenerationSpec, ModelCore, RawPrompt
-from ...generation.models import LoadedModel
+from ...generation.models import LoadedModel, ModelSource
 from ...http.requests import core_of, parse_request, until_disconnected
 from ...http.responses import JSONResponse, JSONText, NDJSONResponse
 from ...http.route_table import Routes
@@ -38,7 +38,7 @@ from .convert import (
     refuse_generate_unsupported,
     refuse_think,
 )
-from .facts import DIGESTS, details, model_info
+from .facts import DIGESTS, context_length, details, model_info
 from .names import find_model, ollama_name
 from .respond import (
     Timer,
@@ -80,10 +80,20 @@ def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _shelf(request: Request) -> Shelf:
-    models = core_of(request).models
+def _shelf_of(models: ModelSource) -> Shelf:
     assert isinstance(models, Shelf), "Ollama's API lists the model shelf"
     return models
+
+
+def _shelf(request: Request) -> Shelf:
+    return _shelf_of(core_of(request).models)
+
+
+def _catalog_entry(core: ModelCore) -> ShelfModel:
+    """The shelf's entry of the model ``core`` is bound to (its file, its metadata)."""
+    model = _shelf_of(core.core.models).catalog.find(core.model_id)
+    assert model is not None, "a found model is on the shelf"
+    return model
 
 
 def _modified_at(model: ShelfModel) -> str:
@@ -156,8 +166,7 @@ async def show_model(request: Request) -> Response:
     parsed = await parse_request(request, ShowRequest)
     name = parsed.model or parsed.name or ""
     core = find_model(core_of(request), name)
-    model = _shelf(request).catalog.find(core.model_id)
-    assert model is not None
+    model = _catalog_entry(core)
     async with core.loaded() as loaded:
         shown_parameters = parameters(model, loaded)
         found = capabilities(loaded.engine)
@@ -211,17 +220,19 @@ async def running_models(request: Request) -> Response:
 # ---- generation ----------------------------------------------------------------------
 
 
-def check_options(options: Options | None, engine: Engine) -> None:
-    """``num_ctx`` beyond the context the model is served with is refused: the server
-    cannot give a request more context than its engine allocated."""
+def check_options(options: Options | None, model: ShelfModel, engine: Engine) -> None:
+    """``num_ctx`` beyond the model's context (its GGUF's ``<arch>.context_length``, as
+    ``/api/show`` gives it; else the context it is served with) is refused. Up to it,
+    it is accepted (Home Assistant sends 8192 unless told otherwise); the context the
+    engine allocated (``context_length`` in the settings) still bounds the prompt and
+    reply, and a prompt beyond it is refused naming it."""
     if options is None or options.num_ctx is None:
         return
-    served = engine.model.context_length
-    if options.num_ctx > served:
+    limit = context_length(model) or engine.model.context_length
+    if options.num_ctx > limit:
         raise InvalidRequestError(
-            f"options.num_ctx {options.num_ctx} is more than this model's context: it is "
-            f"served with {served} tokens (set context_length in the server's settings to "
-            "serve it with more).",
+            f"options.num_ctx {options.num_ctx} is more than this model's context of "
+            f"{limit} tokens.",
             param="options.num_ctx",
         )
 
@@ -233,11 +244,12 @@ async def _start(
     observer: GenerationObserver,
     timer: Timer,
 ) -> EventStream:
+    model = _catalog_entry(core)
     """The model leased (its wait is the load duration), options checked against its
     engine, the generation started (the stream holds its own lease)."""
     async with core.loaded() as loaded:
         timer.mark_loaded()
-        check_options(options, loaded.engine)
+        check_options(options, model, loaded.engine)
         return await core.open(spec, observer)
 
 
