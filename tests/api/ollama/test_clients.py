@@ -144,6 +144,13 @@ def test_embed(target: Target, client: ollama.Client) -> None:
     assert len(both.embeddings) == 2 and len(both.embeddings[0]) > 100
     legacy = client.embeddings(target.model, "hello world")
     assert len(legacy.embedding) == len(both.embeddings[0])
+    long = "hello " * 10_000  # more tokens than the embedding context holds
+    cut = client.embed(target.model, long)  # truncate: Ollama's default, true
+    assert len(cut.embeddings[0]) == len(both.embeddings[0])
+    assert cut.prompt_eval_count and cut.prompt_eval_count < 10_000
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(target.model, long, truncate=False)
+    assert refused.value.status_code == 400
 
 
 def test_an_unknown_model_is_a_404(client: ollama.Client) -> None:
