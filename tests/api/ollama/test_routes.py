@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from picolm_server.api.ollama import types as wire
 from picolm_server.api.ollama.facts import DIGESTS
 from tests.api.ollama.conftest import client_for
-from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer
+from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer, serve_in_process
 from tests.support.picolm_setup import MODEL_ID
 
 pytestmark = pytest.mark.anyio
@@ -328,3 +328,40 @@ async def test_the_api_key_applies_to_api_paths(ollama_app: InProcessServer) -> 
     with pytest.raises(ollama.ResponseError) as raised:
         await client_for(ollama_app, key="wrong-key").list()
     assert raised.value.status_code == 401
+
+
+async def test_generate_with_suffix_is_refused_where_the_engine_has_no_fim(
+    ollama_app: InProcessServer,
+) -> None:
+    response = await http(ollama_app).post(
+        "/api/generate", json={"model": MODEL_ID, "prompt": "def f(", "suffix": "return x"}
+    )
+    assert response.status_code == 400
+    assert "fill-in-the-middle" in response.json()["error"]
+
+
+async def test_metrics_count_the_routes(
+    client: ollama.AsyncClient, ollama_app: InProcessServer
+) -> None:
+    await client.chat(MODEL_ID, user("[[reply:ok]]"))
+    await client.list()
+    metrics = (await http(ollama_app).get("/metrics")).text
+    assert 'route="/api/chat",status="200"' in metrics
+    assert 'route="/api/tags",status="200"' in metrics
+
+
+async def test_cors_answers_a_preflight_and_marks_the_answer() -> None:
+    origin = "https://chat.example"
+    async with serve_in_process(server={"cors_origins": [origin]}) as server:
+        raw = server.http(headers={"Origin": origin})
+        preflight = await raw.options(
+            "/api/chat",
+            headers={
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        tags = await raw.get("/api/tags", headers={"Authorization": f"Bearer {server.api_key}"})
+        assert tags.headers["access-control-allow-origin"] == origin
