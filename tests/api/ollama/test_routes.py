@@ -365,3 +365,14 @@ async def test_cors_answers_a_preflight_and_marks_the_answer() -> None:
         assert preflight.headers["access-control-allow-origin"] == origin
         tags = await raw.get("/api/tags", headers={"Authorization": f"Bearer {server.api_key}"})
         assert tags.headers["access-control-allow-origin"] == origin
+
+
+async def test_ndjson_streams_are_never_compressed(ollama_app: InProcessServer) -> None:
+    # Compressed, the lines would wait in the compressor instead of reaching the client.
+    response = await http(ollama_app).post(
+        "/api/generate",
+        json={"model": MODEL_ID, "prompt": "[[reply:" + "word " * 400 + "]]"},
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert "content-encoding" not in response.headers
+    assert len(response.content) > 1024 and lines(response)[-1]["done"]
