@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from picolm_server.api.ollama.facts import DIGESTS
 from tests.api.ollama.conftest import client_for
 from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer, serve_in_process
 from tests.support.picolm_setup import MODEL_ID
+from tests.support.scripted_engine import GRAMMAR_ABILITIES, DirectedEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -376,3 +378,13 @@ async def test_ndjson_streams_are_never_compressed(ollama_app: InProcessServer) 
     )
     assert "content-encoding" not in response.headers
     assert len(response.content) > 1024 and lines(response)[-1]["done"]
+
+
+async def test_insert_is_a_capability_where_the_engine_has_fill_in_the_middle(
+    tiny_gguf: Path,
+) -> None:
+    engine = DirectedEngine(abilities=replace(GRAMMAR_ABILITIES, fim_tokens=(1, 2, 3)))
+    engine.model = replace(engine.model, id=MODEL_ID, context_length=CONTEXT_LENGTH)
+    async with serve_in_process(engine, model_file=tiny_gguf) as server:
+        shown = await client_for(server).show(MODEL_ID)
+    assert shown.capabilities == ["completion", "tools", "insert"]
