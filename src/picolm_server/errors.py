@@ -116,6 +116,7 @@ class ModelNotFoundError(NotFoundError):
             f"The model `{model}` does not exist or you do not have access to it.",
             param="model",
         )
+        self.model = model  # as the request named it (Ollama's wording quotes it)
 
 
 class MethodNotAllowedError(APIError):

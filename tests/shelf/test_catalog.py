@@ -147,6 +147,9 @@ def test_entries_with_their_engines_options_and_names(tmp_path: Path) -> None:
     assert shelf.default.id == "tiny"  # the first entry, with no section model
     first, second = shelf.models
     assert shelf.find("chat") is shelf.find("default-chat") is shelf.find("tiny") is first
+    # Ollama's form of a name without a tag: the same model, never another name's.
+    assert shelf.find("tiny:latest") is shelf.find("chat:latest") is first
+    assert shelf.find("tiny:7b") is None and shelf.find(":latest") is None
     assert (first.engine, first.engine_reason) == (
         "picolm",
         "picolm: llama architecture, SentencePiece, F32",

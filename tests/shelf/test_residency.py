@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from picolm_server.config.settings import MAX_KEEP_ALIVE_SECONDS
 from picolm_server.errors import (
     InsufficientMemoryError,
     ModelLoadFailedError,
@@ -188,6 +189,59 @@ async def test_a_held_lease_prevents_unloading() -> None:
     assert residency.status("a").loaded
     await clock.advance(1)
     assert not residency.status("a").loaded
+
+
+async def test_a_lease_keep_alive_replaces_the_setting_until_the_next_lease() -> None:
+    loader, clock = Loader(), FakeClock()
+    residency = shelf([ModelSpec("a", 100, keep_alive=60)], loader, clock)
+    async with residency.acquire("a", keep_alive=600):
+        pass
+    assert residency.status("a").expires_at == clock.now + 600
+    await clock.advance(599)
+    assert residency.status("a").loaded
+    async with residency.acquire("a"):  # no keep_alive of its own: the setting again
+        pass
+    assert residency.status("a").expires_at == clock.now + 60
+    await clock.advance(60)
+    assert not residency.status("a").loaded
+
+
+async def test_a_lease_keep_alive_of_zero_unloads_and_a_negative_one_keeps() -> None:
+    loader, clock = Loader(), FakeClock()
+    residency = shelf([ModelSpec("a", 100, keep_alive=60), ModelSpec("b", 100)], loader, clock)
+    async with residency.acquire("a", keep_alive=0):
+        assert residency.status("a").loaded
+    await settle()
+    assert loader.closed == ["a"]
+    async with residency.acquire("b", keep_alive=-1):
+        pass
+    await clock.advance(10**9)
+    assert residency.status("b").loaded and residency.status("b").expires_at is None
+
+
+async def test_a_lease_keep_alive_beyond_the_settings_bound_is_refused() -> None:
+    residency = shelf([ModelSpec("a", 100)], Loader(), FakeClock())
+    with pytest.raises(ValueError, match="at most"):
+        async with residency.acquire("a", keep_alive=MAX_KEEP_ALIVE_SECONDS + 1):
+            pass
+    async with residency.acquire("a", keep_alive=MAX_KEEP_ALIVE_SECONDS):
+        pass
+
+
+async def test_unload_closes_an_idle_model_now_and_a_leased_one_at_its_release() -> None:
+    loader, clock = Loader(), FakeClock()
+    residency = shelf([ModelSpec("a", 100, keep_alive=-1)], loader, clock)
+    await use(residency, "a")
+    await residency.unload("a")
+    assert not residency.status("a").loaded and loader.closed == ["a"]
+    await residency.unload("a")  # unloaded already: nothing happens
+    async with residency.acquire("a"):
+        await residency.unload("a")
+        assert residency.status("a").loaded
+    await settle()
+    assert not residency.status("a").loaded and loader.closed == ["a", "a"]
+    with pytest.raises(ModelNotFoundError):
+        await residency.unload("b")
 
 
 async def test_a_budget_of_one_model_swaps_on_alternate_requests() -> None:

@@ -29,6 +29,8 @@ from picolm_server.config.settings import Settings
 from picolm_server.generation import GenerationCore
 from picolm_server.generation.scheduler import Scheduler
 from picolm_server.server.app import create_app
+from picolm_server.shelf.catalog import ShelfModel
+from picolm_server.shelf.model_file import check_model_file
 from tests.support.picolm_setup import MODEL_ID
 from tests.support.scripted_engine import DirectedEngine, ScriptedEngine
 from tests.support.scripted_shelf import scripted_shelf, shelf_model
@@ -115,13 +117,18 @@ class InProcessServer:
 
 @contextlib.asynccontextmanager
 async def serve_in_process(
-    engine: ScriptedEngine | None = None, **sections: dict[str, Any]
+    engine: ScriptedEngine | None = None,
+    *,
+    model_file: Path | None = None,
+    **sections: dict[str, Any],
 ) -> AsyncIterator[InProcessServer]:
     """The app over ``engine`` (default: a :class:`DirectedEngine` serving
     :data:`MODEL_ID` with a :data:`CONTEXT_LENGTH`-token context), configured as
     :data:`DEFAULT_CONFIG` with ``sections`` merged in; its lifespan runs around the
     block. Without a ``responses.store_path``, the Responses store is a file in a
-    temporary directory removed afterwards."""
+    temporary directory removed afterwards. ``model_file``: a GGUF file the shelf's entry
+    for the model is read from (its size, metadata), as the catalog reads it; the engine
+    is still ``engine``."""
     async with contextlib.AsyncExitStack() as stack:
         if not sections.get("responses", {}).get("store_path"):
             temporary = stack.enter_context(tempfile.TemporaryDirectory(prefix="picolm-store-"))
@@ -130,13 +137,20 @@ async def serve_in_process(
                 **sections,
                 "responses": {**sections.get("responses", {}), "store_path": store_path},
             }
-        async with _serve(engine, settings_for(**sections)) as server:
+        async with _serve(engine, settings_for(**sections), model_file) as server:
             yield server
+
+
+def _entry(model: ShelfModel, model_file: Path | None) -> ShelfModel:
+    if model_file is None:
+        return model
+    checked = check_model_file(model_file)
+    return replace(model, path=model_file, size_bytes=checked.size_bytes, metadata=checked.metadata)
 
 
 @contextlib.asynccontextmanager
 async def _serve(
-    engine: ScriptedEngine | None, settings: Settings
+    engine: ScriptedEngine | None, settings: Settings, model_file: Path | None = None
 ) -> AsyncIterator[InProcessServer]:
     if engine is None:
         engine = DirectedEngine()
@@ -144,14 +158,15 @@ async def _serve(
             engine.model, id=settings.picolm.model_id, context_length=CONTEXT_LENGTH
         )
     model_id = engine.model.id
-    server = settings.server
+    # Its own name: the scheduler below is built again at every load of the model.
+    limits = settings.server
     shelf = scripted_shelf(
         {model_id: engine},
-        models={model_id: shelf_model(model_id, settings.picolm)},
+        models={model_id: _entry(shelf_model(model_id, settings.picolm), model_file)},
         scheduler=lambda e: Scheduler(
-            server.max_concurrent or e.abilities.parallel, server.max_queue
+            limits.max_concurrent or e.abilities.parallel, limits.max_queue
         ),
-        max_waiting=server.max_queue,
+        max_waiting=limits.max_queue,
     )
     core = GenerationCore(models=shelf, prompt_schema=settings.structured_output.prompt_schema)
     app = app_for(core, settings)

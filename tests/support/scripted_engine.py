@@ -129,7 +129,9 @@ class ScriptedEngine:
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(request.prompt)
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         if not self.abilities.embeddings:
             raise EmbeddingsUnsupportedError("scripted")
         vectors = tuple((float(len(item)), 1.0) for item in inputs)
@@ -258,9 +260,13 @@ class EmbeddingEngine(DirectedEngine):
 
     abilities: EngineAbilities = EMBEDDING_ABILITIES
     embedded: list[list[EmbeddingInput]] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)  # each embed call's truncate
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         self.embedded.append(list(inputs))
+        self.truncated.append(truncate)
         vectors = []
         tokens = 0
         for item in inputs:

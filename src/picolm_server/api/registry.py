@@ -33,6 +33,16 @@ completions_routes.post("/v1/completions", "create_completion")
 embeddings_routes = LazyRoutes(f"{_PACKAGE}.embeddings.routes")
 embeddings_routes.post("/v1/embeddings", "create_embeddings")
 
+ollama_routes = LazyRoutes(f"{_PACKAGE}.ollama.routes")
+ollama_routes.get("/api/version", "version")
+ollama_routes.get("/api/tags", "list_models")
+ollama_routes.post("/api/show", "show_model")
+ollama_routes.get("/api/ps", "running_models")
+ollama_routes.post("/api/chat", "chat")
+ollama_routes.post("/api/generate", "generate")
+ollama_routes.post("/api/embed", "embed")
+ollama_routes.post("/api/embeddings", "embeddings")
+
 tokenize_routes = LazyRoutes(f"{_PACKAGE}.tokenize")
 tokenize_routes.post("/tokenize", "tokenize")
 tokenize_routes.post("/detokenize", "detokenize")
@@ -43,5 +53,6 @@ ROUTERS: tuple[LazyRoutes, ...] = (
     anthropic_routes,
     completions_routes,
     embeddings_routes,
+    ollama_routes,
     tokenize_routes,
 )

@@ -238,9 +238,12 @@ class Engine(Protocol):
         it does not fit the context (nothing is refused). May block."""
         ...
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         """One embedding per input. Engines whose abilities do not say ``embeddings``
-        raise ``EmbeddingsUnsupportedError``."""
+        raise ``EmbeddingsUnsupportedError``. An input longer than the embedding
+        context is refused, or with ``truncate`` cut to its first tokens that fit."""
         ...
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -128,6 +129,17 @@ class ModelCore:
 
     core: GenerationCore
     model: RequestedModel
+    # How long the model stays loaded after this request's leases end (seconds;
+    # negative: forever); None: its setting. See :meth:`keeping`.
+    keep_alive: float | None = None
+
+    def keeping(self, keep_alive: float | None) -> ModelCore:
+        """This core, its leases leaving the model loaded ``keep_alive`` seconds."""
+        return dataclasses.replace(self, keep_alive=keep_alive)
+
+    async def unload(self) -> None:
+        """Unload the model now, or once the requests using it are done."""
+        await self.core.models.unload(self.model.id)
 
     @property
     def model_id(self) -> str:
@@ -140,7 +152,7 @@ class ModelCore:
     @contextlib.asynccontextmanager
     async def loaded(self) -> AsyncIterator[LoadedModel]:
         """The model, loaded and leased for the ``async with`` block."""
-        async with self.core.models.lease(self.model.id) as loaded:
+        async with self.core.models.lease(self.model.id, self.keep_alive) as loaded:
             yield loaded
 
     async def inspect(self, look: Callable[[Engine], T]) -> T:
@@ -303,11 +315,14 @@ class ModelCore:
                 lambda: engine.count_prompt_tokens(prepared.request)
             )
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         """One embedding per input; engines that cannot embed get a 400
-        (:class:`~picolm_server.errors.EmbeddingsUnsupportedError`)."""
+        (:class:`~picolm_server.errors.EmbeddingsUnsupportedError`). ``truncate``: an
+        input longer than the embedding context is cut rather than refused."""
         async with self.loaded() as loaded:
             engine = loaded.engine
             if not engine.abilities.embeddings:
                 raise EmbeddingsUnsupportedError(engine.model.owned_by)
-            return await engine.embed(inputs)
+            return await engine.embed(inputs, truncate=truncate)

@@ -54,10 +54,18 @@ class ModelSource(Protocol):
         :class:`~picolm_server.errors.ModelNotFoundError` for any other name."""
         ...
 
-    def lease(self, model_id: str) -> AbstractAsyncContextManager[LoadedModel]:
+    def lease(
+        self, model_id: str, keep_alive: float | None = None
+    ) -> AbstractAsyncContextManager[LoadedModel]:
         """Hold ``model_id`` loaded for the ``async with`` block (loading it first when
         it is not): the load's errors (``model_load_failed``, ``insufficient_memory``,
-        a full queue of requests waiting for it) are raised on entry."""
+        a full queue of requests waiting for it) are raised on entry. ``keep_alive``
+        (seconds; negative: forever): how long it stays loaded once this lease ends,
+        instead of its setting (a request's own, as Ollama's API takes it)."""
+        ...
+
+    async def unload(self, model_id: str) -> None:
+        """Unload ``model_id`` now, or when its last lease ends."""
         ...
 
     def loaded_engine(self, model_id: str) -> Engine | None:

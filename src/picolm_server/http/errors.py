@@ -3,8 +3,9 @@
 An error is an :class:`~picolm_server.errors.APIError` wherever it is raised (a route,
 the key check, the body limit, the shutdown drain, the connection cap, an unexpected
 exception); :func:`error_response` answers it. The API is told by the request's path,
-through :data:`ENVELOPES`: Anthropic's Messages API on ``/v1/messages`` and below, and
-OpenAI's envelope everywhere else. Another API's envelope is one more entry.
+through :data:`ENVELOPES`: Anthropic's Messages API on ``/v1/messages`` and below,
+Ollama's API on ``/api`` and below, and OpenAI's envelope everywhere else. Another
+API's envelope is one more entry.
 
 The writers here build plain dicts and import nothing of the APIs: an error can be
 answered on any path before that API's modules (and pydantic) are loaded.
@@ -63,6 +64,20 @@ def anthropic_body(error: APIError, request_id: str | None = None) -> dict[str, 
     }
 
 
+def ollama_message(error: APIError) -> str:
+    """The message as Ollama words it where its clients match on it: an unknown model
+    is ``model 'x' not found`` (its ``ResponseError`` carries it with the 404)."""
+    model = getattr(error, "model", None)
+    if error.code == "model_not_found" and isinstance(model, str):
+        return f"model '{model}' not found"
+    return error.message
+
+
+def ollama_body(error: APIError, request_id: str | None = None) -> dict[str, Any]:
+    """``{"error": "..."}``: also the line of an NDJSON stream that has started."""
+    return {"error": ollama_message(error)}
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One API's way of answering an error."""
@@ -76,9 +91,10 @@ class Envelope:
 OPENAI = Envelope(openai_body)
 # Anthropic's SDK reads ``APIError.request_id`` from ``request-id``.
 ANTHROPIC = Envelope(anthropic_body, id_headers=("request-id",))
+OLLAMA = Envelope(ollama_body)
 
 # (path prefix, envelope): a path is the prefix itself or below it; OpenAI's elsewhere.
-ENVELOPES: tuple[tuple[str, Envelope], ...] = (("/v1/messages", ANTHROPIC),)
+ENVELOPES: tuple[tuple[str, Envelope], ...] = (("/v1/messages", ANTHROPIC), ("/api", OLLAMA))
 
 
 def envelope_for(path: str) -> Envelope:

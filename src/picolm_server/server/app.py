@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -217,7 +217,12 @@ def create_app(
     app.add_middleware(BodyDeadlineMiddleware, seconds=body_timeout)
     app.add_middleware(DrainMiddleware, drain=core.drain)
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)  # never SSE
+    # Never a stream: SSE and Ollama's NDJSON lines go out as they are written.
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=GZIP_MINIMUM_BYTES,
+        exclude_content_types=(*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-ndjson"),
+    )
     app.add_middleware(SSEPingMiddleware, interval=sse_ping_seconds)
     if cors_origins:
         # Outside the key check: a preflight carries no key and is answered here.

@@ -59,6 +59,9 @@ from .models_dir import directory_models, model_id_of
 
 logger = logging.getLogger("picolm_server")
 
+# The tag Ollama's names carry when they carry none (``smollm2`` is ``smollm2:latest``).
+LATEST_TAG = ":latest"
+
 # Where a model came from: "default" (a section or the embedded model), "models" (an
 # entry of the list), "models_dir" (a file found in the directory).
 Source = Literal["default", "models", "models_dir"]
@@ -130,10 +133,14 @@ class Catalog:
 
     def find(self, name: str | None) -> ShelfModel | None:
         """The model a request names (by id or alias); no name (None or empty) is the
-        default model; an unknown name is None."""
+        default model; an unknown name is None. ``name:latest`` is ``name`` too: Ollama's
+        clients name every model with a tag, and list the shelf's that way."""
         if not name:
             return self.default
-        return self._by_name.get(name)
+        found = self._by_name.get(name)
+        if found is None and name.endswith(LATEST_TAG):
+            found = self._by_name.get(name[: -len(LATEST_TAG)])
+        return found
 
     def __iter__(self) -> Iterator[ShelfModel]:
         return iter(self.models)

@@ -7,7 +7,10 @@ lease while it runs or waits; a leased model is never unloaded.
 - One load per model: requests that name a model while it loads wait for that load and
   share its outcome, the value or the same error.
 - ``keep_alive`` (seconds): negative keeps a model forever, 0 unloads it when its last
-  lease ends, a positive value unloads it that long after its last lease ends.
+  lease ends, a positive value unloads it that long after its last lease ends. A lease
+  may carry its own (a request's ``keep_alive``): when it ends, that is the model's
+  until the next lease ends; a lease without one restores the model's setting.
+  :meth:`Residency.unload` unloads a model now, or when its last lease ends.
 - A budget in bytes: a model's cost is its estimate until it has loaded once, then what
   the load measured. A load that would not fit first unloads idle models, least recently
   used first. When the models in the way are busy, the load waits for leases to end
@@ -32,6 +35,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from ..config.settings import MAX_KEEP_ALIVE_SECONDS
 from ..errors import InsufficientMemoryError, ModelLoadFailedError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,8 @@ class ModelStatus:
     # Clock time of the keep_alive unload; None while leased, unloaded, or kept forever.
     expires_at: float | None
     leases: int
+    # Seconds it stays loaded once its leases end (negative: forever).
+    keep_alive: float = DEFAULT_KEEP_ALIVE
 
 
 class _Entry(Generic[M]):
@@ -113,6 +119,9 @@ class _Entry(Generic[M]):
         self.last_used = 0.0
         self.expires_at: float | None = None
         self.timer: asyncio.Task[None] | None = None
+        # What applies once the last lease ends: the setting, or the last lease's own.
+        self.keep_alive = spec.keep_alive
+        self.unload_asked = False  # unload() while leased: at the last release
 
     @property
     def size(self) -> int:
@@ -157,8 +166,14 @@ class Residency(Generic[M]):
     # ---- requests ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def acquire(self, model_id: str) -> AsyncIterator[M]:
-        """A lease on ``model_id``: loads it if needed; it stays loaded until released."""
+    async def acquire(self, model_id: str, keep_alive: float | None = None) -> AsyncIterator[M]:
+        """A lease on ``model_id``: loads it if needed; it stays loaded until released.
+
+        ``keep_alive`` (seconds, negative: forever, at most a setting's bound): how long
+        the model stays loaded after this lease ends, instead of its setting.
+        """
+        if keep_alive is not None and keep_alive > MAX_KEEP_ALIVE_SECONDS:
+            raise ValueError(f"keep_alive is at most {MAX_KEEP_ALIVE_SECONDS:.0f} seconds")
         entry = self._entries.get(model_id)
         if entry is None:
             raise ModelNotFoundError(model_id)
@@ -171,9 +186,23 @@ class Residency(Generic[M]):
         finally:
             entry.leases -= 1
             entry.last_used = self._clock()
+            if not entry.unload_asked:
+                entry.keep_alive = entry.spec.keep_alive if keep_alive is None else keep_alive
             if entry.leases == 0 and entry.value is not None:
                 self._schedule_unload(entry)
             self._notify()
+
+    async def unload(self, model_id: str) -> None:
+        """Unload ``model_id`` now when no lease holds it (returning once it is closed),
+        else when its last lease ends. Unloaded already: nothing to do."""
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFoundError(model_id)
+        entry.keep_alive = 0.0
+        entry.unload_asked = entry.leases > 0
+        if entry.value is not None and entry.leases == 0:
+            self._cancel_timer(entry)
+            await self._unload(entry)
 
     def adopt(self, model_id: str, loaded: Loaded[M], seconds: float) -> None:
         """Take a model loaded before the event loop ran (at start, where a failure can
@@ -220,6 +249,7 @@ class Residency(Generic[M]):
             memory_bytes=entry.size,
             expires_at=entry.expires_at,
             leases=entry.leases,
+            keep_alive=entry.keep_alive,
         )
 
     def value(self, model_id: str) -> M | None:
@@ -337,7 +367,7 @@ class Residency(Generic[M]):
     # ---- unloading --------------------------------------------------------------------
 
     def _schedule_unload(self, entry: _Entry[M]) -> None:
-        keep_alive = entry.spec.keep_alive
+        keep_alive = entry.keep_alive
         if keep_alive < 0:
             entry.expires_at = None
         elif keep_alive == 0:
@@ -381,6 +411,7 @@ class Residency(Generic[M]):
         entry.value = None
         entry.expires_at = None
         entry.closing = True
+        entry.unload_asked = False
         return value
 
     async def _close(self, entry: _Entry[M], value: M) -> None:

@@ -164,7 +164,9 @@ class Shelf:
         return RequestedModel(model.id, model.options)
 
     @contextlib.asynccontextmanager
-    async def lease(self, model_id: str) -> AsyncIterator[LoadedModel]:
+    async def lease(
+        self, model_id: str, keep_alive: float | None = None
+    ) -> AsyncIterator[LoadedModel]:
         waiting = self.residency.value(model_id) is None
         if waiting:
             if self._waiting[model_id] >= self._max_waiting:
@@ -176,11 +178,16 @@ class Shelf:
             self._waiting[model_id] += 1
         async with contextlib.AsyncExitStack() as stack:
             try:
-                resident = await stack.enter_async_context(self.residency.acquire(model_id))
+                resident = await stack.enter_async_context(
+                    self.residency.acquire(model_id, keep_alive)
+                )
             finally:
                 if waiting:
                     self._waiting[model_id] -= 1
             yield resident.loaded
+
+    async def unload(self, model_id: str) -> None:
+        await self.residency.unload(model_id)
 
     def loaded_engine(self, model_id: str) -> Engine | None:
         resident = self.residency.value(model_id)

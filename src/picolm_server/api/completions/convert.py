@@ -104,6 +104,12 @@ def engine_prompt(request: CompletionRequest, text: str, fim: FimMarkers | None)
                 code="invalid_value",
             )
         return text
+    return fill_in_the_middle(fim, text, request.suffix)
+
+
+def fill_in_the_middle(fim: FimMarkers | None, text: str, suffix: str) -> str:
+    """The prompt asking the model for what goes between ``text`` and ``suffix``
+    (refused, naming ``suffix``, when the model has no such markers)."""
     if fim is None:
         raise InvalidRequestError(
             "suffix is not supported by this model: it has no fill-in-the-middle tokens "
@@ -111,7 +117,7 @@ def engine_prompt(request: CompletionRequest, text: str, fim: FimMarkers | None)
             "engine cannot take them.",
             param="suffix",
         )
-    return f"{fim.prefix}{text}{fim.suffix}{request.suffix}{fim.middle}"
+    return f"{fim.prefix}{text}{fim.suffix}{suffix}{fim.middle}"
 
 
 def stop_strings(request: CompletionRequest) -> tuple[str, ...]:

@@ -19,11 +19,14 @@ from .types import EmbeddingRequest
 router = Routes()
 
 
-async def _embed(core: ModelCore, inputs: list[EmbeddingInput]) -> Embeddings:
+async def embed_in_time(
+    core: ModelCore, inputs: list[EmbeddingInput], *, truncate: bool = False
+) -> Embeddings:
+    """The embeddings, within the model's ``timeout_seconds`` (Ollama's API too)."""
     timeout = core.defaults.timeout_seconds
     try:
         with anyio.fail_after(timeout):
-            return await core.embed(inputs)
+            return await core.embed(inputs, truncate=truncate)
     except TimeoutError:
         raise EngineTimeoutError(
             f"The embeddings were not computed within {timeout:g} seconds."
@@ -34,7 +37,7 @@ async def _embed(core: ModelCore, inputs: list[EmbeddingInput]) -> Embeddings:
 async def create_embeddings(request: Request) -> Response:
     parsed, core, _ = await accept(request, EmbeddingRequest)
     inputs = embedding_inputs(parsed.input)
-    result = await until_disconnected(request, _embed(core, inputs))
+    result = await until_disconnected(request, embed_in_time(core, inputs))
     if result.vectors:
         refuse_dimensions(parsed, len(result.vectors[0]))
     reply = embedding_list(result, core.model_id, parsed.encoding_format)

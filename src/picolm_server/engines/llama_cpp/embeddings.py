@@ -123,7 +123,9 @@ class LlamaEmbedder:
         self._turn = asyncio.Lock()
         self._waiting = 0
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         if self._waiting >= self.options.max_waiting + 1:
             raise QueueFullError(
                 "Too many embedding requests are waiting; retry later.",
@@ -132,14 +134,14 @@ class LlamaEmbedder:
         self._waiting += 1
         try:
             async with self._turn:
-                return await self._run(inputs)
+                return await self._run(inputs, truncate)
         finally:
             self._waiting -= 1
 
-    async def _run(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def _run(self, inputs: Sequence[EmbeddingInput], truncate: bool) -> Embeddings:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        work = loop.run_in_executor(self._worker, self._embed_all, list(inputs), stop)
+        work = loop.run_in_executor(self._worker, self._embed_all, list(inputs), truncate, stop)
         try:
             return await work
         except APIError:
@@ -184,7 +186,9 @@ class LlamaEmbedder:
                 ) from exc
         return self._llama
 
-    def _tokens(self, llama: Any, inputs: list[EmbeddingInput]) -> list[list[int]]:
+    def _tokens(
+        self, llama: Any, inputs: list[EmbeddingInput], truncate: bool = False
+    ) -> list[list[int]]:
         vocab_size = int(llama.n_vocab())
         limit = int(llama.n_ctx())
         token_lists: list[list[int]] = []
@@ -203,7 +207,9 @@ class LlamaEmbedder:
                             param=param,
                             code="invalid_value",
                         )
-            if len(tokens) > limit:
+            if len(tokens) > limit and truncate:
+                tokens = tokens[:limit]
+            elif len(tokens) > limit:
                 raise ContextLengthExceededError(
                     f"{param} is {len(tokens)} tokens long; this embedding model takes at "
                     f"most {limit} tokens per input.",
@@ -220,9 +226,11 @@ class LlamaEmbedder:
             token_lists.append(tokens)
         return token_lists
 
-    def _embed_all(self, inputs: list[EmbeddingInput], stop: threading.Event) -> Embeddings:
+    def _embed_all(
+        self, inputs: list[EmbeddingInput], truncate: bool, stop: threading.Event
+    ) -> Embeddings:
         llama = self._load()
-        token_lists = self._tokens(llama, inputs)
+        token_lists = self._tokens(llama, inputs, truncate)
         size = int(llama.n_embd())
         vectors: list[tuple[float, ...]] = []
         for tokens in token_lists:

@@ -247,10 +247,12 @@ class LlamaCppEngine:
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_tokens(request))
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         if self._embedder is None:
             raise EmbeddingsUnsupportedError("llama.cpp")
-        return await self._embedder.embed(inputs)
+        return await self._embedder.embed(inputs, truncate=truncate)
 
     def _min_prompt_tokens(self, request: GenerationRequest) -> int:
         """The fewest tokens the prompt can be, from its length (llama_vocab.py). Only

@@ -276,7 +276,9 @@ class PicoLMEngine:
             raise InvalidRequestError("The model's vocabulary could not be read: cannot count.")
         return self.tokenizer.count(request.prompt)
 
-    async def embed(self, inputs: Sequence[EmbeddingInput]) -> Embeddings:
+    async def embed(
+        self, inputs: Sequence[EmbeddingInput], *, truncate: bool = False
+    ) -> Embeddings:
         raise EmbeddingsUnsupportedError("PicoLM")
 
     def budget(self, request: GenerationRequest) -> int:
