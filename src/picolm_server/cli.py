@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         ui=settings.server.ui,
         sse_ping_seconds=settings.server.sse_ping_seconds,
         response_store=response_store,
+        server_settings=settings.server,
     )
     release_startup_memory()
     map_large_allocations()

@@ -1,4 +1,5 @@
-"""The two kinds of answer every route sends: a JSON document and an event stream.
+"""The kinds of answer every route sends: a JSON document, an event stream, and a
+stream of JSON lines (Ollama's API).
 
 :class:`JSONResponse` writes its content as UTF-8 JSON with U+2028, U+2029 and U+0085
 escaped (:mod:`.json_text` says why), whether it is given a pydantic model, JSON text
@@ -70,3 +71,11 @@ class EventStreamResponse(StreamingResponse):
             media_type="text/event-stream",
             headers={**EVENT_STREAM_HEADERS, **(headers or {})},
         )
+
+
+class NDJSONResponse(StreamingResponse):
+    """Newline-delimited JSON (one object a line), as Ollama's API streams, with the
+    stream headers (no caching, no buffering by a proxy)."""
+
+    def __init__(self, lines: AsyncIterable[bytes]) -> None:
+        super().__init__(lines, media_type="application/x-ndjson", headers=EVENT_STREAM_HEADERS)

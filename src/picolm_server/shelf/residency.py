@@ -17,6 +17,10 @@ lease while it runs or waits; a leased model is never unloaded.
   unless ``allow_over_budget``; then loads proceed when the idle models are gone.
 - Loads run one at a time, so that a resident-memory measure taken before and after a
   load (``measure``) sees that load alone.
+- Models come and go while the server runs (:meth:`Residency.add`,
+  :meth:`Residency.remove`): a model is removed only when no lease holds it and no load
+  of it runs (else :class:`ModelBusyError`, 409: a removal never waits on a generation
+  or cuts one short); a loaded one is unloaded first, its memory counted until it is.
 
 Time is injected (``clock`` and ``sleep``) so that tests drive keep_alive without a wall
 clock.
@@ -32,7 +36,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from ..errors import InsufficientMemoryError, ModelLoadFailedError, ModelNotFoundError
+from ..errors import (
+    InsufficientMemoryError,
+    ModelBusyError,
+    ModelLoadFailedError,
+    ModelNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +122,7 @@ class _Entry(Generic[M]):
         self.last_used = 0.0
         self.expires_at: float | None = None
         self.timer: asyncio.Task[None] | None = None
+        self.removed = False  # taken off the shelf: no new lease
 
     @property
     def size(self) -> int:
@@ -160,7 +170,7 @@ class Residency(Generic[M]):
     async def acquire(self, model_id: str) -> AsyncIterator[M]:
         """A lease on ``model_id``: loads it if needed; it stays loaded until released."""
         entry = self._entries.get(model_id)
-        if entry is None:
+        if entry is None or entry.removed:
             raise ModelNotFoundError(model_id)
         entry.leases += 1
         self._cancel_timer(entry)
@@ -208,6 +218,38 @@ class Residency(Generic[M]):
             async with self.acquire(model_id):
                 pass
 
+    # ---- models added and removed -----------------------------------------------------
+
+    def add(self, spec: ModelSpec) -> None:
+        """A model put on the shelf while the server runs; not loaded."""
+        if spec.model_id in self._entries:
+            raise ValueError(f"{spec.model_id!r} is on the shelf already")
+        self._entries[spec.model_id] = _Entry(spec)
+
+    async def remove(self, model_id: str) -> None:
+        """Take ``model_id`` off the shelf, unloading it first when it is loaded (and
+        returning once it is closed). :class:`ModelBusyError` while a lease holds it or
+        its load runs: nothing changes then."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.removed:
+            raise ModelNotFoundError(model_id)
+        if entry.leases > 0 or entry.loading is not None:
+            raise ModelBusyError(
+                f"The model `{model_id}` is in use by {entry.leases} request(s); "
+                "try again when they have ended."
+            )
+        # From here no lease can start (acquire refuses a removed entry).
+        entry.removed = True
+        self._cancel_timer(entry)
+        try:
+            await self._unload(entry)
+            while entry.closing:  # an unload begun before (keep_alive 0) is still closing
+                await self._changed.wait()
+        finally:
+            del self._entries[model_id]
+            self._observer.loaded_memory(self.loaded_memory())
+            self._notify()
+
     # ---- status -----------------------------------------------------------------------
 
     def status(self, model_id: str) -> ModelStatus:
@@ -232,7 +274,7 @@ class Residency(Generic[M]):
         return [e.value for e in self._entries.values() if e.value is not None]
 
     def statuses(self) -> list[ModelStatus]:
-        return [self.status(model_id) for model_id in self._entries]
+        return [self.status(model_id) for model_id, e in self._entries.items() if not e.removed]
 
     def loaded_memory(self) -> int:
         """Bytes the loaded (and loading) models count against the budget."""

@@ -1,0 +1,1 @@
+"""Ollama's API (``/api/*``) over the same generation core and model shelf."""
