@@ -87,6 +87,32 @@ async def test_a_model_whose_load_runs_is_not_removed() -> None:
     assert loader.closed == ["a"]
 
 
+async def test_no_lease_starts_while_a_removed_model_closes() -> None:
+    loader, clock = Loader(), FakeClock()
+    residency = shelf([ModelSpec("a", 100, keep_alive=-1)], loader, clock)
+    await use(residency, "a")
+    closing = asyncio.Event()
+    model = residency.value("a")
+    assert model is not None
+    close = model.close
+
+    async def slow_close() -> None:
+        await closing.wait()
+        await close()
+
+    model.close = slow_close  # type: ignore[method-assign]
+    removal = asyncio.create_task(residency.remove("a"))
+    await settle()
+    late = asyncio.create_task(use(residency, "a"))
+    await settle()
+    assert late.done() and isinstance(late.exception(), ModelNotFoundError)
+    assert residency.loaded_memory() == 100  # counted until closed
+    closing.set()
+    await removal
+    assert loader.loads == ["a"] and loader.closed == ["a"]
+    assert residency.loaded_memory() == 0
+
+
 # ---- the catalog --------------------------------------------------------------------------
 
 
