@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -69,6 +70,7 @@ from .admin_access import check_admin
 from .pull_source import check_source, guarded_client
 
 router = Routes()
+logger = logging.getLogger("picolm_server")
 
 LATEST = ":latest"
 # The longest name /api/copy gives (a name is written in log lines and listings).
@@ -180,6 +182,9 @@ async def delete_model(request: Request) -> Response:
         raise InvalidRequestError(str(exc), param="model") from None
     if name == model.id and _pulled_here(model, shelf.catalog.models_dir):
         await asyncio.to_thread(remove_pulled, model.path)
+        logger.info("model %r: its pulled file %s deleted", model.id, model.path)
+    elif name == model.id:
+        logger.info("model %r: its file %s kept (not pulled by this shelf)", model.id, model.path)
     return Response(status_code=200)
 
 
