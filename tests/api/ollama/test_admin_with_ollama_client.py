@@ -1,15 +1,20 @@
 """Model administration through the official ``ollama`` Python client against a real
 server process (on the PicoLM stand-in): a pull from nginx serving a real GGUF with
 its progress, a chat with the pulled model, a copy and a chat by the new name, deletes,
-then the unknown name (``ResponseError`` with 404); and a client on loopback refused
-when ``model_admin`` is off."""
+then the unknown name (``ResponseError`` with 404); a client on loopback refused when
+``model_admin`` is off; a pull whose client goes away stops its download."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -102,3 +107,83 @@ def test_model_admin_off_refuses_the_ollama_client(
                 call()
             assert refused.value.status_code == 403
         assert list((tmp_path / "models").iterdir()) == []
+
+
+class SlowFile:
+    """A loopback server sending one file: the first 64 KiB at once, the rest in small
+    pieces once ``gate`` is set; it records, per request, whether the client cut the
+    connection before the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.gate = threading.Event()
+        self.cut: list[bool] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(owner.data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(owner.data[:65536])
+                    self.wfile.flush()
+                    owner.gate.wait(60)
+                    for start in range(65536, len(owner.data), 8192):
+                        self.wfile.write(owner.data[start : start + 8192])
+                        self.wfile.flush()
+                        time.sleep(0.005)  # pacing, so that a cut is noticed in time
+                except OSError:
+                    owner.cut.append(True)
+                    return
+                owner.cut.append(False)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_client_that_goes_away_stops_its_pull(
+    picolm_files: PicoLMFiles, nginx: RunningNginx, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.gguf"
+    build_tiny_llama_gguf(source)
+    slow = SlowFile(source.read_bytes())
+    try:
+        with serve(picolm_files, nginx, tmp_path, pull_allow=[f"{slow.base_url}/"]) as server:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            url = f"{slow.base_url}/tiny.gguf"
+            with httpx.stream(
+                "POST", f"{server.base_url}/api/pull", json={"model": url}, headers=headers
+            ) as answer:
+                for line in answer.iter_lines():
+                    if json.loads(line)["status"] == "pulling tiny.gguf":
+                        break  # the transfer has begun: go away
+            deadline = time.monotonic() + 60
+            while "POST /api/pull" not in server.log() and time.monotonic() < deadline:
+                time.sleep(0.05)  # until the server has seen the client go
+            slow.gate.set()
+            # The download stops at its next piece; the same pull then runs whole.
+            while True:
+                again = httpx.post(
+                    f"{server.base_url}/api/pull",
+                    json={"model": url, "stream": False},
+                    headers=headers,
+                    timeout=60,
+                )
+                if "being pulled already" not in again.text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert again.status_code == 200, again.text
+            assert slow.cut[0] is True and slow.cut[-1] is False
+            assert (tmp_path / "models" / "tiny.gguf").read_bytes() == slow.data
+    finally:
+        slow.close()
