@@ -2,7 +2,8 @@
 server process (on the PicoLM stand-in): a pull from nginx serving a real GGUF with
 its progress, a chat with the pulled model, a copy and a chat by the new name, deletes,
 then the unknown name (``ResponseError`` with 404); a client on loopback refused when
-``model_admin`` is off; a pull whose client goes away stops its download."""
+``model_admin`` is off; one pull of a file at a time; a pull whose client goes away
+stops its download."""
 
 from __future__ import annotations
 
@@ -166,7 +167,13 @@ def test_a_client_that_goes_away_stops_its_pull(
             ) as answer:
                 for line in answer.iter_lines():
                     if json.loads(line)["status"] == "pulling tiny.gguf":
-                        break  # the transfer has begun: go away
+                        break  # the transfer has begun
+                # One pull of a file at a time (both would write its partial file).
+                second = httpx.post(
+                    f"{server.base_url}/api/pull", json={"model": url}, headers=headers
+                )
+                assert second.status_code == 400 and "being pulled already" in second.text
+                # Then this client goes away.
             deadline = time.monotonic() + 60
             while "POST /api/pull" not in server.log() and time.monotonic() < deadline:
                 time.sleep(0.05)  # until the server has seen the client go
