@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         sse_ping_seconds=settings.server.sse_ping_seconds,
         response_store=response_store,
         shelf_metrics=shelf_metrics,
+        server_settings=settings.server,
     )
     release_startup_memory()
     map_large_allocations()

@@ -228,3 +228,36 @@ class InsufficientMemoryError(APIError):
         self.model = model
         self.needed_bytes = needed_bytes
         self.budget_bytes = budget_bytes
+
+
+class ForbiddenError(APIError):
+    """403: the client may not do this (model administration it is not allowed, a
+    download from an address it may not fetch)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "forbidden"
+
+
+class ModelBusyError(APIError):
+    """409: the model is in use by requests and cannot be removed now."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "model_busy"
+
+
+class PullFailedError(APIError):
+    """502: a model download failed (the remote server, the connection, the file)."""
+
+    status_code = 502
+    error_type = "server_error"
+    default_code = "pull_failed"
+
+
+class InsufficientStorageError(APIError):
+    """507: a model download would leave less free disk space than the reserve."""
+
+    status_code = 507
+    error_type = "server_error"
+    default_code = "insufficient_storage"

@@ -20,12 +20,14 @@ from pathlib import Path
 import pytest
 
 from picolm_server.models.download import (
+    DiskSpaceError,
     DownloadError,
     checksum,
     download,
     file_name,
     resolve_url,
 )
+from picolm_server.models.pulled import was_pulled
 from tests.support.nginx import RunningNginx, nginx_binary, run_file_server
 from tests.support.server import free_port
 from tests.support.tiny_llama_gguf import build_tiny_llama_gguf
@@ -186,7 +188,12 @@ def test_pull_downloads_verifies_and_names_the_file(
     path = tmp_path / "models" / "tiny-model.gguf"
     assert sha256(path) == expected
     assert f"sha256 {expected}" in done.stdout
-    assert sorted(p.name for p in path.parent.iterdir()) == ["tiny-model.gguf"]
+    # The file, and the mark that it was pulled (what /api/delete may remove).
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        ".tiny-model.gguf.pulled",
+        "tiny-model.gguf",
+    ]
+    assert was_pulled(path)
     # Again: there already, nothing downloaded.
     requests = len(access_statuses(nginx, "/tiny.gguf"))
     again = pull(
@@ -223,7 +230,7 @@ def test_a_cut_download_is_resumed_by_the_next_pull(
     assert "resumed at" in done.stdout
     assert access_statuses(nginx, "/tiny.gguf", before + 2)[before:] == [200, 206]
     assert sha256(models / "tiny.gguf") == sha256(root / "tiny.gguf")
-    assert sorted(p.name for p in models.iterdir()) == ["tiny.gguf"]
+    assert sorted(p.name for p in models.iterdir()) == [".tiny.gguf.pulled", "tiny.gguf"]
 
 
 @needs_nginx
@@ -243,7 +250,7 @@ def test_one_pull_resumes_after_its_connection_is_cut(
     assert result.resumed_from == 0 and result.sha256 == sha256(root / "tiny.gguf")
     # The whole file, then two answers from where the cut connections stopped.
     assert access_statuses(nginx, "/tiny.gguf", before + 3)[before:] == [200, 206, 206]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny.gguf.pulled", "tiny.gguf"]
 
 
 @needs_nginx
@@ -328,3 +335,51 @@ def test_an_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("picolm-server pull: cannot connect to 127.0.0.1:")
     assert done.stderr.count("\n") == 1
+
+
+# ---- the disk space a download leaves free -----------------------------------------------
+
+
+@needs_nginx
+def test_a_download_that_would_not_leave_the_reserve_free_does_not_start(
+    served: tuple[RunningNginx, Path], tmp_path: Path
+) -> None:
+    nginx, root = served
+    size = (root / "tiny.gguf").stat().st_size
+    free = size + 1000  # room for the file, not for the file and the reserve
+    with pytest.raises(DiskSpaceError, match="must stay free"):
+        download(
+            f"{nginx.base_url}/tiny.gguf",
+            tmp_path,
+            reserve_bytes=2000,
+            free_space=lambda directory: free,
+        )
+    assert list(tmp_path.iterdir()) == []
+    # With the reserve left: downloaded.
+    done = download(
+        f"{nginx.base_url}/tiny.gguf", tmp_path, reserve_bytes=500, free_space=lambda d: free
+    )
+    assert done.sha256 == sha256(root / "tiny.gguf")
+
+
+@needs_nginx
+def test_a_download_stops_when_the_free_space_falls_to_the_reserve(
+    served: tuple[RunningNginx, Path], tmp_path: Path
+) -> None:
+    """Another writer fills the disk while the file arrives: the download stops at the
+    reserve and keeps what it has for a resume."""
+    nginx, root = served
+    measures = iter([10**12, 10**6])  # before the transfer; at its first chunk
+
+    with pytest.raises(DiskSpaceError, match=r"stopped.*pull again to resume"):
+        download(
+            f"{nginx.base_url}/tiny.gguf",
+            tmp_path,
+            reserve_bytes=2 * 10**6,
+            free_space=lambda directory: next(measures),
+        )
+    assert not (tmp_path / "tiny.gguf").exists()
+    assert (tmp_path / ".tiny.gguf.part").exists()
+    # Space freed: the same download resumes and completes.
+    done = download(f"{nginx.base_url}/tiny.gguf", tmp_path, reserve_bytes=2 * 10**6)
+    assert done.sha256 == sha256(root / "tiny.gguf")

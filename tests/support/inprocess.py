@@ -66,6 +66,7 @@ def app_for(core: GenerationCore, settings: Settings) -> Starlette:
             Path(settings.responses.store_path) if settings.responses.store_path else None,
             settings.responses.store_max_bytes,
         ),
+        server_settings=server,
     )
 
 

@@ -47,6 +47,13 @@ tokenize_routes = LazyRoutes(f"{_PACKAGE}.tokenize")
 tokenize_routes.post("/tokenize", "tokenize")
 tokenize_routes.post("/detokenize", "detokenize")
 
+# Ollama's model administration (pull, copy, delete): who may call it is
+# server.model_admin.
+ollama_admin_routes = LazyRoutes(f"{_PACKAGE}.ollama.admin")
+ollama_admin_routes.post("/api/copy", "copy_model")
+ollama_admin_routes.delete("/api/delete", "delete_model")
+ollama_admin_routes.post("/api/pull", "pull_model")
+
 ROUTERS: tuple[LazyRoutes, ...] = (
     chat_routes,
     responses_routes,
@@ -55,4 +62,5 @@ ROUTERS: tuple[LazyRoutes, ...] = (
     embeddings_routes,
     ollama_routes,
     tokenize_routes,
+    ollama_admin_routes,
 )

@@ -133,6 +133,47 @@ def _split_origins(value: object) -> object:
 OriginList = Annotated[list[str], Before(_split_origins)]
 
 
+def _url_prefixes(value: object) -> object:
+    """``server.pull_allow``: URL prefixes, each ``http(s)://host[:port]/`` and any path
+    after it. The host is named whole (the ``/`` after it is required), so that a prefix
+    never lets in another host that merely starts the same (``huggingface.co.example``)."""
+    from urllib.parse import urlsplit
+
+    prefixes = _split_origins(value)
+    if not isinstance(prefixes, list):
+        return prefixes
+    for prefix in prefixes:
+        if not isinstance(prefix, str):
+            continue  # the list's own check words it
+        parts = urlsplit(prefix)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or not parts.path.startswith("/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                f"{prefix!r} is not a URL prefix such as https://huggingface.co/ "
+                "(http or https, a host, then a path starting with /)"
+            )
+    return prefixes
+
+
+UrlPrefixList = Annotated[list[str], Before(_url_prefixes)]
+
+# Who may use the endpoints that change the shelf (/api/pull, /api/delete, /api/copy):
+# "loopback": clients on this machine, or anyone presenting the API key when one is set;
+# "key": anyone presenting the API key (one must be set); "any": anyone who can reach
+# the server (and passes the key check, when a key is set); "off": nobody.
+ModelAdmin = Literal["loopback", "key", "any", "off"]
+# What /api/pull fetches from by default: Hugging Face's download URLs (hf:// names too).
+DEFAULT_PULL_ALLOW = ("https://huggingface.co/",)
+# The disk space a pull leaves free in the models directory's file system.
+DEFAULT_PULL_RESERVE = 1024 * MIB
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -167,6 +208,11 @@ class ServerSection:
     ui: bool = True  # the chat page at /
     # SSE comment sent when a stream has been quiet this long (0 = never).
     sse_ping_seconds: float = setting(10.0, ge=0.0)
+    # Model administration (api/ollama/admin.py): who may pull, copy and delete models,
+    # the URL prefixes a pull may fetch from, and the disk space a pull leaves free.
+    model_admin: ModelAdmin = "loopback"
+    pull_allow: UrlPrefixList = field(default_factory=lambda: list(DEFAULT_PULL_ALLOW))
+    pull_reserve: ByteSize = setting(DEFAULT_PULL_RESERVE, ge=0)
 
 
 @dataclass(frozen=True)
@@ -422,6 +468,11 @@ def load_settings(
     source = f"config file {config_path}" if config_path else "configuration"
     values = merge_sources(overrides or {}, environment_values(), file_values)
     try:
-        return Settings.from_values(values)
+        settings = Settings.from_values(values)
     except SettingsInvalid as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if settings.server.model_admin == "key" and not settings.server.api_key:
+        raise ConfigError(
+            f"{source}: server.model_admin: 'key' needs server.api_key (the key to present)"
+        )
+    return settings

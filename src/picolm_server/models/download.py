@@ -1,13 +1,19 @@
 """Downloading a GGUF model into a models directory: the server's one download path
-(``picolm-server pull``, and the container image's ``MODEL_URL`` through it).
+(``picolm-server pull``, the container image's ``MODEL_URL`` through it, and the
+server's ``/api/pull``).
 
 A download is written to a hidden partial file beside its final name (``.NAME.part``,
 which a models directory's ``*.gguf`` never matches) and takes its final name only when
 it is whole, is a GGUF file and, when a SHA-256 is given, has that checksum: one atomic
-rename, so no half file ever stands under the final name. A partial file left by a cut
-connection or an interrupted command is resumed with an HTTP ``Range`` request, guarded
-by ``If-Range`` (the ETag or Last-Modified date seen first), so that bytes of a file that
-has changed on the server are never joined to the new file's. Every failure is one
+rename, so no half file ever stands under the final name. A file downloaded is marked
+as pulled (:mod:`.pulled`): the server's ``/api/delete`` removes only such files. A
+partial file left by a cut connection or an interrupted command is resumed with an
+HTTP ``Range`` request, guarded by ``If-Range`` (the ETag or Last-Modified date seen
+first), so that bytes of a file that has changed on the server are never joined to the
+new file's. A download may keep a reserve of free disk space (``reserve_bytes``): it
+does not start when the file would not leave it, and stops when the disk's free space
+falls to it (another writer, or a file without a length), keeping the partial file for
+a resume. Every failure is one
 :class:`DownloadError` with a one-line message.
 """
 
@@ -30,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ..gguf import GGUF_MAGIC, GGUFError, read_gguf_metadata
+from .pulled import mark_pulled
 
 HF_SCHEME = "hf://"
 HF_RESOLVE = "https://huggingface.co/{repo}/resolve/main/{file}"
@@ -46,6 +53,14 @@ _TIMEOUT = httpx.Timeout(30.0)
 
 class DownloadError(Exception):
     """A download that failed; the message is one line, fit for a user."""
+
+
+class DiskSpaceError(DownloadError):
+    """The disk has no room for the download beside the free space it must leave."""
+
+
+def free_disk_space(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
 
 
 class Progress(Protocol):
@@ -148,8 +163,12 @@ def download(
     retries: int = RETRIES,
     retry_wait: Callable[[int], float] = lambda attempt: min(2.0**attempt, 10.0),
     client: httpx.Client | None = None,
+    reserve_bytes: int = 0,
+    free_space: Callable[[Path], int] = free_disk_space,
 ) -> Downloaded:
-    """Download ``url`` into ``models_dir``; see the module's description."""
+    """Download ``url`` into ``models_dir``; see the module's description. ``client``
+    is the HTTP client to use (it must follow redirects); ``free_space`` tells the free
+    bytes of a directory's file system."""
     source = resolve_url(url)
     target = file_name(source, name)
     expected = checksum(sha256)
@@ -160,7 +179,13 @@ def download(
     final = models_dir / target
     if final.exists() and not force:
         return _already_there(final, expected)
-    transfer = _Transfer(source, models_dir / f".{target}.part", target, progress or NoProgress())
+    transfer = _Transfer(
+        source,
+        models_dir / f".{target}.part",
+        target,
+        progress or NoProgress(),
+        _Disk(reserve_bytes, free_space),
+    )
     with contextlib.ExitStack() as stack:
         if client is None:
             client = stack.enter_context(httpx.Client(follow_redirects=True, timeout=_TIMEOUT))
@@ -178,7 +203,20 @@ def download(
                         f"{transfer.partial}: run the same command again to resume"
                     ) from None
                 time.sleep(retry_wait(attempt))
-    return transfer.finish(final, expected)
+    done = transfer.finish(final, expected)
+    mark_pulled(done.path, source)
+    return done
+
+
+@dataclass(frozen=True)
+class _Disk:
+    """The free space a download must leave, and how to measure what there is."""
+
+    reserve: int
+    free: Callable[[Path], int]
+
+    # Measured once per this many bytes written (a system call; 1 MiB chunks at most).
+    EVERY = 8 * _CHUNK
 
 
 def _already_there(final: Path, expected: str | None) -> Downloaded:
@@ -195,8 +233,9 @@ def _already_there(final: Path, expected: str | None) -> Downloaded:
 class _Transfer:
     """One file's download into its partial file, over as many requests as it takes."""
 
-    def __init__(self, url: str, partial: Path, name: str, progress: Progress) -> None:
+    def __init__(self, url: str, partial: Path, name: str, progress: Progress, disk: _Disk) -> None:
         self.url = url
+        self.disk = disk
         self.partial = partial
         # Where the partial file came from: the URL and the validator for If-Range.
         self.origin = partial.with_name(partial.name + ".origin")
@@ -276,7 +315,12 @@ class _Transfer:
         try:
             with self.partial.open("ab" if have else "wb") as out:
                 head = None if have else b""
+                unmeasured = _Disk.EVERY  # measured at the first chunk, then every EVERY
                 for chunk in response.iter_bytes():
+                    unmeasured += len(chunk)
+                    if self.disk.reserve and unmeasured >= _Disk.EVERY:
+                        unmeasured = 0
+                        self._keep_reserve()
                     if head is not None and len(head) < len(_MAGIC):
                         head += chunk
                         if len(head) >= len(_MAGIC) and not head.startswith(_MAGIC):
@@ -304,11 +348,23 @@ class _Transfer:
     def _check_space(self, remaining: int | None) -> None:
         if remaining is None:
             return
-        free = shutil.disk_usage(self.partial.parent).free
-        if remaining > free:
-            raise DownloadError(
+        free = self.disk.free(self.partial.parent)
+        if remaining + self.disk.reserve > free:
+            reserve = self.disk.reserve
+            kept = f", and {size_text(reserve)} must stay free" if reserve else ""
+            raise DiskSpaceError(
                 f"not enough disk space in {self.partial.parent}: {size_text(remaining)} to "
-                f"download, {size_text(free)} free"
+                f"download, {size_text(free)} free{kept}"
+            )
+
+    def _keep_reserve(self) -> None:
+        free = self.disk.free(self.partial.parent)
+        if free <= self.disk.reserve:
+            raise DiskSpaceError(
+                f"the download stopped: the disk of {self.partial.parent} is down to "
+                f"{size_text(free)} free, the {size_text(self.disk.reserve)} it must keep; "
+                f"{size_text(self.kept())} kept in {self.partial}: free some space and pull "
+                "again to resume"
             )
 
     def finish(self, final: Path, expected: str | None) -> Downloaded:

