@@ -68,6 +68,7 @@ from ...shelf.models_dir import model_id_of
 from ...shelf.shelf import Shelf
 from .admin_access import check_admin
 from .pull_source import check_source, guarded_client
+from .respond import error_line
 
 router = Routes()
 logger = logging.getLogger("picolm_server")
@@ -322,8 +323,7 @@ async def _stream(pull: _Pull) -> AsyncIterator[bytes]:
         async for line in pull.lines():
             yield json.dumps(line).encode() + b"\n"
     except Exception as exc:
-        error = _api_error(exc)
-        yield json.dumps({"error": error.message}).encode() + b"\n"
+        yield error_line(_api_error(exc))
 
 
 @router.post("/api/pull")
