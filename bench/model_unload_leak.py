@@ -2,8 +2,8 @@
 load/unload cycles of the embedded SmolLM2.
 
 Each cycle builds the engine exactly as the server does (``server/bootstrap.py``'s
-``load_model`` with the default settings (the shelf's loader): the embedded model, its embedder, every
-core, four slots), runs one short greedy generation (and, unless left out with
+``load_model``, the shelf's loader, with the default settings: the embedded model, its
+embedder, every core, four slots), runs one short greedy generation (and, unless left out with
 ``--only-generate``, one embedding and one generation held to a JSON schema, so that
 the embedder's context and the grammar cache are loaded too), then closes the engine,
 which is what unloading a model from the shelf does. After cycles 1, 10, 50 and 100 (or
