@@ -40,8 +40,9 @@ from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptio
 from picolm_server.engines.llama_cpp.slots import ModelContext
 from picolm_server.engines.llama_cpp.state_cache import as_tokens
 from picolm_server.gguf import read_gguf_metadata
+from picolm_server.models.embedded import EMBEDDED_MODEL_ID
 from picolm_server.prompting.chat_template import load_chat_template
-from picolm_server.server.bootstrap import EMBEDDED_MODEL_ID, embedded_model_path
+from picolm_server.server.bootstrap import embedded_model_path
 
 PARAGRAPH = (
     "The harbour town kept its lighthouse long after ships had radar. Every evening the "

@@ -2,8 +2,8 @@
 load/unload cycles of the embedded SmolLM2.
 
 Each cycle builds the engine exactly as the server does (``server/bootstrap.py``'s
-``build_llama_cpp`` with the default settings: the embedded model, its embedder, every
-core, four slots), runs one short greedy generation (and, unless left out with
+``load_model``, the shelf's loader, with the default settings: the embedded model, its
+embedder, every core, four slots), runs one short greedy generation (and, unless left out with
 ``--only-generate``, one embedding and one generation held to a JSON schema, so that
 the embedder's context and the grammar cache are loaded too), then closes the engine,
 which is what unloading a model from the shelf does. After cycles 1, 10, 50 and 100 (or
@@ -47,8 +47,9 @@ from picolm_server.engines.base import (
 )
 from picolm_server.engines.llama_cpp import engine as llama_engine
 from picolm_server.engines.llama_cpp.engine import LlamaCppEngine
-from picolm_server.server.bootstrap import build_llama_cpp
+from picolm_server.server.bootstrap import load_model
 from picolm_server.server.footprint import map_large_allocations
+from picolm_server.shelf.catalog import build_catalog
 
 MB = 1000 * 1000
 MIB = 1024 * 1024
@@ -113,7 +114,7 @@ async def generate(engine: Engine, constraint: OutputConstraint | None = None) -
 
 async def cycle(settings: Settings, everything: bool) -> str:
     """Load, use and unload the model once; its greedy reply."""
-    built = build_llama_cpp(settings)
+    built = load_model(settings, build_catalog(settings).default)
     engine = built.engine
     assert isinstance(engine, LlamaCppEngine)
     try:

@@ -687,7 +687,8 @@ import asyncio, contextlib, json
 from picolm_server.config.settings import Settings
 from picolm_server.engines.base import GenerationRequest
 from picolm_server.heap import trim
-from picolm_server.server.bootstrap import build_llama_cpp
+from picolm_server.server.bootstrap import load_model
+from picolm_server.shelf.catalog import build_catalog
 
 def rss():
     with open("/proc/self/status") as status:
@@ -696,7 +697,8 @@ def rss():
                 return int(line.split()[1]) * 1024
 
 async def main():
-    engine = build_llama_cpp(Settings()).engine
+    settings = Settings()
+    engine = load_model(settings, build_catalog(settings).default).engine
     request = GenerationRequest(prompt="Hello", max_tokens=4, temperature=0.0, top_p=1.0)
     async with contextlib.aclosing(engine.generate(request)) as events:
         async for _ in events:
