@@ -12,6 +12,7 @@ otherwise.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,7 +136,11 @@ def converse(container: Container, model: str = "picolm-local") -> None:
 def test_the_images_picolm_serves_the_model_built_into_it() -> None:
     with run_container(IMAGE) as container:
         logs = container.logs()
-        assert "engine: picolm (/usr/local/bin/picolm), model file: /models/model.gguf" in logs
+        assert re.search(
+            r"engine picolm \(/usr/local/bin/picolm\), context \d+ tokens, "
+            r"model file: /models/model\.gguf",
+            logs,
+        ), logs
         converse(container)
         wait_for_health(container, "healthy")
 

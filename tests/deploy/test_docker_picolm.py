@@ -74,7 +74,7 @@ def test_the_image_is_of_its_architecture_and_has_no_llama_cpp() -> None:
 
 
 def test_the_server_runs_the_images_picolm_within_512_mib(server: Container) -> None:
-    assert "engine: picolm (/usr/local/bin/picolm)" in server.logs()
+    assert "engine picolm (/usr/local/bin/picolm)" in server.logs()
     limit = docker("inspect", "--format", "{{.HostConfig.Memory}}", server.name)
     assert int(limit) == 512 * 2**20
 
