@@ -169,8 +169,12 @@ def test_a_client_that_goes_away_stops_its_pull(
                     if json.loads(line)["status"] == "pulling tiny.gguf":
                         break  # the transfer has begun
                 # One pull of a file at a time (both would write its partial file).
+                # As patient as the other calls here: a loaded machine can take seconds.
                 second = httpx.post(
-                    f"{server.base_url}/api/pull", json={"model": url}, headers=headers
+                    f"{server.base_url}/api/pull",
+                    json={"model": url},
+                    headers=headers,
+                    timeout=60,
                 )
                 assert second.status_code == 400 and "being pulled already" in second.text
                 # Then this client goes away.
