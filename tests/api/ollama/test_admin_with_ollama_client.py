@@ -165,9 +165,11 @@ def test_a_client_that_goes_away_stops_its_pull(
             with httpx.stream(
                 "POST", f"{server.base_url}/api/pull", json={"model": url}, headers=headers
             ) as answer:
-                for line in answer.iter_lines():
-                    if json.loads(line)["status"] == "pulling tiny.gguf":
-                        break  # the transfer has begun
+                # Held, not left to the garbage collector: closing the iterator would
+                # close the response, and this client must stay until it goes below.
+                lines = answer.iter_lines()
+                while json.loads(next(lines))["status"] != "pulling tiny.gguf":
+                    pass  # until the transfer has begun
                 # One pull of a file at a time (both would write its partial file).
                 # As patient as the other calls here: a loaded machine can take seconds.
                 second = httpx.post(

@@ -292,7 +292,7 @@ class _Pull:
         self.started = True
         task = asyncio.ensure_future(asyncio.to_thread(self._download, progress))
         # The name is free again once the download's thread has ended, not before.
-        task.add_done_callback(lambda _: self.pulling.discard(self.path))
+        task.add_done_callback(self._ended)
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())
@@ -310,6 +310,11 @@ class _Pull:
         if model.problem is not None:
             raise PullFailedError(f"{model.id} was pulled but cannot be served: {model.problem}")
         yield {"status": "success"}
+
+    def _ended(self, task: asyncio.Future[Downloaded]) -> None:
+        self.pulling.discard(self.path)
+        if not task.cancelled():
+            task.exception()  # retrieved: a client gone is told nothing, and it is no error
 
     async def _shelve(self, path: Path) -> ShelfModel:
         model = self.shelf.catalog.find(model_id_of(path))
