@@ -112,8 +112,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_ID = "SmolLM2-135M-Instruct"
 PICOLM, LLAMA_SERVER, LCP = "picolm", "llama-server", "llama-cpp-python"
-SERVER_KEYS = (PICOLM, LLAMA_SERVER, LCP)
-CASES = ("chat", "interleaved", "concurrency", "grammar", "steady", "steady-busy")
+# picolm-server from another source tree (``--old-src``): the old code beside the new.
+PICOLM_OLD = "picolm-old"
+SERVER_KEYS = (PICOLM, PICOLM_OLD, LLAMA_SERVER, LCP)
+PICOLM_KEYS = (PICOLM, PICOLM_OLD)
+CASES = (
+    "chat",
+    "interleaved",
+    "concurrency",
+    "grammar",
+    "steady",
+    "steady-busy",
+    "decode",
+    "decode-alternating",
+)
 BASELINE = "llama-server"  # the label ratios are taken against
 
 # --- prompts -----------------------------------------------------------------------
@@ -419,15 +431,16 @@ def server_spec(
     key: str, args: argparse.Namespace, model: Path, port: int, workdir: Path
 ) -> ServerSpec:
     threads, context, slots = str(args.threads), args.context, args.parallel or 1
-    if key == PICOLM:
+    if key in PICOLM_KEYS:
         config = picolm_config(args, port)
-        path = workdir / f"picolm-server-{port}.yaml"
+        path = workdir / f"{key}-{port}.yaml"
         path.write_text(yaml.safe_dump(config))
+        old = key == PICOLM_OLD
         return ServerSpec(
-            PICOLM,
-            args.picolm_label,
+            key,
+            args.old_label if old else args.picolm_label,
             [sys.executable, "-m", "picolm_server", "-config", str(path)],
-            env={"PYTHONPATH": str(picolm_src(args))},
+            env={"PYTHONPATH": str(picolm_src(args, old=old))},
             config=config,
         )
     if key == LLAMA_SERVER:
@@ -471,8 +484,9 @@ def server_spec(
     raise ValueError(key)
 
 
-def picolm_src(args: argparse.Namespace) -> Path:
-    src = Path(args.src).resolve() if args.src else ROOT / "src"
+def picolm_src(args: argparse.Namespace, old: bool = False) -> Path:
+    chosen = args.old_src if old else args.src
+    src = Path(chosen).resolve() if chosen else ROOT / "src"
     if (src / "src" / "picolm_server").is_dir():
         src = src / "src"
     return src
@@ -589,6 +603,8 @@ class Context:
     args: argparse.Namespace
     nonce: str
     key: str  # which server: a few requests are spelled in its dialect
+    model: Path = ROOT
+    workdir: Path = ROOT
 
     async def request(self, body: dict[str, Any]) -> Reply:
         return await stream_request(self.client, body, self.args.timeout)
@@ -730,7 +746,7 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
     for run in range(args.grammar_runs):
         nonce = f"{ctx.nonce}-g{run}"
         await ask_person("json_schema", f"[{nonce}] {STORY_SYSTEM}")
-        if ctx.key != PICOLM:
+        if ctx.key not in PICOLM_KEYS:
             # The same request with picolm-server's own prompt: its system message and
             # the reply's outline it adds there (what picolm-server's grammar requests
             # compute as prompt), so the engines and grammars compare on equal prompts.
@@ -784,6 +800,57 @@ async def case_steady_busy(ctx: Context, out: dict[str, Any]) -> None:
         await case_steady(ctx, out)
 
 
+def _decode_body(ctx: Context, index: int, tag: str) -> dict[str, Any]:
+    story = STORIES[index % len(STORIES)]
+    return chat_body(story_messages(story, f"{ctx.nonce}-{tag}{index}"), ctx.args.decode_max_tokens)
+
+
+def _decode_summary(reply: Reply) -> dict[str, Any]:
+    """A request's figures with its decode rate: tokens after the first over the time
+    from the first token to the last byte."""
+    summary = reply.summary()
+    tokens = reply.completion_tokens
+    if reply.ok and reply.ttft is not None and reply.total and reply.total > reply.ttft:
+        summary["decode_tokens_per_s"] = _round((tokens - 1) / (reply.total - reply.ttft), 2)
+    return summary
+
+
+async def case_decode(ctx: Context, out: dict[str, Any]) -> None:
+    """One stream at a time, the server alone on the machine."""
+    requests: list[dict[str, Any]] = out.setdefault("requests", [])
+    for index in range(ctx.args.decode_requests):
+        requests.append(_decode_summary(await ctx.request(_decode_body(ctx, index, "d"))))
+
+
+async def case_decode_alternating(ctx: Context, out: dict[str, Any]) -> None:
+    """One stream at a time, each request sent the moment another server's stream of
+    the same length ends: picolm-server alternates with llama-server, llama-server with
+    picolm-server (the new one). Only the measured server's requests are recorded."""
+    args = ctx.args
+    other = PICOLM if ctx.key == LLAMA_SERVER else LLAMA_SERVER
+    port = free_port()
+    spec = server_spec(other, args, ctx.model, port, ctx.workdir)
+    log_path = ctx.workdir / f"{ctx.key}-decode-alternating-companion-{port}.log"
+    out["companion"] = spec.label
+    process = spawn(spec.command, spec.env, log_path)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            headers={"Connection": "close"},
+            timeout=httpx.Timeout(args.timeout, connect=10.0),
+        ) as client:
+            await wait_ready(client, process, time.perf_counter(), args.startup_timeout)
+            companion = Context(client, args, ctx.nonce, other, ctx.model, ctx.workdir)
+            requests: list[dict[str, Any]] = out.setdefault("requests", [])
+            for index in range(args.decode_requests):
+                before = await companion.request(_decode_body(companion, index, "o"))
+                if not before.ok:
+                    out.setdefault("errors", []).append(f"companion: {before.error}")
+                requests.append(_decode_summary(await ctx.request(_decode_body(ctx, index, "a"))))
+    finally:
+        stop_process(process)
+
+
 CASE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], Awaitable[None]]] = {
     "chat": case_chat,
     "interleaved": case_interleaved,
@@ -791,6 +858,8 @@ CASE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], Awaitable[None]]] 
     "grammar": case_grammar,
     "steady": case_steady,
     "steady-busy": case_steady_busy,
+    "decode": case_decode,
+    "decode-alternating": case_decode_alternating,
 }
 
 
@@ -818,8 +887,12 @@ def estimate_seconds(case: str, key: str, args: argparse.Namespace) -> float:
     if case == "grammar":
         # json_schema and tool call; both grammar-bound servers apply the grammar to the
         # whole vocabulary at every token.
-        per_run = {PICOLM: 55.0, LCP: 20.0}.get(key, 3.0)
+        per_run = {PICOLM: 10.0, PICOLM_OLD: 10.0, LCP: 20.0}.get(key, 3.0)
         return start + runs * per_run
+    if case in ("decode", "decode-alternating"):
+        per_request = int(args.decode_max_tokens) / 110.0 + 0.3
+        pairs = 2 if case == "decode-alternating" else 1
+        return start * pairs + int(args.decode_requests) * per_request * pairs
     gap = gap_s + tokens / (20.0 if case == "steady-busy" else 80.0)
     return start + min(requests_n * gap, budget + gap)
 
@@ -880,9 +953,10 @@ def run_quietly(command: list[str], env: dict[str, str] | None = None) -> str:
 
 def versions(args: argparse.Namespace, keys: list[str]) -> dict[str, str]:
     found: dict[str, str] = {}
-    if PICOLM in keys:
-        src = picolm_src(args)
-        found["picolm-server"] = (
+    for key in (k for k in PICOLM_KEYS if k in keys):
+        src = picolm_src(args, old=key == PICOLM_OLD)
+        label = args.old_label if key == PICOLM_OLD else args.picolm_label
+        found[label] = (
             run_quietly(
                 [sys.executable, "-c", "import picolm_server; print(picolm_server.__file__)"],
                 env={"PYTHONPATH": str(src)},
@@ -890,6 +964,7 @@ def versions(args: argparse.Namespace, keys: list[str]) -> dict[str, str]:
             + " @ "
             + run_quietly(["git", "-C", str(src), "describe", "--always", "--dirty"])
         )
+    if PICOLM in keys or PICOLM_OLD in keys:
         found["llama-cpp-python (picolm-server)"] = run_quietly(
             [sys.executable, "-c", "import llama_cpp; print(llama_cpp.__version__)"]
         )
@@ -955,7 +1030,7 @@ async def run_case(
             record["startup_s"] = _round(
                 await wait_ready(client, process, began, args.startup_timeout), 3
             )
-            ctx = Context(client, args, f"{run_id}-r{round_}-{case}", key)
+            ctx = Context(client, args, f"{run_id}-r{round_}-{case}", key, model, workdir)
             warm = await ctx.request(chat_body(story_messages(STORIES[1], ctx.nonce), 8))
             if not warm.ok:
                 raise RuntimeError(f"warm-up failed: {warm.error}")
@@ -1046,6 +1121,10 @@ async def run_benchmark(args: argparse.Namespace) -> int:
                 "picolm_extra": args.picolm_extra,
                 "src": str(picolm_src(args)),
                 "picolm_label": args.picolm_label,
+                "old_src": str(picolm_src(args, old=True)) if PICOLM_OLD in keys else None,
+                "old_label": args.old_label,
+                "decode_requests": args.decode_requests,
+                "decode_max_tokens": args.decode_max_tokens,
                 "chat_turns": args.chat_turns,
                 "chat_max_tokens": args.chat_max_tokens,
                 "conversations": args.conversations,
@@ -1352,7 +1431,10 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
         for server in servers:
             # picolm-server's own prompt is its json_schema request itself.
             source = (
-                "json_schema" if (kind, server) == ("json_schema_same_prompt", PICOLM) else kind
+                "json_schema"
+                if kind == "json_schema_same_prompt"
+                and grouped.get(server, [{}])[0].get("key") in PICOLM_KEYS
+                else kind
             )
             runs = [r for rec in grouped.get(server, []) for r in rec["result"].get(source, [])]
             if not runs:
@@ -1484,6 +1566,139 @@ def report_steady(cases: list[dict[str, Any]], servers: list[str]) -> list[str]:
     ]
 
 
+def decode_rates(cases: list[dict[str, Any]], case: str) -> dict[str, list[float]]:
+    """Each server's per-request decode rates (tokens/s after the first token)."""
+    rates: dict[str, list[float]] = {}
+    for server, records in by_server(cases, case).items():
+        for record in records:
+            requests = record["result"].get("requests", [])
+            rates.setdefault(server, []).extend(_ok(requests, "decode_tokens_per_s"))
+    return rates
+
+
+def report_decode(cases: list[dict[str, Any]], servers: list[str]) -> list[str]:
+    rows = []
+    for case, how in (("decode", "alone"), ("decode-alternating", "alternating")):
+        rates = decode_rates(cases, case)
+        base = median(rates.get(BASELINE, []))
+        for server in servers:
+            values = rates.get(server)
+            if not values:
+                continue
+            mid = statistics.median(values)
+            rows.append(
+                [
+                    how,
+                    server,
+                    str(len(values)),
+                    fmt_rate(mid),
+                    f"{min(values):.1f}-{max(values):.1f}",
+                    fmt_ratio(mid, base) if server != BASELINE else "1.00x",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "## One stream at full speed",
+        "",
+        "Decode rate of single streamed requests: completion tokens after the first over "
+        "the time from the first token to the last byte. Alone: the server is the only one "
+        "running; alternating: each request is sent the moment another server (llama-server "
+        "for picolm-server, picolm-server for llama-server) has streamed a reply of the "
+        "same length.",
+        "",
+        table(
+            ["", "server", "requests", "median tokens/s", "min-max", f"vs {BASELINE}"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def chart_title(records: list[dict[str, Any]]) -> str:
+    runs = [r for r in records if r.get("type") == "run"]
+    if not runs:
+        return "picolm-server against llama-server"
+    first = runs[0]
+    return (
+        f"SmolLM2-135M, {first['machine']['cores']} cores ({first['machine']['cpu']}), "
+        f"run {first['started'][:16]} UTC"
+    )
+
+
+def _requests(cases: list[dict[str, Any]], case: str, part: str) -> dict[str, list[Any]]:
+    """Each server's items of ``result[part]`` over every record of ``case``."""
+    found: dict[str, list[Any]] = {}
+    for server, records in by_server(cases, case).items():
+        for record in records:
+            found.setdefault(server, []).extend(record["result"].get(part, []))
+    return found
+
+
+def chart_figures(records: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, float]]]:
+    """What the chart shows: (case, unit, each server's median), the unit ending in
+    "s" for times (less is better) and "tokens/s" for rates (more is better)."""
+    cases = [r for r in records if r.get("type") == "case"]
+    figures: list[tuple[str, str, dict[str, float]]] = []
+
+    def add(name: str, unit: str, values: dict[str, list[float]]) -> None:
+        medians = {server: statistics.median(v) for server, v in values.items() if v}
+        if medians:
+            figures.append((name, unit, medians))
+
+    chat = _requests(cases, "chat", "turns")
+    last_turn = max((t["turn"] for turns in chat.values() for t in turns), default=0)
+    add(
+        f"chat: turn {last_turn} TTFT",
+        "s",
+        {s: _ok([t for t in ts if t["turn"] == last_turn], "ttft") for s, ts in chat.items()},
+    )
+    interleaved = _requests(cases, "interleaved", "requests")
+    add(
+        "4 conversations: TTFT, turns 2+",
+        "s",
+        {s: _ok([r for r in rs if r["turn"] > 1], "ttft") for s, rs in interleaved.items()},
+    )
+    levels = _requests(cases, "concurrency", "levels")
+    for clients in sorted({lv["clients"] for lvs in levels.values() for lv in lvs}):
+        add(
+            f"{clients} client{'s' if clients > 1 else ''}: aggregate rate",
+            "tokens/s",
+            {
+                s: [
+                    w["tokens_per_s"]
+                    for lv in lvs
+                    if lv["clients"] == clients
+                    for w in lv["waves"]
+                    if w["tokens_per_s"] is not None and not w["errors"]
+                ]
+                for s, lvs in levels.items()
+            },
+        )
+    for kind, name in (("json_schema", "json_schema reply"), ("tool_call", "forced tool call")):
+        runs = _requests(cases, "grammar", kind)
+        add(
+            f"{name}: latency",
+            "s",
+            {
+                s: [r["total"] for r in rs if r.get("valid") and r.get("total")]
+                for s, rs in runs.items()
+            },
+        )
+    for case, name in (("steady", "steady, quiet"), ("steady-busy", "steady, cores busy")):
+        add(
+            f"{name}: latency",
+            "s",
+            {s: _ok(rs, "total") for s, rs in _requests(cases, case, "requests").items()},
+        )
+    for case, name in (
+        ("decode", "one stream, alone"),
+        ("decode-alternating", "one stream, alternating"),
+    ):
+        add(name, "tokens/s", decode_rates(cases, case))
+    return figures
+
+
 def report(records: list[dict[str, Any]]) -> str:
     runs = [r for r in records if r.get("type") == "run"]
     cases = [r for r in records if r.get("type") == "case"]
@@ -1516,6 +1731,7 @@ def report(records: list[dict[str, Any]]) -> str:
     lines += report_concurrency(by_server(cases, "concurrency"), servers)
     lines += report_grammar(by_server(cases, "grammar"), servers)
     lines += report_steady(cases, servers)
+    lines += report_decode(cases, servers)
     lines += ["## Each case's machine load", ""]
     lines.append(
         table(
@@ -1569,7 +1785,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--servers", type=comma_list(SERVER_KEYS), default=list(SERVER_KEYS))
+    add(
+        "--servers",
+        type=comma_list(SERVER_KEYS),
+        default=[PICOLM, LLAMA_SERVER, LCP],
+        help="picolm-old runs --old-src",
+    )
     add("--cases", type=comma_list(CASES), default=list(CASES))
     add("--rounds", type=int, default=1, help="each round rotates the server order")
     add(
@@ -1586,6 +1807,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--picolm-extra", action="append", default=[], metavar="KEY=VALUE")
     add("--picolm-label", default="picolm-server", help="name in the tables")
     add("--src", help="picolm-server source tree to run (PYTHONPATH); default: this one")
+    add(
+        "--old-src",
+        help="another picolm-server source tree, run as the server picolm-old beside the "
+        "new one in the same run (add picolm-old to --servers)",
+    )
+    add("--old-label", default="picolm-server (old)", help="picolm-old's name in the tables")
     add("--model", help="GGUF; default: the embedded SmolLM2-135M-Instruct")
     add("--llama-server", help="llama.cpp's llama-server binary")
     add("--llama-server-arg", action="append", default=[], help="extra llama-server flag")
@@ -1617,7 +1844,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds after which a steadiness case sends no more requests",
     )
     add("--busy", type=int, default=2, help="spinning processes for steady-busy")
+    add("--decode-requests", type=int, default=4, help="requests per decode case")
+    add("--decode-max-tokens", type=int, default=256, help="tokens per decode request")
+    add("--chart", type=Path, help="with --report: also draw the results into this PNG")
     args = parser.parse_args(argv)
+    if PICOLM_OLD in args.servers and not args.old_src and args.report is None:
+        parser.error("--old-src DIR is needed for picolm-old")
     if args.report is None and LLAMA_SERVER in args.servers and not args.llama_server:
         if not args.dry_run:
             parser.error("--llama-server PATH is needed (or leave llama-server out of --servers)")
@@ -1632,7 +1864,12 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report is not None:
-        print(report(load_records(args.report or [args.out])), end="")
+        records = load_records(args.report or [args.out])
+        print(report(records), end="")
+        if args.chart:
+            from real_use_chart import draw_chart
+
+            draw_chart(chart_figures(records), args.chart, BASELINE, chart_title(records))
         return 0
     # Ctrl-C stops the run cleanly even when started from a shell that ignores SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)

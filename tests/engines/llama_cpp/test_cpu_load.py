@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from picolm_server.engines.llama_cpp import cpu_load
-from picolm_server.engines.llama_cpp.cpu_load import CpuLoad
+from picolm_server.engines.llama_cpp.cpu_load import CpuLoad, ThreadChoice
 
 
 class Clock:
@@ -93,3 +93,78 @@ def test_the_reading_is_kept_within_its_window(tmp_path: Path, clock: Clock) -> 
 def test_unreadable_files_mean_every_core(tmp_path: Path) -> None:
     load = CpuLoad(cores=4, proc_stat=str(tmp_path / "missing"), self_stat=str(tmp_path / "x"))
     assert load.free_cores() == 4 and not load.available
+
+
+class Machine:
+    """/proc files and a clock: other work and this process use the cores as told."""
+
+    def __init__(self, tmp_path: Path, clock: Clock) -> None:
+        self.tmp_path, self.clock = tmp_path, clock
+        self.machine = self.own = 0
+        write(tmp_path, 0, 0)
+        self.load = CpuLoad(
+            cores=2, proc_stat=str(tmp_path / "stat"), self_stat=str(tmp_path / "self")
+        )
+        self.load._ticks_per_second = 100
+
+    def run(self, seconds: float, others: float, own: float) -> None:
+        """``seconds`` pass with other work using ``others`` cores, this process ``own``."""
+        self.clock.now += seconds
+        self.own += round(own * seconds * 100)
+        self.machine += round((others + own) * seconds * 100)
+        write(self.tmp_path, self.machine, self.own)
+
+
+def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Another server's reply ends as this one's request comes: the first reading of
+    the request spans the other's last busy moments, and the next one, a tenth of a
+    second later, gives both threads back."""
+    machine = Machine(tmp_path, clock)
+    choice = ThreadChoice(2, machine.load)
+    choice.idle()
+    choice.refresh()
+    machine.run(0.25, others=2.0, own=0.0)  # the other server decodes while this is idle
+    choice.refresh()
+    machine.run(0.05, others=0.0, own=0.0)
+    choice.busy(clock.now)
+    assert choice.choose(clock.now) == 1
+    machine.run(0.05, others=0.0, own=2.0)
+    assert choice.choose(clock.now) == 1  # the reading is younger than its window
+    machine.run(0.06, others=0.0, own=2.0)
+    assert choice.choose(clock.now) == 2
+
+
+def test_work_seen_while_decoding_keeps_the_threads_lowered_for_a_calm_second(
+    tmp_path: Path, clock: Clock
+) -> None:
+    machine = Machine(tmp_path, clock)
+    choice = ThreadChoice(2, machine.load)
+    choice.busy(clock.now)
+    assert choice.choose(clock.now) == 2
+    machine.run(0.6, others=0.0, own=2.0)
+    assert choice.choose(clock.now) == 2
+    machine.run(0.3, others=1.0, own=1.0)  # other work takes a core mid-reply
+    assert choice.choose(clock.now) == 1
+    for _ in range(3):  # calm again, but not for a second yet
+        machine.run(0.3, others=0.0, own=1.0)
+        assert choice.choose(clock.now) == 1
+    machine.run(0.3, others=0.0, own=1.0)
+    assert choice.choose(clock.now) == 2
+
+
+def test_steady_other_work_keeps_one_thread(tmp_path: Path, clock: Clock) -> None:
+    """Cores kept busy elsewhere before and during the request: one thread throughout."""
+    machine = Machine(tmp_path, clock)
+    choice = ThreadChoice(2, machine.load)
+    choice.idle()
+    choice.refresh()
+    machine.run(0.25, others=2.0, own=0.0)
+    choice.refresh()
+    choice.busy(clock.now)
+    threads = []
+    for _ in range(20):
+        machine.run(0.1, others=1.5, own=0.5)
+        threads.append(choice.choose(clock.now))
+    assert threads == [1] * 20

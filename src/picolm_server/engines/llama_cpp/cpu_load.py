@@ -16,7 +16,8 @@ processes kept busy. (A count of runnable threads is no good: a client reading t
 stream, or this server's own event loop, shows up in it for moments that cost nothing.)
 Where those files cannot be read, every core is taken to be free. The decode loop asks
 before every decode, and every :data:`WINDOW` while it is idle, so the reading a request
-starts from is recent.
+starts from is recent; :attr:`CpuLoad.since` says when the time a reading spans began,
+so that the loop can tell what other work did while it was idle from what it does now.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class CpuLoad:
         self.available = True
         self._last: tuple[float, int, int] | None = None
         self._free = self.cores
+        # When the time the current reading spans began (monotonic seconds).
+        self.since = 0.0
 
     def _busy_ticks(self) -> tuple[int, int]:
         """(CPU ticks the machine spent busy, ticks this process spent), since boot."""
@@ -60,12 +63,13 @@ class CpuLoad:
         own = int(after_name[11]) + int(after_name[12])
         return machine, own
 
-    def free_cores(self) -> int:
-        """Cores that other work leaves free (at least one)."""
+    def free_cores(self, window: float = WINDOW) -> int:
+        """Cores that other work leaves free (at least one), from a reading no older
+        than ``window`` seconds."""
         if not self.available:
             return self.cores
         now = time.monotonic()
-        if self._last is not None and now - self._last[0] < WINDOW:
+        if self._last is not None and now - self._last[0] < window:
             return self._free
         try:
             machine, own = self._busy_ticks()
@@ -78,5 +82,63 @@ class CpuLoad:
             others = max(0, (machine - machine_then) - (own - own_then)) / seconds
             taken = int(others + 1 - CORE_TAKEN)
             self._free = max(1, self.cores - taken)
+            self.since = then
         self._last = (now, machine, own)
         return self._free
+
+
+# Seconds without contention before the decodes get more threads again, after contention
+# seen while the loop was decoding.
+RAISE_AFTER_SECONDS = 1.0
+# Right after the loop turns from idle to busy, the reading is renewed this often
+# (seconds), for FIRST_READINGS_SECONDS.
+FIRST_WINDOW = 0.1
+FIRST_READINGS_SECONDS = 0.5
+
+
+class ThreadChoice:
+    """How many threads each decode gets: no more than the cores other work leaves free,
+    and more again only once that work is gone.
+
+    Load comes and goes in bursts, so contention seen while the loop decodes keeps the
+    threads lowered until a calm :data:`RAISE_AFTER_SECONDS`. A reading that began while
+    the loop was idle is different: it tells what other work did then, not whether that
+    goes on. Such as another server that has just finished its own reply, whose last
+    busy moments the first reading of a request sees. It lowers the threads only until
+    the next reading, taken :data:`FIRST_WINDOW` later; without this, a request right
+    after another server's ran its first second and more on one thread (107-110 tokens/s
+    where two threads give 125, in docs/benchmarks.md's alternating runs).
+    """
+
+    def __init__(self, threads: int, load: CpuLoad) -> None:
+        self.threads = threads
+        self.load = load
+        self.current = threads
+        self._contended_at = float("-inf")
+        self._busy_since = float("inf")
+
+    def idle(self) -> None:
+        """The loop has nothing to decode."""
+        self._busy_since = float("inf")
+
+    def refresh(self) -> None:
+        """Renew the reading (the loop keeps it fresh while idle)."""
+        self.load.free_cores()
+
+    def busy(self, now: float) -> None:
+        """The loop has work (again): from ``now`` on, readings show contention."""
+        if self._busy_since == float("inf"):
+            self._busy_since = now
+
+    def choose(self, now: float) -> int:
+        """The threads for the decode about to run."""
+        first = now - self._busy_since < FIRST_READINGS_SECONDS
+        free = self.load.free_cores(FIRST_WINDOW if first else WINDOW)
+        threads = min(self.threads, free)
+        if threads < self.current:
+            if self.load.since >= self._busy_since:
+                self._contended_at = now
+        elif now - self._contended_at < RAISE_AFTER_SECONDS:
+            threads = self.current
+        self.current = threads
+        return threads

@@ -51,16 +51,13 @@ import numpy as np
 
 from ..base import Finished, FinishReason, PromptAccepted, TextDelta
 from .cpu_load import WINDOW as CPU_READING_SECONDS
-from .cpu_load import CpuLoad
+from .cpu_load import CpuLoad, ThreadChoice
 from .loop_wakeup import LoopWakeup
 from .sampling import RequestSampler
 from .state_cache import SavedState, StateCache, Tokens, as_tokens, common_prefix
 from .state_store import StateStore
 
 logger = logging.getLogger("picolm_server.engine.llama_cpp")
-
-# Seconds without contention before the loop decodes with more threads again.
-RAISE_AFTER_SECONDS = 1.0
 
 # What a job hands its request: events, then one of these at the very end.
 JOB_RELEASED = object()
@@ -207,9 +204,10 @@ class DecodeLoop:
         self.deterministic = deterministic
         # No more threads than the cores other work leaves free (see cpu_load).
         self.threads = threads
-        self._cpu_load = cpu_load if threads > 1 else None
+        self._thread_choice = (
+            ThreadChoice(threads, cpu_load) if cpu_load is not None and threads > 1 else None
+        )
         self._threads_now = threads
-        self._contended_at = 0.0
         self.context_length = context_length
         self.reuse = reuse
         # Host memory for states (only with reuse): None or a zero budget keeps none.
@@ -269,8 +267,11 @@ class DecodeLoop:
     def _run(self) -> None:
         while True:
             with self._wake:
+                resting = not self._incoming and not self._has_work()
+                if resting and self._thread_choice is not None:
+                    self._thread_choice.idle()
                 while not self._closing and not self._incoming and not self._has_work():
-                    if self._cpu_load is None:
+                    if self._thread_choice is None:
                         self._wake.wait()
                     else:
                         # Idle, the reading of other work is kept fresh (a few small
@@ -278,9 +279,11 @@ class DecodeLoop:
                         # with the threads that load leaves, not with a reading that
                         # spans the whole idle time.
                         self._wake.wait(CPU_READING_SECONDS)
-                        self._cpu_load.free_cores()
+                        self._thread_choice.refresh()
                 if self._closing:
                     break
+                if self._thread_choice is not None:
+                    self._thread_choice.busy(time.monotonic())
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
             try:
@@ -445,15 +448,9 @@ class DecodeLoop:
         return rows
 
     def _choose_threads(self) -> None:
-        if self._cpu_load is None:
+        if self._thread_choice is None:
             return
-        now = time.monotonic()
-        threads = min(self.threads, self._cpu_load.free_cores())
-        if threads < self._threads_now:
-            self._contended_at = now
-        elif now - self._contended_at < RAISE_AFTER_SECONDS:
-            # Load comes and goes in bursts: more threads only after a calm second.
-            threads = self._threads_now
+        threads = self._thread_choice.choose(time.monotonic())
         if threads != self._threads_now:
             logger.debug("llama.cpp decodes with %d thread(s) now", threads)
             self.model.set_threads(threads)
