@@ -192,9 +192,6 @@ def test_idle_work_leaves_the_state_a_prompt_computes(
         assert tokens[: len(first_ids)] == first_ids
         assert watched.is_end(tokens[-1]) == (ending == "stop")
         assert last_cell == len(tokens) - 1  # no filler cell left
-        assert watched.idle_decodes == -(-reply_length(result) // WARM_CHUNK)
-        if ending == "length":
-            assert reply_length(result) % WARM_CHUNK == 1  # a lone token at the end
 
         # The same tokens as a prompt: a budget of one leaves them all in the slot.
         as_prompt = GenerationRequest(
@@ -204,6 +201,9 @@ def test_idle_work_leaves_the_state_a_prompt_computes(
         settled(cold)
         assert slot_state(cold) == (tokens, last_cell)
         assert watched.save(0) == cold.decode_loop.model.save(0)
+        assert watched.idle_decodes == -(-reply_length(result) // WARM_CHUNK)
+        if ending == "length":
+            assert reply_length(result) % WARM_CHUNK == 1  # a lone token at the end
 
         _, second = turns(template, result.text)
         after = ask(warm, second, 16)
