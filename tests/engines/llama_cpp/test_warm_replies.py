@@ -374,3 +374,25 @@ def test_states_saved_at_close_hold_the_recomputed_reply(
         assert result.text == ask(fresh, second, 16).text
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize(
+    "section,warm",
+    [({}, True), ({"warm_replies": False}, False), ({"prompt_cache": False}, False)],
+)
+def test_the_setting_reaches_the_decode_loop(
+    tmp_path: Path, section: dict[str, Any], warm: bool
+) -> None:
+    """``llama_cpp.warm_replies`` (on by default, and only with ``prompt_cache``)."""
+    from picolm_server.config.settings import Settings
+    from picolm_server.engines.llama_cpp.engine import LlamaCppEngine
+    from picolm_server.server.bootstrap import build_core
+
+    options = {"threads": 2, "parallel": 1, "cache_dir": str(tmp_path), **section}
+    core = build_core(Settings.from_values({"engine": "llama_cpp", "llama_cpp": options}))
+    try:
+        engine = core.models.loaded_engine(core.accept("").model_id)
+        assert isinstance(engine, LlamaCppEngine)
+        assert engine.decode_loop.warm_replies is warm
+    finally:
+        asyncio.run(core.models.aclose())

@@ -459,10 +459,9 @@ class DecodeLoop:
     #   token is one row, as fast as llama.cpp goes; a reply then depends in its last bits
     #   on how many other requests were decoded beside it, and its tokens' state is not
     #   kept for reuse (they are computed again as prompt: while idle, see "idle work",
-    #   or else by the next turn). ``deterministic`` gives
-    #   every token a filler row, so that each sequence always has two rows: replies do
-    #   not depend on other requests, and the whole state is kept, at about 1.5x the time
-    #   per token of a lone request.
+    #   or else by the next turn). ``deterministic`` gives every token a filler row, so
+    #   that each sequence always has two rows: replies do not depend on other requests,
+    #   and the whole state is kept, at about 1.5x the time per token of a lone request.
 
     def _generation_rows(self, generating: list[Slot]) -> list[Row]:
         first, last = generating[0].seq, generating[-1].seq
@@ -573,7 +572,9 @@ class DecodeLoop:
     # ``_leave_room``.
 
     def _plan_warming(self, slot: Slot, job: Job) -> None:
-        """After ``job`` left ``slot``: what of its reply the slot's state lacks."""
+        """After ``job`` left ``slot``: what of its reply the slot's state lacks (all of
+        it by default; with ``deterministic`` only the last token, sampled but never
+        decoded)."""
         slot.to_warm, slot.warmed = NO_TOKENS, 0
         if not self.warm_replies or job.reading_prompt or not job.reply:
             return
