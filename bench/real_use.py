@@ -14,6 +14,11 @@ Cases (``--cases``, any subset, in this order):
 - ``interleaved``: 4 such conversations (``--conversations``) advanced round-robin
   (A1 B1 C1 D1 A2 ...), 4 turns each (``--conv-turns``), one request at a time: TTFT per
   turn, which shows whether a server keeps several conversations warm.
+
+In both, the next turn is sent as soon as the reply is in, unless ``--think SECONDS``:
+then every user turn after a conversation's first waits that long before it is sent
+(the same for every server), as a person reads and types, which gives a server time to
+work while idle (picolm-server's ``llama_cpp.warm_replies``). The run record keeps it.
 - ``concurrency``: 1, 2, 4 and 8 concurrent streaming clients (``--levels``), each
   sending a fresh (nonce-prefixed) ~40-token prompt asking for a long story, 64 tokens;
   ``--waves`` waves per level. Aggregate tokens/s (completion tokens of all clients /
@@ -406,13 +411,16 @@ def set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def picolm_config(args: argparse.Namespace, port: int) -> dict[str, Any]:
+def picolm_config(args: argparse.Namespace, port: int, workdir: Path) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout": 5},
         "llama_cpp": {
             "model_id": MODEL_ID,
             "threads": args.threads,
             "context_length": args.context,
+            # A state directory of each start's own: states another start saved at its
+            # stop would warm this one's first turn, which no other server gets.
+            "cache_dir": str(workdir / f"states-{port}"),
         },
     }
     if args.model:
@@ -432,7 +440,7 @@ def server_spec(
 ) -> ServerSpec:
     threads, context, slots = str(args.threads), args.context, args.parallel or 1
     if key in PICOLM_KEYS:
-        config = picolm_config(args, port)
+        config = picolm_config(args, port, workdir)
         path = workdir / f"{key}-{port}.yaml"
         path.write_text(yaml.safe_dump(config))
         old = key == PICOLM_OLD
@@ -610,11 +618,20 @@ class Context:
         return await stream_request(self.client, body, self.args.timeout)
 
 
+async def think(args: argparse.Namespace) -> None:
+    """The pause before a user turn after the first (``--think``), while the person
+    reads the reply and types."""
+    if args.think > 0:
+        await asyncio.sleep(args.think)
+
+
 async def case_chat(ctx: Context, out: dict[str, Any]) -> None:
     args = ctx.args
     history = [{"role": "system", "content": SYSTEM}]
     turns: list[dict[str, Any]] = out.setdefault("turns", [])
     for turn in range(args.chat_turns):
+        if turn:
+            await think(args)
         history.append({"role": "user", "content": user_turn(0, turn)})
         reply = await ctx.request(chat_body(history, args.chat_max_tokens))
         turns.append({"turn": turn + 1, **reply.summary()})
@@ -633,6 +650,8 @@ async def case_interleaved(ctx: Context, out: dict[str, Any]) -> None:
         for conv, history in enumerate(histories):
             if conv in broken:
                 continue
+            if turn:
+                await think(args)
             history.append({"role": "user", "content": user_turn(conv + 1, turn)})
             reply = await ctx.request(chat_body(history, args.chat_max_tokens))
             requests.append({"conversation": conv, "turn": turn + 1, **reply.summary()})
@@ -875,12 +894,13 @@ def estimate_seconds(case: str, key: str, args: argparse.Namespace) -> float:
     )
     runs, gap_s, budget = int(args.grammar_runs), float(args.steady_gap), float(args.steady_budget)
     tokens, requests_n = int(args.story_max_tokens), int(args.steady_requests)
+    think = float(args.think)
     if case == "chat":
         per_turn = 2.5 if slow else 0.8
-        return start + turns * per_turn * turns / 8
+        return start + turns * per_turn * turns / 8 + max(0, turns - 1) * think
     if case == "interleaved":
         per_turn = 1.6 if slow else 0.7
-        return start + conversations * conv_turns * per_turn
+        return start + conversations * (conv_turns * per_turn + max(0, conv_turns - 1) * think)
     if case == "concurrency":
         requests = sum(int(level) for level in args.levels) * int(args.waves)
         return start + requests * tokens / (60.0 if slow else 90.0)
@@ -1129,6 +1149,7 @@ async def run_benchmark(args: argparse.Namespace) -> int:
                 "chat_max_tokens": args.chat_max_tokens,
                 "conversations": args.conversations,
                 "conv_turns": args.conv_turns,
+                "think": args.think,
                 "levels": args.levels,
                 "waves": args.waves,
                 "story_max_tokens": args.story_max_tokens,
@@ -1715,6 +1736,11 @@ def report(records: list[dict[str, Any]]) -> str:
             f"  - {s['rounds']} round(s), threads {s['threads']}, context {s['context']} "
             f"per sequence, slots {s['parallel'] or 1}"
             + (f", picolm-server extras {s['picolm_extra']}" if s["picolm_extra"] else "")
+            + (
+                f", {s['think']:g} s before each later turn of a conversation"
+                if s.get("think")
+                else ""
+            )
             + f"; picolm-server from `{s['src']}`",
             "  - versions: "
             + "; ".join(f"{k}: {' '.join(v.split())}" for k, v in run["versions"].items()),
@@ -1830,6 +1856,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--chat-max-tokens", type=int, default=32)
     add("--conversations", type=int, default=4)
     add("--conv-turns", type=int, default=4)
+    add(
+        "--think",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="chat, interleaved: pause before every user turn after a conversation's first",
+    )
     add("--levels", type=int_list, default=[1, 2, 4, 8], help="concurrent clients")
     add("--waves", type=int, default=3, help="waves per concurrency level")
     add("--story-max-tokens", type=int, default=64)
@@ -1850,6 +1883,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if PICOLM_OLD in args.servers and not args.old_src and args.report is None:
         parser.error("--old-src DIR is needed for picolm-old")
+    if args.think < 0:
+        parser.error("--think takes seconds, 0 or more")
     if args.report is None and LLAMA_SERVER in args.servers and not args.llama_server:
         if not args.dry_run:
             parser.error("--llama-server PATH is needed (or leave llama-server out of --servers)")

@@ -260,6 +260,9 @@ class LlamaCppSection(GenerationDefaults):
     # Replies that never depend on the requests decoded beside them: every generated
     # token is computed two rows at a time (about 1.5x the time per token alone).
     deterministic: bool = False
+    # While no request runs or waits, compute the reply that just ended again as a
+    # prompt, so that the conversation's next turn starts after it (with prompt_cache).
+    warm_replies: bool = True
     # /v1/embeddings: a dedicated embedding GGUF; empty means the served model itself.
     embedding_model_path: str = ""
 
@@ -342,6 +345,7 @@ class ModelEntry:
     parallel: int | None = setting(None, ge=1, le=64)
     flash_attention: bool | None = None
     deterministic: bool | None = None
+    warm_replies: bool | None = None
 
     def given_options(self) -> dict[str, Any]:
         """The engine options this entry sets, by name."""

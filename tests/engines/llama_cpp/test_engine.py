@@ -169,8 +169,10 @@ def test_a_conversation_reuses_its_state_and_says_so(llama_server: RunningServer
         {"role": "user", "content": "Name another one."},
     ]
     second = chat(llama_server, follow_up, max_tokens=8)
-    # The first prompt's state was kept; the reply and the new turn were computed.
-    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens
+    # The first prompt's state was kept (and of the reply what idle work computed before
+    # the second turn came: test_warm_replies.py); the rest was computed.
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
 
 

@@ -32,6 +32,8 @@ TOPICS = [
     "What is a prime number?",
 ]
 FOLLOW_UPS = ["Tell me more.", "Say it in one sentence.", "Give an example."]
+# Not a measurement: how long a wait may last before a test calls the engine broken.
+SAFETY_SECONDS = 300.0
 
 
 def make_engine(
@@ -40,6 +42,7 @@ def make_engine(
     cache_max_bytes: int = 64 * 2**20,
     deterministic: bool = False,
     state_dir: Path | None = None,
+    warm_replies: bool = True,
 ) -> Any:
     from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
     from picolm_server.models.embedded import EMBEDDED_MODEL_ID
@@ -56,6 +59,7 @@ def make_engine(
             cache_max_bytes=cache_max_bytes,
             deterministic=deterministic,
             state_dir=state_dir,
+            warm_replies=warm_replies,
         )
     )
 
@@ -82,8 +86,10 @@ def fresh() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def warm() -> Iterator[Any]:
-    """Reuse on, two slots, a host cache: states kept, restored, batched."""
-    engine = make_engine(slots=2, reuse=True)
+    """Reuse on, two slots, a host cache: states kept, restored, batched. No idle work,
+    so that what is kept is each prompt's state, whatever the timing (idle work on
+    replies: test_warm_replies.py)."""
+    engine = make_engine(slots=2, reuse=True, warm_replies=False)
     yield engine
     engine.close()
 
@@ -129,13 +135,29 @@ async def run(engine: Any, req: Any, stop_after: int | None = None) -> Result:
     return Result(text, tokens, prompt_tokens, cached, reason)
 
 
+def settled(engine: Any) -> None:
+    """Wait until the engine's decode loop has nothing left to do, idle work included
+    (the timeout only keeps a broken loop from hanging the suite)."""
+    assert engine.decode_loop.wait_until_idle(timeout=SAFETY_SECONDS)
+
+
 def conversation_prompt(template: Any, history: list[dict[str, str]]) -> str:
     return str(template.render([{"role": "system", "content": SYSTEM}, *history]))
 
 
-def play(engine: Any, template: Any, conversations: int, turns: int) -> list[list[Result]]:
+def play(
+    engine: Any,
+    template: Any,
+    conversations: int,
+    turns: int,
+    *,
+    settle: bool = False,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[list[Result]]:
     """Conversations advanced round-robin, one request at a time, each reply appended to
-    its history as the engine gave it."""
+    its history as the engine gave it; with ``settle``, each request waits until the
+    engine's idle work is done (as a person reading and typing gives it time to)."""
     histories: list[list[dict[str, str]]] = [[] for _ in range(conversations)]
     results: list[list[Result]] = [[] for _ in range(conversations)]
 
@@ -144,9 +166,10 @@ def play(engine: Any, template: Any, conversations: int, turns: int) -> list[lis
             for index in range(conversations):
                 question = TOPICS[index] if turn == 0 else FOLLOW_UPS[(turn - 1) % 3]
                 histories[index].append({"role": "user", "content": question})
-                result = await run(
-                    engine, request(conversation_prompt(template, histories[index]), 16)
-                )
+                if settle:
+                    settled(engine)
+                prompt = conversation_prompt(template, histories[index])
+                result = await run(engine, request(prompt, 16, temperature=temperature, seed=seed))
                 histories[index].append({"role": "assistant", "content": result.text})
                 results[index].append(result)
 

@@ -88,6 +88,9 @@ class LlamaCppOptions:
     flash_attention: bool = False
     # Replies that never depend on the requests decoded beside them (slower).
     deterministic: bool = False
+    # While idle, compute an ended reply again as prompt, so that the next turn starts
+    # after it (see llama_slots, "idle work").
+    warm_replies: bool = True
 
 
 class LlamaCppEngine:
@@ -178,6 +181,7 @@ class LlamaCppEngine:
             cpu_load=CpuLoad(),
             deterministic=options.deterministic,
             store=store,
+            warm_replies=options.warm_replies,
         )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"

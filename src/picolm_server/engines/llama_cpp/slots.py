@@ -7,16 +7,19 @@ generating slot, then the next prompt chunks of slots still reading their prompt
 samples every slot that produced logits. A request joins between steps; one that
 finishes or is cancelled leaves between steps, and the others never notice.
 
-**Reuse.** A slot keeps the state of what it last computed when its request ends (by
-default its prompt's: see the exactness paragraph below for why not the reply's). A new
-request takes the free slot sharing the longest token prefix with its prompt, or, when a
-state kept in host memory (:mod:`.state_cache`), or on disk (:mod:`.state_store`: states
-an earlier engine of the model saved), shares a longer one, restores that state into a
-free slot; a slot's state is saved in host memory before it is overwritten, and when
-the loop closes every slot's state and the host memory's go to disk (most recent
-first). Only the
-prompt's tokens after the shared prefix are computed (at least the last one, whose
-logits start the reply), and ``cached_tokens`` says how many were not.
+**Reuse.** A slot keeps the state of what it last computed when its request ends (its
+prompt's; see the exactness paragraph below for why not the reply's as it was
+generated). A new request takes the free slot sharing the longest token prefix with its
+prompt, or, when a state kept in host memory (:mod:`.state_cache`), or on disk
+(:mod:`.state_store`: states an earlier engine of the model saved), shares a longer one,
+restores that state into a free slot; a slot's state is saved in host memory before it
+is overwritten, and when the loop closes every slot's state and the host memory's go to
+disk (most recent first). Only the prompt's tokens after the shared prefix are computed
+(at least the last one, whose logits start the reply), and ``cached_tokens`` says how
+many were not. While no request runs or waits, the loop computes the reply that just
+ended again, as a prompt, a few tokens at a time (``warm_replies``, on by default; see
+"idle work" below): the person types the next turn meanwhile, and that turn then starts
+after the reply instead of computing it first.
 
 **Exactness.** llama.cpp computes a batch of one row with other kernels than a batch of
 several, and their last bits differ, enough to change a greedy reply; with several rows,
@@ -62,6 +65,15 @@ logger = logging.getLogger("picolm_server.engine.llama_cpp")
 # What a job hands its request: events, then one of these at the very end.
 JOB_RELEASED = object()
 
+# Reply tokens computed per idle decode (see "idle work"): a request that comes meanwhile
+# waits for one such chunk at most. SmolLM2-135M, 2 threads on the 2-core VM (quiet), a
+# chunk after 300 tokens of context: 8 tokens 36-41 ms, 16 tokens 64-74 ms, 32 tokens
+# 128-142 ms (after 1,500: 43, 80 and 187 ms). 16 waits half as long as 32 for the same
+# cost per token (4.0-4.6 ms); 8 would save some 30 ms of wait for ~12 % more per token.
+WARM_CHUNK = 16
+
+NO_TOKENS = as_tokens(())
+
 
 @dataclass
 class Job:
@@ -77,6 +89,9 @@ class Job:
     # Set by the loop:
     prefilled: int = 0  # prompt tokens whose state is computed
     generated: int = 0
+    # Every sampled token, the end-of-generation one included: chat templates write the
+    # reply and then that token (ChatML's <|im_end|>), so the next turn starts with them.
+    reply: list[int] = field(default_factory=list)
     pending_token: int = -1  # sampled, not yet decoded
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     started: float = field(default_factory=time.monotonic)
@@ -93,6 +108,10 @@ class Slot:
     tokens: Tokens = field(default_factory=lambda: as_tokens(()))
     job: Job | None = None
     last_used: float = 0.0
+    # Idle work: the ended reply's tokens still to compute after ``tokens``, and how many
+    # have been so far.
+    to_warm: Tokens = field(default_factory=lambda: NO_TOKENS)
+    warmed: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,6 +217,7 @@ class DecodeLoop:
         cpu_load: CpuLoad | None = None,
         deterministic: bool = False,
         store: StateStore | None = None,
+        warm_replies: bool = True,
     ) -> None:
         self.model = model
         # Every generated token computed two rows at a time (see "the batch" below).
@@ -214,10 +234,16 @@ class DecodeLoop:
         self.cache = cache if reuse else None
         # States on disk: those of earlier engines found here, this one's kept at close.
         self.store = store if reuse else None
+        # Compute an ended reply again as prompt while idle (only worth it with reuse).
+        self.warm_replies = warm_replies and reuse
         self.slots = [Slot(seq) for seq in range(slots)]
         self._incoming: deque[Job] = deque()
         self._waiting: deque[Job] = deque()
-        self._wake = threading.Condition()
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)
+        # Told when the loop goes to sleep with nothing to do (``wait_until_idle``).
+        self._settle = threading.Condition(lock)
+        self._idle = False
         self._closing = False
         self.steps = 0
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
@@ -235,6 +261,14 @@ class DecodeLoop:
         with self._wake:
             self._wake.notify()
 
+    def wait_until_idle(self, timeout: float | None = None) -> bool:
+        """Block until the loop sleeps with no request running or waiting and no idle
+        work left (or is closed); False if ``timeout`` passed first."""
+        with self._settle:
+            return self._settle.wait_for(
+                lambda: (self._idle and not self._incoming) or self._closing, timeout
+            )
+
     def close(self) -> None:
         with self._wake:
             self._closing = True
@@ -250,8 +284,9 @@ class DecodeLoop:
 
     def _states_to_keep(self) -> Iterator[tuple[Tokens, Callable[[], bytes]]]:
         """Every state worth keeping, most recently used first: the slots' (a request's
-        prompt), then the host memory's (slots overwritten since). Only after the loop's
-        thread has stopped: the context is the caller's then."""
+        prompt, and as much of its reply as idle work computed), then the host memory's
+        (slots overwritten since). Only after the loop's thread has stopped: the context
+        is the caller's then."""
         for slot in sorted(self.slots, key=lambda s: s.last_used, reverse=True):
             if len(slot.tokens) >= 2:
                 yield slot.tokens, functools.partial(self.model.save, slot.seq)
@@ -267,10 +302,13 @@ class DecodeLoop:
     def _run(self) -> None:
         while True:
             with self._wake:
-                resting = not self._incoming and not self._has_work()
-                if resting and self._thread_choice is not None:
+                if self._thread_choice is not None and not self._incoming and not self._has_work():
                     self._thread_choice.idle()
                 while not self._closing and not self._incoming and not self._has_work():
+                    if self._has_idle_work():
+                        break
+                    self._idle = True
+                    self._settle.notify_all()
                     if self._thread_choice is None:
                         self._wake.wait()
                     else:
@@ -280,14 +318,18 @@ class DecodeLoop:
                         # spans the whole idle time.
                         self._wake.wait(CPU_READING_SECONDS)
                         self._thread_choice.refresh()
+                self._idle = False
                 if self._closing:
                     break
-                if self._thread_choice is not None:
+                if self._thread_choice is not None and (self._incoming or self._has_work()):
                     self._thread_choice.busy(time.monotonic())
                 self._waiting.extend(self._incoming)
                 self._incoming.clear()
             try:
-                self._step()
+                if self._has_work():
+                    self._step()
+                else:
+                    self._warm_chunk()
             except Exception as exc:  # a fault of the loop itself: fail what runs, go on
                 logger.exception("llama.cpp decode loop failed")
                 for slot in self._active():
@@ -299,6 +341,9 @@ class DecodeLoop:
 
     def _has_work(self) -> bool:
         return bool(self._waiting) or any(slot.job is not None for slot in self.slots)
+
+    def _has_idle_work(self) -> bool:
+        return any(len(slot.to_warm) for slot in self.slots)
 
     def _step(self) -> None:
         for slot in self._active():
@@ -358,6 +403,7 @@ class DecodeLoop:
                 entry, entry_shared = on_disk
             if entry is not None and entry_shared > shared:
                 slot = least_recent
+                self._stop_warming(slot)
                 self._keep(slot)
                 if self.model.restore(slot.seq, entry.data):
                     slot.tokens = entry.tokens
@@ -367,6 +413,7 @@ class DecodeLoop:
                     self.model.forget(slot.seq, 0)
                     slot.tokens = as_tokens(())
                     shared = 0
+        self._stop_warming(slot)
         # The last prompt token is always computed: its logits start the reply.
         shared = min(shared, len(prompt) - 1)
         if shared < len(slot.tokens):
@@ -413,10 +460,10 @@ class DecodeLoop:
     #   last (filler rows for idle slots between, so that it is one piece). By default a
     #   token is one row, as fast as llama.cpp goes; a reply then depends in its last bits
     #   on how many other requests were decoded beside it, and its tokens' state is not
-    #   kept for reuse (the next turn computes them as prompt). ``deterministic`` gives
-    #   every token a filler row, so that each sequence always has two rows: replies do
-    #   not depend on other requests, and the whole state is kept, at about 1.5x the time
-    #   per token of a lone request.
+    #   kept for reuse (they are computed again as prompt: while idle, see "idle work",
+    #   or else by the next turn). ``deterministic`` gives every token a filler row, so
+    #   that each sequence always has two rows: replies do not depend on other requests,
+    #   and the whole state is kept, at about 1.5x the time per token of a lone request.
 
     def _generation_rows(self, generating: list[Slot]) -> list[Row]:
         first, last = generating[0].seq, generating[-1].seq
@@ -494,6 +541,7 @@ class DecodeLoop:
 
     def _next_token(self, slot: Slot, job: Job, row: int) -> None:
         token = self.model.sample(job, row)
+        job.reply.append(token)
         if self.model.is_end(token):
             self._end(slot, "stop")
             return
@@ -507,12 +555,79 @@ class DecodeLoop:
             return
         job.pending_token = token
 
+    # -- idle work --
+    #
+    # A reply's tokens were computed one row at a time, so their state is dropped (see
+    # "the batch"); computed again as a prompt (several rows, no logits) they give the
+    # state a fresh prompt computation gives, bit for bit. The loop does that only when
+    # no request runs or waits, a chunk of WARM_CHUNK tokens per decode, and looks for
+    # new requests between chunks: a request waits for one chunk at most, and placing a
+    # request in a slot drops that slot's remaining idle work. A slot's ``tokens`` only
+    # ever grows by computed chunks, so what the host memory keeps (``_keep``) and what
+    # goes to disk at close hold whatever was computed; an idle slot stays within
+    # ``_leave_room``.
+
+    def _plan_warming(self, slot: Slot, job: Job) -> None:
+        """After ``job`` left ``slot``: what of its reply the slot's state lacks (all of
+        it by default; with ``deterministic`` only the last token, sampled but never
+        decoded)."""
+        slot.to_warm, slot.warmed = NO_TOKENS, 0
+        if not self.warm_replies or job.reading_prompt or not job.reply:
+            return
+        done = np.concatenate([job.prompt, as_tokens(job.reply)])
+        held = len(slot.tokens)
+        if common_prefix(slot.tokens, done) < held:  # not this job's state (cannot be)
+            return
+        room = max(0, self.context_length - 2 - held)  # as _leave_room keeps
+        slot.to_warm = done[held : held + room]
+
+    def _stop_warming(self, slot: Slot) -> None:
+        """A request takes the slot: its idle work is dropped (its state stays)."""
+        if len(slot.to_warm):
+            logger.debug(
+                "llama.cpp slot %d: a request came after %d of %d reply tokens were "
+                "recomputed while idle",
+                slot.seq,
+                slot.warmed,
+                slot.warmed + len(slot.to_warm),
+            )
+        slot.to_warm = NO_TOKENS
+
+    def _warm_chunk(self) -> None:
+        """Compute the next chunk of idle work: of the most recently used slot first, as
+        its conversation is the likeliest to come back first."""
+        slot = max((s for s in self.slots if len(s.to_warm)), key=lambda s: s.last_used)
+        chunk, rest = slot.to_warm[:WARM_CHUNK], slot.to_warm[WARM_CHUNK:]
+        slot.to_warm = NO_TOKENS  # until this chunk is in: a failure drops the rest
+        start = len(slot.tokens)
+        rows = [Row(slot, int(token), start + n, False) for n, token in enumerate(chunk)]
+        if len(rows) == 1:  # a lone token gets its filler row, as in _prompt_rows
+            rows.append(Row(slot, rows[0].token, start + 1, False, real=False))
+        self._choose_threads()
+        done = False
+        try:
+            done = self.model.decode(rows) == 0
+        finally:
+            if not done or len(rows) > len(chunk):  # a failed chunk's cells, or a filler
+                self.model.forget(slot.seq, start + len(chunk) if done else start)
+        if not done:
+            logger.warning("llama.cpp slot %d: recomputing a reply while idle failed", slot.seq)
+            return
+        slot.tokens = np.concatenate([slot.tokens, chunk])
+        slot.to_warm = rest
+        slot.warmed += len(chunk)
+        if not len(rest):
+            logger.debug(
+                "llama.cpp slot %d: %d reply tokens recomputed while idle", slot.seq, slot.warmed
+            )
+
     # -- endings --
 
     def _end(self, slot: Slot, reason: FinishReason | None) -> None:
         """The job leaves its slot: finished with ``reason``, or cancelled (None)."""
         job = self._vacate(slot)
         slot.last_used = time.monotonic()
+        self._plan_warming(slot, job)
         if reason is not None:
             tail = job.decoder.decode(b"", final=True)
             if tail:
@@ -531,8 +646,9 @@ class DecodeLoop:
         job.deliver(JOB_RELEASED)
 
     def _forget_reply(self, slot: Slot, job: Job) -> None:
-        """Keep only the prompt's state: the next turn recomputes the reply's tokens as
-        prompt, so that reusing the state cannot change what a fresh run computes."""
+        """Keep only the prompt's state: the reply's tokens are computed again as prompt
+        (idle work, or the next turn), so that reusing the state cannot change what a
+        fresh run computes."""
         keep = min(job.prefilled, len(slot.tokens))
         if keep < len(slot.tokens):
             self.model.forget(slot.seq, keep)
