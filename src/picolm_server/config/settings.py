@@ -260,6 +260,9 @@ class LlamaCppSection(GenerationDefaults):
     # Replies that never depend on the requests decoded beside them: every generated
     # token is computed two rows at a time (about 1.5x the time per token alone).
     deterministic: bool = False
+    # Grammar-bound replies (tool calls, json_schema): the text the grammar fixes is
+    # written as a prompt chunk, not generated token by token (llguidance).
+    jump_forward: bool = True
     # /v1/embeddings: a dedicated embedding GGUF; empty means the served model itself.
     embedding_model_path: str = ""
 

@@ -257,6 +257,7 @@ def build_llama_cpp(settings: Settings, model: ShelfModel) -> LoadedModel:
                 state_dir=llama_state_dir(section),
                 flash_attention=section.flash_attention,
                 deterministic=section.deterministic,
+                jump_forward=section.jump_forward,
             ),
             embedder=_llama_embedder(
                 settings, section, embedding_path, model_path, metadata, threads
