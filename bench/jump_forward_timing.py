@@ -3,7 +3,9 @@
 openai SDK over the in-process server, on two llama.cpp engines of the embedded SmolLM2,
 one with ``jump_forward`` and one without, interleaved round by round (on, off, off, on,
 ...) so that machine noise falls on both alike. Greedy, so both write valid replies of
-about the same length.
+about the same length. Every round sends the same requests, as an application with a
+fixed system prompt and tools does: after the first (warm-up) round the prompt's state
+is reused, so what is timed is mostly the reply.
 
     .venv/bin/python bench/jump_forward_timing.py [--rounds 5] [--threads 2]
 
@@ -47,8 +49,8 @@ def engine(jump_forward: bool, threads: int) -> Any:
     )
 
 
-def requests(run: int) -> dict[str, dict[str, Any]]:
-    system = {"role": "system", "content": f"[{run}] {STORY_SYSTEM}"}
+def requests() -> dict[str, dict[str, Any]]:
+    system = {"role": "system", "content": STORY_SYSTEM}
     return {
         "person": {
             "messages": [
@@ -105,7 +107,7 @@ async def main_async(args: argparse.Namespace) -> None:
         written: dict[tuple[str, bool], list[tuple[int, int]]] = {}
         for run in range(args.rounds + 1):  # the first round warms up and is not counted
             order = (True, False) if run % 2 == 0 else (False, True)
-            for kind, body in requests(run).items():
+            for kind, body in requests().items():
                 for on in order:
                     client = servers[on].client()
                     began = time.perf_counter()
