@@ -374,3 +374,128 @@ def test_jump_forward_is_a_setting() -> None:
     assert Settings().llama_cpp.jump_forward is True
     settings = Settings.from_values({"llama_cpp": {"jump_forward": False}})
     assert settings.llama_cpp.jump_forward is False
+
+
+# The server's own grammar for the forced book_table call (hermes format), as prepare.py
+# builds it.
+def book_table_gbnf() -> str:
+    from picolm_server.tool_calls import (
+        FunctionTool,
+        NamedTool,
+        OutputRequest,
+        build_grammar,
+        make_plan,
+    )
+
+    function = BOOK_TABLE["function"]
+    tool = FunctionTool(function["name"], None, function["parameters"], "tools", "tools")
+    request = OutputRequest(tools=(tool,), tool_choice=NamedTool("book_table"))
+    plan = make_plan(request, hermes_template=True, grammar_engine=True, max_tokens=120)
+    assert plan is not None
+    return build_grammar(plan).gbnf
+
+
+def call_arguments(text: str) -> dict[str, Any]:
+    assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>"), text
+    call = json.loads(text[len("<tool_call>\n") : -len("\n</tool_call>")])
+    assert call["name"] == "book_table"
+    arguments: dict[str, Any] = call["arguments"]
+    jsonschema.validate(arguments, BOOK_TABLE["function"]["parameters"])
+    return arguments
+
+
+def test_jump_forward_on_gemma(gemma_model: Any) -> None:
+    """Another tokenizer (Gemma 3's, SentencePiece-style): the written text is still the
+    grammar's and the call valid."""
+    from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
+
+    engine = LlamaCppEngine(
+        LlamaCppOptions(model_path=gemma_model, model_id="gemma", context_length=1024, threads=2)
+    )
+    try:
+        with asyncio.Runner() as runner:
+
+            async def run() -> tuple[str, Finished]:
+                text = ""
+                request = GenerationRequest(
+                    prompt="<start_of_turn>user\nBook a table for four at Luigi's at 19:30."
+                    "<end_of_turn>\n<start_of_turn>model\n",
+                    max_tokens=80,
+                    temperature=0.0,
+                    top_p=1.0,
+                    constraint=OutputConstraint(gbnf=book_table_gbnf()),
+                )
+                async for event in engine.generate(request):
+                    if isinstance(event, Finished):
+                        return text, event
+                    text += getattr(event, "text", "")
+                raise AssertionError("no Finished event")
+
+            text, finished = runner.run(run())
+    finally:
+        engine.close()
+    call_arguments(text)
+    assert finished.reason == "stop"
+    assert 0 < finished.written_tokens < finished.completion_tokens
+
+
+def test_written_chunks_beside_other_requests_change_nothing_when_deterministic() -> None:
+    """With ``deterministic``, a reply never depends on the requests decoded beside it:
+    a grammar reply whose written text goes in chunks of its own is the same alone and
+    next to a plain reply and another grammar reply."""
+    from picolm_server.engines.llama_cpp.engine import LlamaCppEngine, LlamaCppOptions
+    from picolm_server.models.embedded import EMBEDDED_MODEL_ID
+    from picolm_server.server.bootstrap import embedded_model_path
+
+    engine = LlamaCppEngine(
+        LlamaCppOptions(
+            model_path=embedded_model_path(),
+            model_id=EMBEDDED_MODEL_ID,
+            context_length=1024,
+            threads=2,
+            slots=3,
+            cache_max_bytes=0,
+            deterministic=True,
+        )
+    )
+    gbnf = book_table_gbnf()
+
+    def prompt(question: str) -> str:
+        return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    async def reply(question: str, grammar: str | None) -> tuple[str, int]:
+        text = ""
+        request = GenerationRequest(
+            prompt=prompt(question),
+            max_tokens=60,
+            temperature=0.0,
+            top_p=1.0,
+            constraint=OutputConstraint(gbnf=grammar) if grammar else None,
+        )
+        async for event in engine.generate(request):
+            if isinstance(event, Finished):
+                return text, event.written_tokens
+            text += getattr(event, "text", "")
+        raise AssertionError("no Finished event")
+
+    booking = "Book a table for four at Luigi's tonight at half past seven."
+
+    async def together() -> list[tuple[str, int]]:
+        return list(
+            await asyncio.gather(
+                reply("Tell me a story about the sea.", None),
+                reply(booking, gbnf),
+                reply("Book a table for two at Marco's at noon.", gbnf),
+            )
+        )
+
+    try:
+        with asyncio.Runner() as runner:
+            alone = runner.run(reply(booking, gbnf))
+            beside = runner.run(together())
+    finally:
+        engine.close()
+    call_arguments(alone[0])
+    call_arguments(beside[2][0])
+    assert alone[1] > 0
+    assert beside[1] == alone
