@@ -499,3 +499,34 @@ def test_written_chunks_beside_other_requests_change_nothing_when_deterministic(
     call_arguments(beside[2][0])
     assert alone[1] > 0
     assert beside[1] == alone
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sampled_replies_with_jump_forward_follow_the_grammar(
+    engines: dict[bool, Any], event_loop_runner: asyncio.Runner, seed: int
+) -> None:
+    """Not greedy: the chain samples (and, when the grammar refuses its pick, samples
+    again over llguidance's mask); the reply is still a valid call."""
+    engine = engines[True]
+
+    async def run() -> tuple[str, Finished]:
+        text = ""
+        request = GenerationRequest(
+            prompt="<|im_start|>user\nBook a table for four at Luigi's at 19:30.<|im_end|>\n"
+            "<|im_start|>assistant\n",
+            max_tokens=120,
+            temperature=1.0,
+            top_p=0.95,
+            seed=seed,
+            constraint=OutputConstraint(gbnf=book_table_gbnf()),
+        )
+        async for event in engine.generate(request):
+            if isinstance(event, Finished):
+                return text, event
+            text += getattr(event, "text", "")
+        raise AssertionError("no Finished event")
+
+    text, finished = event_loop_runner.run(run())
+    if finished.reason == "stop":
+        call_arguments(text)
+    assert finished.written_tokens > 0
