@@ -428,6 +428,9 @@ class DecodeLoop:
     #   every token a filler row, so that each sequence always has two rows: replies do
     #   not depend on other requests, and the whole state is kept, at about 1.5x the time
     #   per token of a lone request.
+    # - Text a grammar fixes after a sampled token (jump-forward, :mod:`.guidance`) is a
+    #   chunk of its own too: the sampled token and the written ones, at least two rows,
+    #   logits on the last only.
 
     def _generation_rows(self, generating: list[Slot]) -> list[Row]:
         first, last = generating[0].seq, generating[-1].seq
