@@ -402,7 +402,7 @@ def test_grammar_has_one_alternative_per_tool() -> None:
 def test_strings_without_max_length_are_capped() -> None:
     grammar = build_grammar(plan_for(tools=[WEATHER], tool_choice="required")).gbnf
     rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
-    assert rules["t0-string"] == f'"\\"" t0-char{{0,{STRING_CAP}}} "\\"" t0-space'
+    assert rules["t0-string"] == f'"\\"" t0-char{{0,{STRING_CAP}}} "\\""'
 
 
 def test_arrays_without_max_items_are_capped() -> None:
@@ -411,7 +411,7 @@ def test_arrays_without_max_items_are_capped() -> None:
     grammar = build_grammar(
         plan_for(tools=[{"type": "function", "function": fn}], tool_choice="required")
     ).gbnf
-    assert f'("," t0-space t0-string){{0,{ARRAY_CAP - 1}}}' in grammar
+    assert f'(", " t0-string){{0,{ARRAY_CAP - 1}}}' in grammar
 
 
 def test_caps_tighten_with_a_small_token_budget() -> None:
@@ -422,8 +422,8 @@ def test_caps_tighten_with_a_small_token_budget() -> None:
     assert plan is not None
     assert plan.caps == Caps(string=25, array=2)
     grammar = build_grammar(plan).gbnf
-    assert '"\\"" t0-char{0,25} "\\"" t0-space' in grammar
-    assert '("," t0-space t0-string){0,1}' in grammar
+    assert '"\\"" t0-char{0,25} "\\""' in grammar
+    assert '(", " t0-string){0,1}' in grammar
     # No budget given, or a large one: the standard caps.
     assert Caps.for_budget(None) == Caps(STRING_CAP, ARRAY_CAP)
     assert Caps.for_budget(4096) == Caps(STRING_CAP, ARRAY_CAP)

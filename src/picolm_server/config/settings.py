@@ -263,6 +263,9 @@ class LlamaCppSection(GenerationDefaults):
     # While no request runs or waits, compute the reply that just ended again as a
     # prompt, so that the conversation's next turn starts after it (with prompt_cache).
     warm_replies: bool = True
+    # Grammar-bound replies (tool calls, json_schema): the text the grammar fixes is
+    # written as a prompt chunk, not generated token by token (llguidance).
+    jump_forward: bool = True
     # /v1/embeddings: a dedicated embedding GGUF; empty means the served model itself.
     embedding_model_path: str = ""
 

@@ -95,6 +95,9 @@ class TextDelta:
 class Finished:
     reason: FinishReason
     completion_tokens: int
+    # Of those, the tokens a grammar fixed and the engine wrote without sampling
+    # (llama.cpp's jump-forward); counted in completion_tokens too.
+    written_tokens: int = 0
 
 
 GenerationEvent = PromptAccepted | TextDelta | Finished

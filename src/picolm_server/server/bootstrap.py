@@ -258,6 +258,7 @@ def build_llama_cpp(settings: Settings, model: ShelfModel) -> LoadedModel:
                 flash_attention=section.flash_attention,
                 deterministic=section.deterministic,
                 warm_replies=section.warm_replies,
+                jump_forward=section.jump_forward,
             ),
             embedder=_llama_embedder(
                 settings, section, embedding_path, model_path, metadata, threads

@@ -80,6 +80,7 @@ def _converted(
         rules["string"] = f'"\\"" char{{0,{caps.string}}} "\\"" space'
     for name, body in rules.items():
         rules[name] = _UNBOUNDED_ITEMS.sub(rf'("," space \1){{0,{caps.array - 1}}}', body)
+    rules = _writer_layout(rules)
     names = set(rules)
 
     def rename(body: str) -> str:
@@ -89,6 +90,35 @@ def _converted(
         return "".join(out)
 
     return f"{prefix}root", tuple((f"{prefix}{name}", rename(body)) for name, body in rules.items())
+
+
+def _writer_layout(rules: dict[str, str]) -> dict[str, str]:
+    """The converter's rules with PicoLM's writer's layout (:mod:`..schema_json.writer`):
+    ``": "`` after a key, ``", "`` between members and items, no other whitespace.
+
+    The converter lets an optional space follow every token (its ``space`` rule), so
+    the text between two free values is never fixed: after ``{`` a space may come or
+    not. Fixed to one layout, a value's keys, separators and brackets are text the
+    grammar fixes, which jump-forward writes instead of generating
+    (engines/llama_cpp/guidance.py), and both engines write schema-exact JSON alike."""
+    out: dict[str, str] = {}
+    for name, body in rules.items():
+        if name == "space":
+            continue
+        tokens = _TOKEN.findall(body)
+        kept: list[str] = []
+        for index, token in enumerate(tokens):
+            if token == "space":
+                continue
+            if token in ('":"', '","'):
+                following = [t for t in tokens[index + 1 :] if not t.isspace()]
+                if following and following[0] == "space":
+                    token = '": "' if token == '":"' else '", "'
+            if token.isspace() and (not kept or kept[-1] == " "):
+                continue
+            kept.append(" " if token.isspace() else token)
+        out[name] = "".join(kept).strip()
+    return out
 
 
 @cache

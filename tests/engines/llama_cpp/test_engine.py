@@ -654,23 +654,32 @@ def test_a_greedy_grammar_reply_is_the_one_masking_the_whole_vocabulary_gives(
     from picolm_server.engines.llama_cpp import sampling as llama_sampling
 
     calls = {"best": 0, "found": 0, "whole": 0}
-    best, whole = (
-        llama_sampling.RequestSampler._best_accepted,
-        llama_sampling.RequestSampler._sample_within_grammar,
+    sampler = llama_sampling.RequestSampler
+    # llama.cpp's grammar masks in _sample_within_grammar, llguidance's (jump-forward,
+    # the engine's default) in _sample_masked.
+    best, whole, masked_whole = (
+        sampler._best_accepted,
+        sampler._sample_within_grammar,
+        sampler._sample_masked,
     )
 
-    def counted_best(self: Any, ctx: Any, row: int) -> int | None:
+    def counted_best(self: Any, *args: Any) -> int | None:
         calls["best"] += 1
-        token = best(self, ctx, row)
+        token = best(self, *args)
         calls["found"] += token is not None
         return token
 
-    def counted_whole(self: Any, ctx: Any, row: int) -> int:
+    def counted_whole(self: Any, *args: Any) -> int:
         calls["whole"] += 1
-        return whole(self, ctx, row)
+        return whole(self, *args)
 
-    monkeypatch.setattr(llama_sampling.RequestSampler, "_best_accepted", counted_best)
-    monkeypatch.setattr(llama_sampling.RequestSampler, "_sample_within_grammar", counted_whole)
+    def counted_masked(self: Any, *args: Any) -> int:
+        calls["whole"] += 1
+        return masked_whole(self, *args)
+
+    monkeypatch.setattr(sampler, "_best_accepted", counted_best)
+    monkeypatch.setattr(sampler, "_sample_within_grammar", counted_whole)
+    monkeypatch.setattr(sampler, "_sample_masked", counted_masked)
     prompt = template.render(FRANCE)
     checked_first = grammar_reply(engine, prompt, LOWERCASE_GBNF)
     assert calls["found"] >= 3 and calls["whole"] == calls["best"] - calls["found"]

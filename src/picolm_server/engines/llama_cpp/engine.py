@@ -19,7 +19,6 @@ import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -52,6 +51,7 @@ from ..saved_states import file_identity
 from ..state_dir import StateDirRefused
 from .cpu_load import CpuLoad
 from .embeddings import LlamaEmbedder
+from .guidance import GuidanceGrammars, guidance_available
 from .loop_wakeup import LoopWakeups
 from .sampling import GrammarCache, GrammarError, RequestSampler, SamplingSettings
 from .slots import JOB_RELEASED, DecodeLoop, Job, ModelContext, deliver_to
@@ -91,6 +91,9 @@ class LlamaCppOptions:
     # While idle, compute an ended reply again as prompt, so that the next turn starts
     # after it (see llama_slots, "idle work").
     warm_replies: bool = True
+    # Grammar-bound replies: the text the grammar fixes is written, not generated
+    # (llguidance runs the grammar; see llama_guidance). Off: llama.cpp's grammar.
+    jump_forward: bool = True
 
 
 class LlamaCppEngine:
@@ -160,6 +163,12 @@ class LlamaCppEngine:
         # Each grammar parsed once: checked before the prompt is built, then copied into
         # the sampler of every request that uses it.
         self._grammars = GrammarCache(vocab)
+        # With jump-forward, the grammars llguidance runs (llama.cpp's for the others).
+        self._guidance = (
+            GuidanceGrammars(vocab, self._vocabulary_size)
+            if options.jump_forward and guidance_available()
+            else None
+        )
         # How the decode thread hands each request's events to its event loop.
         self._wakeups = LoopWakeups()
         # Prompts are tokenized (and samplers built) before they wait for the model, one
@@ -333,25 +342,30 @@ class LlamaCppEngine:
             top_k=request.top_k,
             seed=request.seed,
         )
-        grammar = self._grammar(request)
-        return RequestSampler(settings, self._vocabulary_size, grammar)
+        gbnf = self._gbnf(request)
+        if gbnf is None:
+            return RequestSampler(settings, self._vocabulary_size)
+        guided = self._guidance.grammar(gbnf) if self._guidance is not None else None
+        if guided is not None:
+            return RequestSampler(settings, self._vocabulary_size, guided=guided)
+        return RequestSampler(settings, self._vocabulary_size, self._grammars.sampler(gbnf))
 
     def grammar_error(self, gbnf: str) -> str | None:
         """Why llama.cpp would refuse this grammar, or None if it parses (the parsed
         grammar is kept for the request's sampler)."""
         return self._grammars.error(gbnf)
 
-    def _grammar(self, request: GenerationRequest) -> Any:
-        """The request's grammar sampler (None without a constraint)."""
+    def _gbnf(self, request: GenerationRequest) -> str | None:
+        """The request's grammar (None without a constraint)."""
         constraint = request.constraint
         if constraint is None:
             return None
-        gbnf = constraint.gbnf
-        if gbnf is None:
-            from llama_cpp.llama_grammar import json_schema_to_gbnf
+        if constraint.gbnf is not None:
+            return constraint.gbnf
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-            gbnf = json_schema_to_gbnf(json.dumps(constraint.json_schema or {"type": "object"}))
-        return self._grammars.sampler(gbnf)
+        gbnf: str = json_schema_to_gbnf(json.dumps(constraint.json_schema or {"type": "object"}))
+        return gbnf
 
     def close(self) -> None:
         """Stop the engine and free the model. Blocks (joins the decode loop, writes the

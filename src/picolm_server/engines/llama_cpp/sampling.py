@@ -14,6 +14,10 @@ the best :data:`GREEDY_CANDIDATES` tokens are checked one by one, best first (ti
 the lower id, as llama.cpp's greedy sampler breaks them), and the whole vocabulary is
 masked only when the grammar accepts none of them. Masking the vocabulary costs about
 10 ms here (SmolLM2's 49,152 tokens); a forced tool call meets it a few times.
+
+With jump-forward (:mod:`.guidance`) the grammar is llguidance's instead of llama.cpp's,
+checked and masked the same way; it also names the tokens the grammar forces next
+(:meth:`RequestSampler.forced_tokens`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import math
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 import numpy as np
+
+from .guidance import GuidedGrammar
 
 # llama_token_data is {int32 id; float logit; float p}: 12 bytes, no padding.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
@@ -132,7 +139,11 @@ class RequestSampler:
     used by the decode loop's thread only. ``close`` frees the native samplers."""
 
     def __init__(
-        self, settings: SamplingSettings, vocabulary_size: int, grammar: Any = None
+        self,
+        settings: SamplingSettings,
+        vocabulary_size: int,
+        grammar: Any = None,
+        guided: GuidedGrammar | None = None,
     ) -> None:
         self._vocabulary_size = vocabulary_size
         self._greedy = settings.temperature <= 0.0
@@ -153,6 +164,8 @@ class RequestSampler:
             seed %= llama_cpp.LLAMA_DEFAULT_SEED
             add(self._chain, llama_cpp.llama_sampler_init_dist(seed))
         self._grammar = grammar
+        # llguidance's grammar (jump-forward) instead of llama.cpp's.
+        self._guided = guided
         # The one-token array the grammar check runs on.
         self._single = llama_cpp.llama_token_data(0, 1.0, 0.0)
         self._single_array = llama_cpp.llama_token_data_array(
@@ -169,6 +182,8 @@ class RequestSampler:
             token = int(self._logits(ctx, row).argmax())
         else:
             token = int(llama_cpp.llama_sampler_sample(self._chain, ctx, row))
+        if self._guided is not None:
+            return self._sample_guided(self._guided, token, ctx, row)
         if self._grammar is None:
             return token
         if not self._grammar_accepts(token):
@@ -178,7 +193,56 @@ class RequestSampler:
         llama_cpp.llama_sampler_accept(self._grammar, token)
         return token
 
-    def _best_accepted(self, ctx: Any, row: int) -> int | None:
+    def forced_tokens(self, sampled: int, limit: int) -> list[int]:
+        """The tokens the grammar forces after ``sampled`` (at most ``limit``), taken as
+        written; none without jump-forward."""
+        if self._guided is None:
+            return []
+        return self._guided.forced_tokens(sampled, limit)
+
+    @property
+    def grammar_done(self) -> bool:
+        """The grammar allows no more text (only known with jump-forward)."""
+        return self._guided is not None and self._guided.stopped
+
+    def _sample_guided(self, guided: GuidedGrammar, token: int, ctx: Any, row: int) -> int:
+        """``token`` if llguidance's grammar accepts it, else as :meth:`sample` does with
+        llama.cpp's: the best accepted of a greedy request's best candidates, or the
+        chain run again over the masked vocabulary."""
+        if not guided.accepts(token):
+            self.grammar_rejections += 1
+            found = self._best_accepted(ctx, row, guided.accepts) if self._greedy else None
+            token = self._sample_masked(ctx, row, guided) if found is None else found
+        guided.accept(token)
+        return token
+
+    def _sample_masked(self, ctx: Any, row: int, guided: GuidedGrammar) -> int:
+        logits = np.array(self._logits(ctx, row), dtype=np.float32)
+        allowed = guided.allowed()
+        logits[~allowed] = -np.inf
+        if self._greedy:
+            token = int(logits.argmax())
+        else:
+            size = self._vocabulary_size
+            candidates = np.empty(size, dtype=_TOKEN_DATA)
+            candidates["id"] = np.arange(size, dtype=np.int32)
+            candidates["logit"] = logits
+            candidates["p"] = 0.0
+            array = llama_cpp.llama_token_data_array(
+                candidates.ctypes.data_as(llama_cpp.llama_token_data_p), size, -1, False
+            )
+            llama_cpp.llama_sampler_apply(self._chain, ctypes.byref(array))
+            if not 0 <= array.selected < array.size:
+                raise RuntimeError("the grammar left no token to sample")
+            token = int(array.data[array.selected].id)
+        if not math.isfinite(float(logits[token])) or not allowed[token]:
+            raise RuntimeError("the grammar left no token to sample")
+        llama_cpp.llama_sampler_accept(self._chain, token)
+        return token
+
+    def _best_accepted(
+        self, ctx: Any, row: int, accepts: Callable[[int], bool] | None = None
+    ) -> int | None:
         """The highest-logit token the grammar accepts among the best
         :data:`GREEDY_CANDIDATES` (ties to the lower id), or None."""
         size = self._vocabulary_size
@@ -187,8 +251,9 @@ class RequestSampler:
             return None
         logits = self._logits(ctx, row)
         best = np.argpartition(logits, size - count)[size - count :]
+        check = accepts or self._grammar_accepts
         for token in best[np.lexsort((best, -logits[best]))]:
-            if self._grammar_accepts(int(token)):
+            if check(int(token)):
                 llama_cpp.llama_sampler_accept(self._chain, int(token))
                 return int(token)
         return None

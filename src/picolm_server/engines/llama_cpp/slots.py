@@ -89,10 +89,15 @@ class Job:
     # Set by the loop:
     prefilled: int = 0  # prompt tokens whose state is computed
     generated: int = 0
-    # Every sampled token, the end-of-generation one included: chat templates write the
-    # reply and then that token (ChatML's <|im_end|>), so the next turn starts with them.
+    # Every token of the reply, sampled or written (jump-forward), the end-of-generation
+    # one included: chat templates write the reply and then that token (ChatML's
+    # <|im_end|>), so the next turn starts with them.
     reply: list[int] = field(default_factory=list)
     pending_token: int = -1  # sampled, not yet decoded
+    # Tokens the grammar forces after the pending one (jump-forward): decoded with it
+    # as one chunk of several rows. ``written`` counts them over the reply.
+    forced: list[int] = field(default_factory=list)
+    written: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     started: float = field(default_factory=time.monotonic)
 
@@ -163,6 +168,9 @@ class ModelContext:
 
     def sample(self, job: Job, row: int) -> int:
         return job.sampler.sample(self.ctx, row)
+
+    def forced(self, job: Job, token: int, limit: int) -> list[int]:
+        return job.sampler.forced_tokens(token, limit)
 
     def piece(self, token: int) -> bytes:
         """A token's text as the model prints it (control tokens included)."""
@@ -351,9 +359,16 @@ class DecodeLoop:
             if slot.job.cancelled.is_set():
                 self._end(slot, None)
         self._admit_waiting()
-        generating = [s for s in self._active() if s.job is not None and not s.job.reading_prompt]
+        generating = [
+            s
+            for s in self._active()
+            if s.job is not None and not s.job.reading_prompt and not s.job.forced
+        ]
         if generating:
             self._decode_and_sample(self._generation_rows(generating))
+        for slot in self._active():
+            if slot.job is not None and slot.job.forced:
+                self._decode_and_sample(self._forced_rows(slot, slot.job))
         room = self.model.batch_capacity
         for slot in self._active():
             job = slot.job
@@ -464,6 +479,9 @@ class DecodeLoop:
     #   or else by the next turn). ``deterministic`` gives every token a filler row, so
     #   that each sequence always has two rows: replies do not depend on other requests,
     #   and the whole state is kept, at about 1.5x the time per token of a lone request.
+    # - Text a grammar fixes after a sampled token (jump-forward, :mod:`.guidance`) is a
+    #   chunk of its own too: the sampled token and the written ones, at least two rows,
+    #   logits on the last only.
 
     def _generation_rows(self, generating: list[Slot]) -> list[Row]:
         first, last = generating[0].seq, generating[-1].seq
@@ -483,6 +501,15 @@ class DecodeLoop:
                 for n in range(per_slot - fillers, per_slot)
             )
         return rows
+
+    def _forced_rows(self, slot: Slot, job: Job) -> list[Row]:
+        """The pending token and the text the grammar forces after it (jump-forward):
+        a chunk of its own, of at least two rows, as a prompt chunk is."""
+        tokens = [job.pending_token, *job.forced]
+        job.forced = []
+        start = len(slot.tokens)
+        last = len(tokens) - 1
+        return [Row(slot, t, start + n, n == last) for n, t in enumerate(tokens)]
 
     def _prompt_rows(self, slot: Slot, job: Job, room: int) -> list[Row]:
         start = job.prefilled
@@ -546,14 +573,27 @@ class DecodeLoop:
             self._end(slot, "stop")
             return
         job.generated += 1
-        text = job.decoder.decode(self.model.piece(token))
+        piece = self.model.piece(token)
+        room = self.context_length - len(slot.tokens) - 1
+        limit = min(job.budget - job.generated, room - 1, self.model.batch_capacity - 1)
+        forced = self.model.forced(job, token, limit)
+        if forced:
+            piece += b"".join(self.model.piece(t) for t in forced)
+            job.reply.extend(forced)
+            job.generated += len(forced)
+            job.written += len(forced)
+            room -= len(forced)
+        text = job.decoder.decode(piece)
         if text:
             job.deliver(TextDelta(text, job.generated))
-        room = self.context_length - len(slot.tokens) - 1
         if job.generated >= job.budget or room <= 0:
             self._end(slot, "length")
             return
+        if job.sampler.grammar_done:
+            self._end(slot, "stop")
+            return
         job.pending_token = token
+        job.forced = forced
 
     # -- idle work --
     #
@@ -632,7 +672,7 @@ class DecodeLoop:
             tail = job.decoder.decode(b"", final=True)
             if tail:
                 job.deliver(TextDelta(tail, job.generated))
-            job.deliver(Finished(reason, job.generated))
+            job.deliver(Finished(reason, job.generated, written_tokens=job.written))
         logger.debug(
             "llama.cpp %s in %.2fs: %d prompt, %d completion tokens (budget %d), slot %d",
             f"finished ({reason})" if reason else "stopped by the server",
@@ -642,6 +682,12 @@ class DecodeLoop:
             job.budget,
             slot.seq,
         )
+        if job.written:
+            logger.debug(
+                "llama.cpp jump-forward: %d of %d completion tokens written by the grammar",
+                job.written,
+                job.generated,
+            )
         job.sampler.close()
         job.deliver(JOB_RELEASED)
 
