@@ -739,6 +739,23 @@ def json_schema_format(key: str, openai_form: bool) -> dict[str, Any]:
     }
 
 
+async def written_tokens(ctx: Context) -> float | None:
+    """picolm-server's count of completion tokens a grammar wrote (jump-forward), from
+    its metrics; None for other servers and for picolm-servers without the count."""
+    if ctx.key not in PICOLM_KEYS:
+        return None
+    response = await ctx.client.get("/metrics")
+    for line in response.text.splitlines():
+        if line.startswith("picolm_tokens_total{") and 'kind="written"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def written_since(ctx: Context, before: float | None) -> int | None:
+    after = await written_tokens(ctx)
+    return None if after is None or before is None else round(after - before)
+
+
 async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
     args = ctx.args
     response_format = json_schema_format(ctx.key, args.lcp_openai_json_schema)
@@ -757,9 +774,14 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
             args.grammar_max_tokens,
             response_format=response_format,
         )
+        before = await written_tokens(ctx)
         reply = await ctx.request(body)
         out.setdefault(kind, []).append(
-            {**reply.summary(), "valid": reply.ok and _valid_person(reply.content)}
+            {
+                **reply.summary(),
+                "valid": reply.ok and _valid_person(reply.content),
+                "written_tokens": await written_since(ctx, before),
+            }
         )
 
     for run in range(args.grammar_runs):
@@ -785,10 +807,12 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
             tools=[BOOKING_TOOL],
             tool_choice={"type": "function", "function": {"name": "book_table"}},
         )
+        before = await written_tokens(ctx)
         reply = await ctx.request(tool_body)
         out.setdefault("tool_call", []).append(
             {
                 **reply.summary(),
+                "written_tokens": await written_since(ctx, before),
                 "valid": reply.ok and _valid_booking(reply),
                 "name": reply.tool_calls.get(0, {}).get("name", ""),
                 "arguments": reply.tool_calls.get(0, {}).get("arguments", "")[:300],
@@ -1439,6 +1463,16 @@ def report_concurrency(grouped: dict[str, list[dict[str, Any]]], servers: list[s
     ]
 
 
+def _written_share(runs: list[dict[str, Any]]) -> str:
+    """The share of the completion tokens a grammar wrote (picolm-server's metrics)."""
+    counted = [r for r in runs if r.get("written_tokens") is not None]
+    total = sum(r["completion_tokens"] for r in counted)
+    if not total:
+        return "—"
+    written = sum(r["written_tokens"] for r in counted)
+    return f"{written}/{total} ({written / total:.0%})"
+
+
 def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str]) -> list[str]:
     rows = []
     kinds = {
@@ -1479,6 +1513,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                 "tokens": median([r["completion_tokens"] for r in good]),
                 "rate": median(rates),
                 "valid": f"{sum(bool(r.get('valid')) for r in runs)}/{len(runs)}",
+                "written": _written_share(good),
                 "errors": f"{sum(bool(r.get('error')) for r in runs)}/{len(runs)}",
             }
         base_rate = per_server.get(BASELINE, {}).get("rate")
@@ -1493,6 +1528,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                     fmt_rate(s["rate"]),
                     fmt_ratio(s["rate"], base_rate),
                     fmt_rate(s["after_first"]),
+                    s["written"],
                     s["valid"],
                     s["errors"],
                 ]
@@ -1521,6 +1557,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                 "tokens/s",
                 f"vs {BASELINE}",
                 "after the first token, tokens/s",
+                "written by the grammar",
                 "valid",
                 "errors",
             ],

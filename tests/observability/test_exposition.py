@@ -85,13 +85,15 @@ class ReferenceMetrics:
         ).labels(engine)
         tokens = Counter(
             "picolm_tokens",
-            "Tokens processed: prompt, completion, and the prompt tokens reused from "
-            "saved state (cached, also counted in prompt).",
+            "Tokens processed: prompt, completion, the prompt tokens reused from saved "
+            "state (cached, also counted in prompt), and the completion tokens a grammar "
+            "fixed, written without sampling (written, also counted in completion).",
             ["engine", "kind"],
             registry=registry,
         )
         self.tokens = {kind: tokens.labels(engine, kind) for kind in ("prompt", "completion")}
         self.tokens["cached"] = tokens.labels(engine, "cached")
+        self.tokens["written"] = tokens.labels(engine, "written")
         failures = Counter(
             "picolm_engine_failures",
             "Generations the engine failed (error) or that ran past their time limit (timeout).",
@@ -114,6 +116,7 @@ class ReferenceMetrics:
             self.tokens["prompt"].inc(record.prompt_tokens)
             self.tokens["cached"].inc(record.cached_tokens or 0)
             self.tokens["completion"].inc(record.completion_tokens or 0)
+            self.tokens["written"].inc(record.written_tokens)
         if record.engine_error is not None:
             self.failures[record.engine_error].inc()
 
@@ -134,6 +137,7 @@ def records() -> list[RequestRecord]:
             prompt_tokens=12,
             cached_tokens=4,
             completion_tokens=7,
+            written_tokens=3,
         ),
         record(route="/v1/models", status=401, duration_seconds=0.001),
         record(route="", status=404, duration_seconds=0.002),

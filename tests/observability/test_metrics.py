@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from picolm_server.engines.base import Finished, GenerationEvent, GenerationRequest, ModelInfo
+
 from tests.conftest import TEST_API_KEY
 from tests.http.test_requests import sse_payloads, user
 from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer, serve_in_process
 from tests.support.picolm_setup import MODEL_ID
-from tests.support.scripted_engine import HeldEngine
+from tests.support.scripted_engine import HeldEngine, ScriptedEngine
 
 CHAT_ROUTE = "/v1/chat/completions"
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
@@ -175,3 +179,30 @@ async def test_apps_in_one_process_keep_their_own_counts() -> None:
         requests = "picolm_http_requests_total"
         assert value(await scrape(first), requests, **models) == 3
         assert value(await scrape(second), requests, **models) == 0
+
+
+class WritingEngine(ScriptedEngine):
+    """Replies as scripted and reports some of the reply's tokens as written by a
+    grammar (as llama.cpp's jump-forward does)."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        async for event in super().generate(request):
+            yield replace(event, written_tokens=2) if isinstance(event, Finished) else event
+
+
+async def test_tokens_a_grammar_wrote_are_counted_apart() -> None:
+    engine = WritingEngine(
+        pieces=("{", '"a"', ": ", "1", "}"), model=ModelInfo(MODEL_ID, Path("m.gguf"), 4096, 0)
+    )
+    async with serve_in_process(engine, server=NO_QUEUE) as server:
+        before = await scrape(server)
+        response = await chat(server, {"messages": user("hi")})
+        assert response.status_code == 200, response.text
+        after = await scrape(server)
+    completion = value(after, "picolm_tokens_total", kind="completion") - value(
+        before, "picolm_tokens_total", kind="completion"
+    )
+    written = value(after, "picolm_tokens_total", kind="written") - value(
+        before, "picolm_tokens_total", kind="written"
+    )
+    assert (completion, written) == (5, 2)

@@ -47,6 +47,8 @@ class Outcome:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    # Of those, the tokens a grammar fixed and the engine wrote without sampling.
+    written_tokens: int = 0
     stop_sequence: str | None = None
 
     def usage(self) -> Usage:
@@ -162,6 +164,7 @@ class Generation:
                     return
             elif isinstance(event, Finished):
                 self.outcome.completion_tokens = event.completion_tokens
+                self.outcome.written_tokens = event.written_tokens
                 self.outcome.finish_reason = event.reason
                 held = self._scanner.feed(self._echo.flush()) if self._echo is not None else ""
                 if held:
@@ -240,4 +243,4 @@ class Generation:
             return
         with anyio.CancelScope(shield=True):
             await self._generator.aclose()
-        self.observer.generation_ended(self.outcome.completion_tokens)
+        self.observer.generation_ended(self.outcome.completion_tokens, self.outcome.written_tokens)

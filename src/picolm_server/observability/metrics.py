@@ -166,13 +166,15 @@ class ServerMetrics:
         ).labels(engine)
         tokens = registry.counter(
             "picolm_tokens",
-            "Tokens processed: prompt, completion, and the prompt tokens reused from "
-            "saved state (cached, also counted in prompt).",
+            "Tokens processed: prompt, completion, the prompt tokens reused from saved "
+            "state (cached, also counted in prompt), and the completion tokens a grammar "
+            "fixed, written without sampling (written, also counted in completion).",
             ["engine", "kind"],
         )
         self._prompt_tokens = tokens.labels(engine, "prompt")
         self._completion_tokens = tokens.labels(engine, "completion")
         self._cached_tokens = tokens.labels(engine, "cached")
+        self._written_tokens = tokens.labels(engine, "written")
         failures = registry.counter(
             "picolm_engine_failures",
             "Generations the engine failed (error) or that ran past their time limit (timeout).",
@@ -201,6 +203,7 @@ class ServerMetrics:
             self._prompt_tokens.inc(record.prompt_tokens)
             self._cached_tokens.inc(record.cached_tokens or 0)
             self._completion_tokens.inc(record.completion_tokens or 0)
+            self._written_tokens.inc(record.written_tokens)
         if record.engine_error == "error":
             self._engine_errors.inc()
         elif record.engine_error == "timeout":

@@ -29,8 +29,9 @@ class GenerationObserver(Protocol):
     def first_token(self) -> None:
         """The engine produced the reply's first token."""
 
-    def generation_ended(self, completion_tokens: int) -> None:
-        """The generation is over (finished, failed or cancelled) with this many tokens."""
+    def generation_ended(self, completion_tokens: int, written_tokens: int = 0) -> None:
+        """The generation is over (finished, failed or cancelled) with this many tokens,
+        ``written_tokens`` of them fixed by a grammar and written without sampling."""
 
     def engine_failed(self, error: APIError) -> None:
         """The engine (or the time limit) failed the generation with ``error``."""
@@ -51,7 +52,7 @@ class NoObserver:
     def first_token(self) -> None:
         pass
 
-    def generation_ended(self, completion_tokens: int) -> None:
+    def generation_ended(self, completion_tokens: int, written_tokens: int = 0) -> None:
         pass
 
     def engine_failed(self, error: APIError) -> None:
@@ -76,6 +77,8 @@ class RequestRecord:
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
     completion_tokens: int | None = None
+    # Of the completion tokens, those a grammar fixed (llama.cpp's jump-forward).
+    written_tokens: int = 0
     ttft_seconds: float | None = None
     duration_seconds: float | None = None
     disconnected: bool = False
@@ -100,9 +103,10 @@ class RequestRecord:
         if self.ttft_seconds is None:
             self.ttft_seconds = time.perf_counter() - self.started
 
-    def generation_ended(self, completion_tokens: int) -> None:
+    def generation_ended(self, completion_tokens: int, written_tokens: int = 0) -> None:
         if self.prompt_tokens is not None:
             self.completion_tokens = completion_tokens
+            self.written_tokens = written_tokens
 
     def engine_failed(self, error: APIError) -> None:
         if isinstance(error, EngineTimeoutError):
