@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from picolm_server.engines.base import Finished, GenerationEvent, GenerationRequest, ModelInfo
-
 from tests.conftest import TEST_API_KEY
 from tests.http.test_requests import sse_payloads, user
 from tests.support.inprocess import CONTEXT_LENGTH, InProcessServer, serve_in_process
