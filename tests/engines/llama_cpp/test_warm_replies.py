@@ -396,3 +396,55 @@ def test_the_setting_reaches_the_decode_loop(
         assert engine.decode_loop.warm_replies is warm
     finally:
         asyncio.run(core.models.aclose())
+
+
+class SharedCores:
+    """The loop's reading of other work, told by the test: ``free`` cores, and an event
+    once the loop has read it ``reads`` more times."""
+
+    cores = 2
+    since = 0.0
+
+    def __init__(self) -> None:
+        self.free = 2
+        self.read = threading.Event()
+        self._lock = threading.Lock()
+        self._left = 0
+
+    def expect(self, reads: int) -> None:
+        with self._lock:
+            self.read.clear()
+            self._left = reads
+
+    def free_cores(self, window: float = 0.25) -> int:
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0:
+                self.read.set()
+            return self.free
+
+
+def test_idle_work_waits_while_other_processes_use_the_cores(template: Any) -> None:
+    """Idle work is a bet on the next turn: it must not take the cores from another
+    process (a server beside this one starting its own reply). It waits, reading the
+    load again and again, and goes on once the cores are free."""
+    engine, watched = watched_engine()
+    try:
+        choice = engine.decode_loop._thread_choice
+        assert choice is not None
+        load = SharedCores()
+        choice.load = load
+        load.free = 1  # another process holds a core
+        first, _ = turns(template, "")
+        reply = ask(engine, first)
+        assert reply.tokens > 0
+        load.expect(8)
+        assert load.read.wait(SAFETY_SECONDS)  # the loop has looked, several times
+        assert watched.idle_decodes == 0
+        load.free = 2
+        assert engine.decode_loop.wait_until_idle(SAFETY_SECONDS)
+        assert watched.idle_decodes > 0
+        tokens, _ = slot_state(engine)
+        assert len(tokens) == len(prompt_ids(engine, first)) + reply_length(reply)
+    finally:
+        close(engine, watched)

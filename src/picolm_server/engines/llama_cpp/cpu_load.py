@@ -130,6 +130,10 @@ class ThreadChoice:
         if self._busy_since == float("inf"):
             self._busy_since = now
 
+    def calm(self) -> bool:
+        """Whether other work leaves every core this loop decodes with free."""
+        return self.load.free_cores() >= self.threads
+
     def choose(self, now: float) -> int:
         """The threads for the decode about to run."""
         first = now - self._busy_since < FIRST_READINGS_SECONDS

@@ -179,7 +179,6 @@ class LlamaCppEngine:
         cache = StateCache(options.cache_max_bytes) if options.cache_max_bytes > 0 else None
         store = self._state_store(options) if cache is not None else None
         model_context = ModelContext(self._context, vocab, BATCH_TOKENS)
-        model_context.warm_up()
         self.decode_loop = DecodeLoop(
             model_context,
             slots=options.slots,
@@ -191,6 +190,7 @@ class LlamaCppEngine:
             deterministic=options.deterministic,
             store=store,
             warm_replies=options.warm_replies,
+            warm_up=True,
         )
         self.model = ModelInfo.of_file(
             options.model_id, options.model_path, self.context_length, "llama.cpp"

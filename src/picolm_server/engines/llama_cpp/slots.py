@@ -226,8 +226,11 @@ class DecodeLoop:
         deterministic: bool = False,
         store: StateStore | None = None,
         warm_replies: bool = True,
+        warm_up: bool = False,
     ) -> None:
         self.model = model
+        # The model's warm-up decodes, run first on the loop's own thread (see _run).
+        self._warm_up = warm_up
         # Every generated token computed two rows at a time (see "the batch" below).
         self.deterministic = deterministic
         # No more threads than the cores other work leaves free (see cpu_load).
@@ -308,15 +311,31 @@ class DecodeLoop:
         return [slot for slot in self.slots if slot.job is not None]
 
     def _run(self) -> None:
+        if self._warm_up:
+            # Here, not on the thread that made the engine: llama.cpp's OpenMP keeps a
+            # pool of worker threads for every thread that has run a decode, for as long
+            # as that thread lives, and once the process holds more such threads than
+            # cores, libgomp's workers stop spinning at its barriers and sleep at each
+            # (hundreds per token). A warm-up on the server's main thread left SmolLM2
+            # decoding at 55-65 tokens/s here where 120-140 is the rate with one pool
+            # (docs/benchmarks.md, "One stream at full speed").
+            try:
+                self.model.warm_up()
+            except Exception:  # the first request pays for it instead
+                logger.exception("the llama.cpp warm-up failed")
         while True:
             with self._wake:
                 if self._thread_choice is not None and not self._incoming and not self._has_work():
                     self._thread_choice.idle()
                 while not self._closing and not self._incoming and not self._has_work():
                     if self._has_idle_work():
-                        break
-                    self._idle = True
-                    self._settle.notify_all()
+                        if self._thread_choice is None or self._thread_choice.calm():
+                            break
+                        # Idle work is a bet on the next turn: it waits while other
+                        # processes use the cores (another server's reply), not them.
+                    else:
+                        self._idle = True
+                        self._settle.notify_all()
                     if self._thread_choice is None:
                         self._wake.wait()
                     else:
