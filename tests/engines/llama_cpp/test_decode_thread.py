@@ -41,3 +41,28 @@ def test_the_warm_up_and_every_generation_decode_on_the_loops_thread(
         engine.close()
     assert len(threads) >= 3  # the warm-up's two, then the request's
     assert set(threads) == {"llama-decode"}
+
+
+def test_a_loop_with_nothing_to_do_ends_its_thread_and_the_next_request_starts_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resting loop holds no thread, so another model's loop (or the embedder) is the
+    only one with OpenMP workers; a request after the rest is served as before."""
+    import asyncio
+
+    from picolm_server.engines.llama_cpp import slots
+
+    monkeypatch.setattr(slots, "THREAD_REST_SECONDS", 0.2)
+    engine = make_engine(slots=1, reuse=True)
+    try:
+        first = asyncio.run(run(engine, request("Say hello.", 8)))
+        loop = engine.decode_loop
+        resting = loop._thread
+        resting.join(60)
+        assert not resting.is_alive()
+        second = asyncio.run(run(engine, request("Say hello.", 8)))
+        assert loop._thread is not resting and loop._thread.is_alive()
+        assert second.text == first.text
+        assert second.cached_tokens > 0  # the slot's state outlived the thread
+    finally:
+        engine.close()

@@ -119,7 +119,8 @@ class LlamaEmbedder:
     def __init__(self, options: LlamaEmbeddingOptions) -> None:
         self.options = options
         self._llama: Any = None
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llama-embed")
+        # The thread of the request being embedded, if any.
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._turn = asyncio.Lock()
         self._waiting = 0
 
@@ -141,7 +142,14 @@ class LlamaEmbedder:
     async def _run(self, inputs: Sequence[EmbeddingInput], truncate: bool) -> Embeddings:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
-        work = loop.run_in_executor(self._worker, self._embed_all, list(inputs), truncate, stop)
+        # A thread of the request's own, ended after it: llama.cpp's OpenMP keeps worker
+        # threads for every thread that has decoded while that thread lives, and more of
+        # them than cores slow every decode in the process (llama_slots,
+        # THREAD_REST_SECONDS), the generation engine's included.
+        worker = self._worker = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="llama-embed"
+        )
+        work = loop.run_in_executor(worker, self._embed_all, list(inputs), truncate, stop)
         try:
             return await work
         except APIError:
@@ -155,6 +163,9 @@ class LlamaEmbedder:
             stop.set()
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(work, return_exceptions=True)
+                # Its thread (and OpenMP's workers with it) gone before the next one.
+                await asyncio.to_thread(worker.shutdown, True)
+            self._worker = None
 
     # ---- the worker thread ----
 
@@ -288,6 +299,7 @@ class LlamaEmbedder:
         return [float(x) for x in total / len(tokens)]
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
         if self._llama is not None:
             self._llama.close()

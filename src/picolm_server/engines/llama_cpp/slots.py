@@ -65,6 +65,15 @@ logger = logging.getLogger("picolm_server.engine.llama_cpp")
 # What a job hands its request: events, then one of these at the very end.
 JOB_RELEASED = object()
 
+# Seconds the decode thread waits with nothing to do before it ends (the next request
+# starts another). llama.cpp's OpenMP keeps a pool of worker threads for every thread
+# that has decoded, for as long as that thread lives, and once the process holds more of
+# them than cores, libgomp's workers sleep at each of the hundreds of barriers a token
+# takes instead of spinning: SmolLM2 decoded at 55-65 tokens/s where one pool gives
+# 120-140 (docs/benchmarks.md, "One stream at full speed"). A loop that rests lets
+# another model's loop, or the embedder, decode at full speed.
+THREAD_REST_SECONDS = 5.0
+
 # Reply tokens computed per idle decode (see "idle work"): a request that comes meanwhile
 # waits for one such chunk at most. SmolLM2-135M, 2 threads on the 2-core VM (quiet), a
 # chunk after 300 tokens of context: 8 tokens 36-41 ms, 16 tokens 64-74 ms, 32 tokens
@@ -227,6 +236,7 @@ class DecodeLoop:
         store: StateStore | None = None,
         warm_replies: bool = True,
         warm_up: bool = False,
+        rest_after: float | None = None,
     ) -> None:
         self.model = model
         # The model's warm-up decodes, run first on the loop's own thread (see _run).
@@ -256,9 +266,17 @@ class DecodeLoop:
         self._settle = threading.Condition(lock)
         self._idle = False
         self._closing = False
+        # The thread has ended for want of work (see THREAD_REST_SECONDS).
+        self._resting = False
         self.steps = 0
-        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
-        self._thread.start()
+        # The thread ends after this long with nothing to do, and submit starts another.
+        self._rest_after = THREAD_REST_SECONDS if rest_after is None else rest_after
+        self._thread = self._start_thread()
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        thread.start()
+        return thread
 
     # ---- called from other threads ----
 
@@ -266,6 +284,9 @@ class DecodeLoop:
         with self._wake:
             self._incoming.append(job)
             self._wake.notify()
+            if self._resting:
+                self._resting = False
+                self._thread = self._start_thread()
 
     def cancel(self, job: Job) -> None:
         job.cancelled.set()
@@ -312,19 +333,16 @@ class DecodeLoop:
 
     def _run(self) -> None:
         if self._warm_up:
-            # Here, not on the thread that made the engine: llama.cpp's OpenMP keeps a
-            # pool of worker threads for every thread that has run a decode, for as long
-            # as that thread lives, and once the process holds more such threads than
-            # cores, libgomp's workers stop spinning at its barriers and sleep at each
-            # (hundreds per token). A warm-up on the server's main thread left SmolLM2
-            # decoding at 55-65 tokens/s here where 120-140 is the rate with one pool
-            # (docs/benchmarks.md, "One stream at full speed").
+            # Here, not on the thread that made the engine, whose OpenMP pool would live
+            # on beside this thread's (see THREAD_REST_SECONDS).
+            self._warm_up = False
             try:
                 self.model.warm_up()
             except Exception:  # the first request pays for it instead
                 logger.exception("the llama.cpp warm-up failed")
         while True:
             with self._wake:
+                rest_at = time.monotonic() + self._rest_after
                 if self._thread_choice is not None and not self._incoming and not self._has_work():
                     self._thread_choice.idle()
                 while not self._closing and not self._incoming and not self._has_work():
@@ -336,8 +354,11 @@ class DecodeLoop:
                     else:
                         self._idle = True
                         self._settle.notify_all()
+                        if time.monotonic() >= rest_at:
+                            self._resting = True  # submit starts the next thread
+                            return
                     if self._thread_choice is None:
-                        self._wake.wait()
+                        self._wake.wait(max(0.0, rest_at - time.monotonic()) + 0.01)
                     else:
                         # Idle, the reading of other work is kept fresh (a few small
                         # file reads a second): a request that comes under load starts
