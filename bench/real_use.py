@@ -716,8 +716,12 @@ def _valid_booking(reply: Reply) -> bool:
     call = reply.tool_calls.get(0)
     if not call or call["name"] != "book_table":
         return False
+    return _valid_booking_arguments(call["arguments"])
+
+
+def _valid_booking_arguments(text: str) -> bool:
     try:
-        value = json.loads(call["arguments"])
+        value = json.loads(text)
     except ValueError:
         return False
     return (
@@ -807,6 +811,39 @@ async def case_grammar(ctx: Context, out: dict[str, Any]) -> None:
             tools=[BOOKING_TOOL],
             tool_choice={"type": "function", "function": {"name": "book_table"}},
         )
+        if ctx.key not in PICOLM_KEYS:
+            # The same work in a form these servers take: llama-server ignores tools
+            # with SmolLM2's template and refuses a tool_choice object, so the call's
+            # arguments are asked for as a json_schema reply, the tool in the prompt.
+            parameters = BOOKING_TOOL["function"]["parameters"]
+            as_schema = chat_body(
+                [
+                    {
+                        "role": "system",
+                        "content": f"[{nonce}-t] {STORY_SYSTEM} Call the function book_table "
+                        f"({BOOKING_TOOL['function']['description']}): reply with its "
+                        f"arguments as JSON matching {json.dumps(parameters)}",
+                    },
+                    tool_body["messages"][1],
+                ],
+                args.grammar_max_tokens,
+                response_format=(
+                    {"type": "json_object", "schema": parameters}
+                    if ctx.key == LCP and not args.lcp_openai_json_schema
+                    else {
+                        "type": "json_schema",
+                        "json_schema": {"name": "book_table", "strict": True, "schema": parameters},
+                    }
+                ),
+            )
+            as_reply = await ctx.request(as_schema)
+            out.setdefault("tool_call_as_json_schema", []).append(
+                {
+                    **as_reply.summary(),
+                    "valid": as_reply.ok and _valid_booking_arguments(as_reply.content),
+                    "arguments": as_reply.content[:300],
+                }
+            )
         before = await written_tokens(ctx)
         reply = await ctx.request(tool_body)
         out.setdefault("tool_call", []).append(
@@ -1479,16 +1516,21 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
         "json_schema": "json_schema (3 fields)",
         "json_schema_same_prompt": "json_schema, each given picolm-server's prompt",
         "tool_call": "forced tool call (3 args)",
+        "tool_call_as_json_schema": "forced tool call; the others asked for its arguments "
+        "as a json_schema reply",
     }
     for kind, title in kinds.items():
         base_rate: float | None = None
         per_server: dict[str, dict[str, Any]] = {}
         for server in servers:
             # picolm-server's own prompt is its json_schema request itself.
+            picolm = grouped.get(server, [{}])[0].get("key") in PICOLM_KEYS
             source = (
-                "json_schema"
-                if kind == "json_schema_same_prompt"
-                and grouped.get(server, [{}])[0].get("key") in PICOLM_KEYS
+                {
+                    "json_schema_same_prompt": "json_schema",
+                    "tool_call_as_json_schema": "tool_call",
+                }.get(kind, kind)
+                if picolm
                 else kind
             )
             runs = [r for rec in grouped.get(server, []) for r in rec["result"].get(source, [])]
@@ -1501,7 +1543,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
             after_first = [
                 (r["completion_tokens"] - 1) / (r["total"] - r["ttft"])
                 for r in good
-                if kind != "tool_call"
+                if not kind.startswith("tool_call")
                 if r.get("ttft") is not None
                 and r["total"] > r["ttft"]
                 and r["completion_tokens"] > 1
@@ -1517,12 +1559,14 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                 "errors": f"{sum(bool(r.get('error')) for r in runs)}/{len(runs)}",
             }
         base_rate = per_server.get(BASELINE, {}).get("rate")
+        base_latency = per_server.get(BASELINE, {}).get("latency")
         for server, s in per_server.items():
             rows.append(
                 [
                     title,
                     server,
                     fmt_s(s["latency"]),
+                    fmt_ratio(s["latency"], base_latency),
                     fmt_s(s["ttft"]),
                     "—" if s["tokens"] is None else f"{s['tokens']:.0f}",
                     fmt_rate(s["rate"]),
@@ -1552,6 +1596,7 @@ def report_grammar(grouped: dict[str, list[dict[str, Any]]], servers: list[str])
                 "request",
                 "server",
                 "latency",
+                f"latency / {BASELINE}",
                 "TTFT",
                 "tokens",
                 "tokens/s",
@@ -1735,6 +1780,10 @@ def chart_figures(records: list[dict[str, Any]]) -> list[tuple[str, str, dict[st
         )
     for kind, name in (("json_schema", "json_schema reply"), ("tool_call", "forced tool call")):
         runs = _requests(cases, "grammar", kind)
+        if kind == "tool_call":
+            # picolm-server's calls against the others' arguments as a json_schema reply.
+            others = _requests(cases, "grammar", "tool_call_as_json_schema")
+            runs = {s: others.get(s, rs) for s, rs in runs.items()}
         add(
             f"{name}: latency",
             "s",

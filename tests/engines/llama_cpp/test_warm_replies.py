@@ -448,3 +448,23 @@ def test_idle_work_waits_while_other_processes_use_the_cores(template: Any) -> N
         assert len(tokens) == len(prompt_ids(engine, first)) + reply_length(reply)
     finally:
         close(engine, watched)
+
+
+def test_idle_work_waits_for_a_pause_in_the_requests(
+    template: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program sends its next request at once: idle work starts only after a pause
+    (WARM_AFTER_SECONDS, here longer than the test), so it never holds such a request."""
+    from picolm_server.engines.llama_cpp import slots
+
+    monkeypatch.setattr(slots, "WARM_AFTER_SECONDS", 3600.0)
+    engine, watched = watched_engine()
+    try:
+        first, _ = turns(template, "")
+        reply = ask(engine, first)
+        _, second = turns(template, reply.text)
+        result = ask(engine, second, 8)
+        assert watched.idle_decodes == 0
+        assert result.cached_tokens == len(prompt_ids(engine, first))  # the reply not warmed
+    finally:
+        close(engine, watched)

@@ -80,6 +80,13 @@ THREAD_REST_SECONDS = 5.0
 # 128-142 ms (after 1,500: 43, 80 and 187 ms). 16 waits half as long as 32 for the same
 # cost per token (4.0-4.6 ms); 8 would save some 30 ms of wait for ~12 % more per token.
 WARM_CHUNK = 16
+# Seconds after the last request's step before idle work starts. A person types the
+# next turn for seconds; a program (an agent, a benchmark) sends its next request at
+# once, and a chunk started in between would hold that request up to a chunk's time:
+# back-to-back 64-token requests had a median TTFT of 0.26 s with idle work starting at
+# once where they had 0.21 s without it (docs/benchmarks.md, "Concurrent streaming
+# clients").
+WARM_AFTER_SECONDS = 0.3
 
 NO_TOKENS = as_tokens(())
 
@@ -268,6 +275,8 @@ class DecodeLoop:
         self._closing = False
         # The thread has ended for want of work (see THREAD_REST_SECONDS).
         self._resting = False
+        # When the loop last stepped a request (idle work waits WARM_AFTER_SECONDS).
+        self._last_request_step = float("-inf")
         self.steps = 0
         # The thread ends after this long with nothing to do, and submit starts another.
         self._rest_after = THREAD_REST_SECONDS if rest_after is None else rest_after
@@ -346,25 +355,32 @@ class DecodeLoop:
                 if self._thread_choice is not None and not self._incoming and not self._has_work():
                     self._thread_choice.idle()
                 while not self._closing and not self._incoming and not self._has_work():
+                    now = time.monotonic()
+                    warm_at = self._last_request_step + WARM_AFTER_SECONDS
                     if self._has_idle_work():
-                        if self._thread_choice is None or self._thread_choice.calm():
+                        if now >= warm_at and (
+                            self._thread_choice is None or self._thread_choice.calm()
+                        ):
                             break
-                        # Idle work is a bet on the next turn: it waits while other
-                        # processes use the cores (another server's reply), not them.
+                        # Idle work is a bet on the next turn: it waits for a pause in
+                        # the requests, and while other processes use the cores
+                        # (another server's reply), it leaves them the cores.
+                        wait = max(0.0, warm_at - now) + 0.01
                     else:
                         self._idle = True
                         self._settle.notify_all()
-                        if time.monotonic() >= rest_at:
+                        if now >= rest_at:
                             self._resting = True  # submit starts the next thread
                             return
+                        wait = max(0.0, rest_at - now) + 0.01
                     if self._thread_choice is None:
-                        self._wake.wait(max(0.0, rest_at - time.monotonic()) + 0.01)
+                        self._wake.wait(wait)
                     else:
                         # Idle, the reading of other work is kept fresh (a few small
                         # file reads a second): a request that comes under load starts
                         # with the threads that load leaves, not with a reading that
                         # spans the whole idle time.
-                        self._wake.wait(CPU_READING_SECONDS)
+                        self._wake.wait(min(wait, CPU_READING_SECONDS))
                         self._thread_choice.refresh()
                 self._idle = False
                 if self._closing:
@@ -376,6 +392,7 @@ class DecodeLoop:
             try:
                 if self._has_work():
                     self._step()
+                    self._last_request_step = time.monotonic()
                 else:
                     self._warm_chunk()
             except Exception as exc:  # a fault of the loop itself: fail what runs, go on
