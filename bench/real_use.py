@@ -1783,7 +1783,7 @@ def chart_figures(records: list[dict[str, Any]]) -> list[tuple[str, str, dict[st
         if kind == "tool_call":
             # picolm-server's calls against the others' arguments as a json_schema reply.
             others = _requests(cases, "grammar", "tool_call_as_json_schema")
-            runs = {s: others.get(s, rs) for s, rs in runs.items()}
+            runs = {s: others.get(s) or rs for s, rs in runs.items()}
         add(
             f"{name}: latency",
             "s",
