@@ -19,11 +19,14 @@ class Clock:
         return self.now
 
 
-def write(tmp_path: Path, machine_busy: int, own: int, steal: int = 0) -> None:
+def write(
+    tmp_path: Path, machine_busy: int, own: int, steal: int = 0, running: int | None = None
+) -> None:
     # user nice system idle iowait irq softirq steal guest guest_nice
-    (tmp_path / "stat").write_text(
-        f"cpu  {machine_busy} 0 0 5000 7 0 0 {steal} 0 0\ncpu0 1 2 3 4\n", encoding="ascii"
-    )
+    text = f"cpu  {machine_busy} 0 0 5000 7 0 0 {steal} 0 0\ncpu0 1 2 3 4\nintr 1 2 3\n"
+    if running is not None:
+        text += f"ctxt 99\nprocs_running {running}\nprocs_blocked 0\n"
+    (tmp_path / "stat").write_text(text, encoding="ascii")
     (tmp_path / "self").write_text(
         f"42 (picolm server) S 1 2 3 4 5 6 7 8 9 10 {own} 0 0 0\n", encoding="ascii"
     )
@@ -107,12 +110,13 @@ class Machine:
         )
         self.load._ticks_per_second = 100
 
-    def run(self, seconds: float, others: float, own: float) -> None:
-        """``seconds`` pass with other work using ``others`` cores, this process ``own``."""
+    def run(self, seconds: float, others: float, own: float, running: int | None = None) -> None:
+        """``seconds`` pass with other work using ``others`` cores, this process ``own``;
+        then ``running`` tasks are runnable (this thread among them)."""
         self.clock.now += seconds
         self.own += round(own * seconds * 100)
         self.machine += round((others + own) * seconds * 100)
-        write(self.tmp_path, self.machine, self.own)
+        write(self.tmp_path, self.machine, self.own, running=running)
 
 
 def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
@@ -120,7 +124,8 @@ def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
 ) -> None:
     """Another server's reply ends as this one's request comes: the first reading of
     the request spans the other's last busy moments, and the next one, a tenth of a
-    second later, gives both threads back."""
+    second later, gives both threads back. (No count of runnable tasks here: the
+    reading decides alone.)"""
     machine = Machine(tmp_path, clock)
     choice = ThreadChoice(2, machine.load)
     choice.idle()
@@ -134,6 +139,60 @@ def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
     assert choice.choose(clock.now) == 1  # the reading is younger than its window
     machine.run(0.06, others=0.0, own=2.0)
     assert choice.choose(clock.now) == 2
+
+
+def test_work_seen_while_idle_and_over_now_lowers_nothing(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, with the other server's tasks no longer runnable when the request
+    comes: its prompt, one decode, gets both threads."""
+    monkeypatch.setattr(cpu_load.time, "sleep", lambda seconds: None)
+    machine = Machine(tmp_path, clock)
+    choice = ThreadChoice(2, machine.load)
+    choice.idle()
+    choice.refresh()
+    machine.run(0.25, others=2.0, own=0.0)
+    choice.refresh()
+    machine.run(0.05, others=0.0, own=0.0, running=1)  # only the asking thread
+    choice.busy(clock.now)
+    assert choice.choose(clock.now) == 2
+
+
+def test_work_seen_while_idle_and_still_running_lowers_the_threads(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu_load.time, "sleep", lambda seconds: None)
+    machine = Machine(tmp_path, clock)
+    choice = ThreadChoice(2, machine.load)
+    choice.idle()
+    choice.refresh()
+    machine.run(0.25, others=2.0, own=0.0)
+    choice.refresh()
+    machine.run(0.05, others=2.0, own=0.0, running=3)  # two spinning processes and this
+    choice.busy(clock.now)
+    assert choice.choose(clock.now) == 1
+
+
+def test_the_instant_count_is_the_fewest_of_its_samples(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that runs for a moment (a client reading the stream) shows up in one
+    sample and not the next: it takes no core."""
+    samples = iter([3, 2, 3])
+
+    def next_sample(seconds: float) -> None:
+        write(tmp_path, 0, 0, running=next(samples))
+
+    write(tmp_path, 0, 0, running=3)
+    next(samples)
+    monkeypatch.setattr(cpu_load.time, "sleep", next_sample)
+    load = CpuLoad(cores=2, proc_stat=str(tmp_path / "stat"), self_stat=str(tmp_path / "self"))
+    assert load.free_now() == 1  # 3, 2, 3 runnable: one other task in every sample
+    write(tmp_path, 0, 0, running=1)
+    monkeypatch.setattr(cpu_load.time, "sleep", lambda seconds: None)
+    assert load.free_now() == 2
+    write(tmp_path, 0, 0)  # no procs_running line: no answer (the reading stands)
+    assert load.free_now() is None
 
 
 def test_work_seen_while_decoding_keeps_the_threads_lowered_for_a_calm_second(

@@ -423,6 +423,9 @@ class SharedCores:
                 self.read.set()
             return self.free
 
+    def free_now(self) -> int | None:
+        return self.free
+
 
 def test_idle_work_waits_while_other_processes_use_the_cores(template: Any) -> None:
     """Idle work is a bet on the next turn: it must not take the cores from another

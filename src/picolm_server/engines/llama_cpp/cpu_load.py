@@ -18,11 +18,17 @@ Where those files cannot be read, every core is taken to be free. The decode loo
 before every decode, and every :data:`WINDOW` while it is idle, so the reading a request
 starts from is recent; :attr:`CpuLoad.since` says when the time a reading spans began,
 so that the loop can tell what other work did while it was idle from what it does now.
+
+A reading spans a fraction of a second; what runs at this instant is
+:meth:`CpuLoad.free_now`, from the count of runnable tasks (``procs_running``), the
+fewest of a few samples a millisecond apart: a task that runs in all of them keeps
+running, a client or event loop that shows up for a moment does not.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 PROC_STAT = "/proc/stat"
@@ -31,6 +37,10 @@ SELF_STAT = "/proc/self/stat"
 WINDOW = 0.25
 # Other work using at least this share of a core takes that core.
 CORE_TAKEN = 0.6
+# Samples of the runnable tasks for :meth:`CpuLoad.free_now`, and the seconds between.
+RUNNING_SAMPLES = 3
+RUNNING_GAP = 0.001
+_PROCS_RUNNING = re.compile(rb"^procs_running (\d+)$", re.MULTILINE)
 
 
 class CpuLoad:
@@ -86,6 +96,28 @@ class CpuLoad:
         self._last = (now, machine, own)
         return self._free
 
+    def free_now(self) -> int | None:
+        """Cores that tasks runnable right now leave free (at least one): the fewest
+        runnable tasks over :data:`RUNNING_SAMPLES` samples, less the asking thread.
+        None where the count cannot be read."""
+        if not self.available:
+            return None
+        fewest: int | None = None
+        for sample in range(RUNNING_SAMPLES):
+            if sample:
+                time.sleep(RUNNING_GAP)
+            try:
+                with open(self._proc_stat, "rb") as file:
+                    found = _PROCS_RUNNING.search(file.read())
+            except OSError:
+                return None
+            if found is None:
+                return None
+            running = int(found.group(1)) - 1  # the asking thread runs as it reads
+            fewest = running if fewest is None else min(fewest, running)
+        assert fewest is not None
+        return max(1, self.cores - fewest)
+
 
 # Seconds without contention before the decodes get more threads again, after contention
 # seen while the loop was decoding.
@@ -104,10 +136,13 @@ class ThreadChoice:
     threads lowered until a calm :data:`RAISE_AFTER_SECONDS`. A reading that began while
     the loop was idle is different: it tells what other work did then, not whether that
     goes on. Such as another server that has just finished its own reply, whose last
-    busy moments the first reading of a request sees. It lowers the threads only until
-    the next reading, taken :data:`FIRST_WINDOW` later; without this, a request right
-    after another server's ran its first second and more on one thread (107-110 tokens/s
-    where two threads give 125, in docs/benchmarks.md's alternating runs).
+    busy moments the first reading of a request sees. What runs at this instant
+    (:meth:`CpuLoad.free_now`) decides then; and whatever it says, such a reading lowers
+    the threads only until the next reading, taken :data:`FIRST_WINDOW` later. Without
+    the second, a request right after another server's ran its first second and more on
+    one thread (107-110 tokens/s where two threads give 125); without the first, its
+    prompt, which is one decode, ran on one thread: time to first token 0.36-0.45 s
+    against 0.19-0.23 s alone (docs/benchmarks.md's alternating runs).
     """
 
     def __init__(self, threads: int, load: CpuLoad) -> None:
@@ -116,6 +151,8 @@ class ThreadChoice:
         self.current = threads
         self._contended_at = float("-inf")
         self._busy_since = float("inf")
+        # (the reading's start, the cores free at the instant it was checked)
+        self._instant: tuple[float, int | None] | None = None
 
     def idle(self) -> None:
         """The loop has nothing to decode."""
@@ -138,6 +175,12 @@ class ThreadChoice:
         """The threads for the decode about to run."""
         first = now - self._busy_since < FIRST_READINGS_SECONDS
         free = self.load.free_cores(FIRST_WINDOW if first else WINDOW)
+        if free < self.threads and self.load.since < self._busy_since:
+            # Once per reading: the samples take a few milliseconds.
+            if self._instant is None or self._instant[0] != self.load.since:
+                self._instant = (self.load.since, self.load.free_now())
+            if self._instant[1] is not None:  # else the reading stands
+                free = max(free, self._instant[1])
         threads = min(self.threads, free)
         if threads < self.current:
             if self.load.since >= self._busy_since:
