@@ -119,6 +119,22 @@ class Machine:
         write(self.tmp_path, self.machine, self.own, running=running)
 
 
+def request_after_other_work(
+    machine: Machine, others_now: float, running: int | None = None
+) -> ThreadChoice:
+    """A choice of two threads whose loop was idle while another server decoded on both
+    cores for a quarter second; then, 0.05 s on (other work using ``others_now`` cores,
+    ``running`` tasks runnable), a request makes the loop busy."""
+    choice = ThreadChoice(2, machine.load)
+    choice.idle()
+    choice.refresh()
+    machine.run(0.25, others=2.0, own=0.0)
+    choice.refresh()
+    machine.run(0.05, others=others_now, own=0.0, running=running)
+    choice.busy(machine.clock.now)
+    return choice
+
+
 def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
     tmp_path: Path, clock: Clock
 ) -> None:
@@ -127,13 +143,7 @@ def test_work_seen_while_idle_lowers_the_threads_until_the_next_reading(
     second later, gives both threads back. (No count of runnable tasks here: the
     reading decides alone.)"""
     machine = Machine(tmp_path, clock)
-    choice = ThreadChoice(2, machine.load)
-    choice.idle()
-    choice.refresh()
-    machine.run(0.25, others=2.0, own=0.0)  # the other server decodes while this is idle
-    choice.refresh()
-    machine.run(0.05, others=0.0, own=0.0)
-    choice.busy(clock.now)
+    choice = request_after_other_work(machine, others_now=0.0)
     assert choice.choose(clock.now) == 1
     machine.run(0.05, others=0.0, own=2.0)
     assert choice.choose(clock.now) == 1  # the reading is younger than its window
@@ -148,13 +158,7 @@ def test_work_seen_while_idle_and_over_now_lowers_nothing(
     comes: its prompt, one decode, gets both threads."""
     monkeypatch.setattr(cpu_load.time, "sleep", lambda seconds: None)
     machine = Machine(tmp_path, clock)
-    choice = ThreadChoice(2, machine.load)
-    choice.idle()
-    choice.refresh()
-    machine.run(0.25, others=2.0, own=0.0)
-    choice.refresh()
-    machine.run(0.05, others=0.0, own=0.0, running=1)  # only the asking thread
-    choice.busy(clock.now)
+    choice = request_after_other_work(machine, others_now=0.0, running=1)  # only this thread
     assert choice.choose(clock.now) == 2
 
 
@@ -163,13 +167,8 @@ def test_work_seen_while_idle_and_still_running_lowers_the_threads(
 ) -> None:
     monkeypatch.setattr(cpu_load.time, "sleep", lambda seconds: None)
     machine = Machine(tmp_path, clock)
-    choice = ThreadChoice(2, machine.load)
-    choice.idle()
-    choice.refresh()
-    machine.run(0.25, others=2.0, own=0.0)
-    choice.refresh()
-    machine.run(0.05, others=2.0, own=0.0, running=3)  # two spinning processes and this
-    choice.busy(clock.now)
+    # two spinning processes and this thread
+    choice = request_after_other_work(machine, others_now=2.0, running=3)
     assert choice.choose(clock.now) == 1
 
 

@@ -102,7 +102,7 @@ class CpuLoad:
         None where the count cannot be read."""
         if not self.available:
             return None
-        fewest: int | None = None
+        counts = []
         for sample in range(RUNNING_SAMPLES):
             if sample:
                 time.sleep(RUNNING_GAP)
@@ -113,10 +113,9 @@ class CpuLoad:
                 return None
             if found is None:
                 return None
-            running = int(found.group(1)) - 1  # the asking thread runs as it reads
-            fewest = running if fewest is None else min(fewest, running)
-        assert fewest is not None
-        return max(1, self.cores - fewest)
+            counts.append(int(found.group(1)))
+        others = min(counts) - 1  # the asking thread runs as it reads
+        return max(1, self.cores - others)
 
 
 # Seconds without contention before the decodes get more threads again, after contention
